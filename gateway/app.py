@@ -1,0 +1,191 @@
+"""create_app(): routes, middleware, and the lifespan that owns every shared resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import openai_api
+from gateway.auth import AuthMiddleware
+from gateway.errors import GatewayError, NotFound, error_response, internal_error
+from gateway.limits import LimitsMiddleware
+from gateway.pipeline import Augmenter, Pipeline
+from gateway.ratelimit import RateLimiter
+from gateway.runtime import Runtime, build_runtime, close_unused
+from gateway.settings import ConfigError, Settings, load_settings
+from gateway.store import open_store
+from gateway.store.base import Store
+from gateway.store.records import CallRecord
+from gateway.store.writer import CallWriter
+
+log = logging.getLogger("flywheel")
+
+
+class Gateway:
+    """The state one running gateway owns: runtime, store, writer, pipeline, background tasks."""
+
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.config_path = config_path
+        self._config_mtime = config_path.stat().st_mtime if config_path and config_path.exists() else None
+        self.runtime: Runtime = build_runtime(settings)
+        self.limiter = RateLimiter()
+        self.started_at = int(time.time())
+        self.store: Store | None = None
+        self.writer: CallWriter | None = None
+        self.augmenter: Augmenter | None = None
+        self.pipeline = Pipeline(self.sink)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.last_reload_error: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    def admin_key(self) -> str | None:
+        env = self.settings.auth.admin_key_env
+        return os.environ.get(env) or None if env else None
+
+    def sink(self, record: CallRecord) -> None:
+        """Where every finished call goes: token budgets, then the batched writer. Never blocks."""
+        if record.key_id is not None and (record.prompt_tokens or record.completion_tokens):
+            self.limiter.record_tokens(record.key_id, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
+        if self.writer is not None:
+            self.writer.submit_call(record)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings.store
+        self.store = open_store(s.url)
+        await self.store.migrate()
+        self.writer = CallWriter(self.store, spill_path=Path(s.spill_path), batch_size=s.batch_size,
+                                 flush_ms=s.flush_ms, max_queue=s.queue_size)
+        await self.writer.start()
+        if self.config_path is not None:
+            self._tasks.append(asyncio.create_task(self._watch_config(), name="flywheel-config-watch"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.writer is not None:
+            await self.writer.stop()  # drains the queue: no call row is lost on shutdown
+        if self.store is not None:
+            await self.store.close()
+        await close_unused(self.runtime, None)
+
+    # -- config reload --------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Re-read config.toml; an invalid file is refused and the running config stays in force."""
+        assert self.config_path is not None
+        try:
+            settings = load_settings(self.config_path)
+            new = build_runtime(settings, previous=self.runtime)
+        except ConfigError as exc:
+            self.last_reload_error = str(exc)
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return False
+        old, self.runtime = self.runtime, new
+        self.last_reload_error = None
+        log.info("config reloaded from %s", self.config_path)
+        await close_unused(old, new)
+        return True
+
+    async def _watch_config(self) -> None:
+        assert self.config_path is not None
+        while True:
+            await asyncio.sleep(self.settings.server.reload_interval_s)
+            try:
+                mtime = self.config_path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if mtime != self._config_mtime:
+                self._config_mtime = mtime
+                await self.reload()
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    ready = gw.writer is not None
+    stats = gw.writer.stats() if gw.writer is not None else None
+    body = {"status": "ready" if ready else "starting", "writer": stats.__dict__ if stats else None,
+            "config_error": gw.last_reload_error}
+    return Response(orjson.dumps(body, default=_default), status_code=200 if ready else 503,
+                    media_type="application/json")
+
+
+def _default(o: object) -> Any:
+    if hasattr(o, "__dataclass_fields__"):
+        return {k: getattr(o, k) for k in o.__dataclass_fields__}
+    raise TypeError
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown path {request.url.path}.", code="unknown_url"))
+    err = GatewayError(str(exc.detail), status=exc.status_code, code="http_error")
+    err.type = "invalid_request_error"
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(internal_error())
+
+
+def create_app(settings: Settings, *, config_path: str | Path | None = None) -> Starlette:
+    """The gateway as an ASGI app. `config_path`, when given, is watched and reloaded on change."""
+    gw = Gateway(settings, Path(config_path) if config_path else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    routes = [
+        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", openai_api.retrieve_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(LimitsMiddleware, max_body_bytes=settings.server.max_body_bytes,
+                   max_concurrency=settings.server.max_concurrency),
+        Middleware(AuthMiddleware, runtime=lambda: gw.runtime, admin_key=gw.admin_key, limiter=gw.limiter),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error,
+                                        Exception: _unexpected})
+    app.state.gateway = gw
+    return app

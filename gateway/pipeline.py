@@ -1,0 +1,291 @@
+"""One request, start to finish: policy -> template/retrieval -> provider call (retries, then
+the fallback chain) -> call record.
+
+The call record is handed to `sink` (the batched writer's non-blocking submit); nothing here
+waits on the database or on a learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed, UpstreamTimeout
+from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.retry import call_with_retries
+from gateway.runtime import RouteRuntime, Target
+from gateway.store.records import CallRecord
+from gateway.stream_assembly import StreamAssembler
+from policies.base import Decision, Features
+
+Sink = Callable[[CallRecord], None]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Who is asking, and the call's identity; built by the HTTP layer."""
+
+    call_id: str
+    key_name: str | None = None
+    user: str | None = None
+    session_id: str | None = None
+    no_log: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Augmentation:
+    """What templates and retrieval did to the messages."""
+
+    messages: list[Body]
+    template_version: str | None = None
+    index_version: str | None = None
+    retrieved_ids: tuple[str, ...] = ()
+    reason: str = ""
+
+
+class Augmenter(Protocol):
+    """Renders the route's active template and injects retrieved examples (the learners' side)."""
+
+    async def augment(self, route: str, messages: list[Body], ctx: RequestContext) -> Augmentation | None: ...
+
+
+def _features(route: str, body: Body, ctx: RequestContext) -> Features:
+    messages = body["messages"]
+    chars = 0
+    for m in messages:
+        c = m.get("content")
+        chars += len(c) if isinstance(c, str) else 0
+    return Features(route=route, user=ctx.user, key_id=ctx.key_name, prompt_chars=chars,
+                    n_messages=len(messages), has_tools=bool(body.get("tools")))
+
+
+def to_gateway_error(exc: UpstreamError) -> GatewayError:
+    """The client-facing error for an upstream failure that survived retries and fallbacks."""
+    if exc.timeout:
+        return UpstreamTimeout(f"The upstream model did not answer in time: {exc.message}")
+    if exc.status == 429:
+        headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
+        return RateLimited(f"The upstream model is rate limited: {exc.message}", headers=headers)
+    if exc.status in (400, 404, 409, 413, 422):
+        return InvalidRequest(exc.message, status=exc.status if exc.status != 409 else 400,
+                              code="upstream_rejected_request")
+    return UpstreamFailed(f"The upstream model failed: {exc.message}")
+
+
+def identity_headers(record: CallRecord) -> dict[str, str]:
+    """The headers every chat/embeddings response carries."""
+    return {"x-flywheel-call-id": record.id, "x-flywheel-route": record.route, "x-flywheel-variant": record.variant}
+
+
+def _falls_back(exc: UpstreamError) -> bool:
+    """A bad request stays bad on another model; anything else is worth the next variant."""
+    return exc.retryable or exc.status in (401, 403, 404)
+
+
+class Pipeline:
+    """The request path for chat completions and embeddings."""
+
+    def __init__(self, sink: Sink, augmenter: Augmenter | None = None) -> None:
+        self.sink = sink
+        self.augmenter = augmenter
+
+    # -- shared steps ---------------------------------------------------------------------
+    async def _plan(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Decision, CallRecord, list[Body]]:
+        decision = route.policy.choose(_features(route.name, body, ctx))
+        record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
+                            model=route.targets[decision.variant].model, key_id=ctx.key_name, user=ctx.user,
+                            session_id=ctx.session_id, policy_reason=decision.reason,
+                            choice_probability=decision.probability, no_log=ctx.no_log,
+                            stream=bool(body.get("stream")))
+        messages: list[Body] = body["messages"]
+        if self.augmenter is not None and route.settings is not None:
+            aug = await self.augmenter.augment(route.name, messages, ctx)
+            if aug is not None:
+                messages = aug.messages
+                record.template_version = aug.template_version
+                record.index_version = aug.index_version
+                record.retrieved_ids = list(aug.retrieved_ids)
+                if aug.reason:
+                    record.policy_reason += f"; {aug.reason}"
+        return decision, record, messages
+
+    @staticmethod
+    def _upstream_body(target: Target, body: Body, messages: list[Body] | None) -> Body:
+        out = {**target.params, **body, "model": target.upstream_model}
+        if messages is not None:
+            out["messages"] = messages
+        return out
+
+    async def _over_targets(
+        self, route: RouteRuntime, order: tuple[str, ...], record: CallRecord,
+        attempt: Callable[[Target, float], Awaitable[Any]],
+    ) -> tuple[Target, Any]:
+        """Try each variant in order, each with retries; returns the first success."""
+        rs = route.retries
+        deadline = time.monotonic() + rs.deadline_s
+        last: UpstreamError | None = None
+        for variant in order:
+            target = route.targets[variant]
+            record.variant, record.model = variant, target.model
+            try:
+                result = await call_with_retries(
+                    lambda timeout, t=target: attempt(t, timeout), rs, deadline=deadline,
+                    attempts=record.attempts, model=target.model, provider=target.provider.name,
+                )
+                return target, result
+            except UpstreamError as exc:
+                last = exc
+                if not _falls_back(exc) or time.monotonic() >= deadline:
+                    break
+        assert last is not None
+        raise last
+
+    def _finish(self, record: CallRecord, ctx: RequestContext, target: Target | None, usage: Body | None) -> None:
+        record.latency_ms = (time.perf_counter() - ctx.started) * 1000
+        if usage:
+            record.prompt_tokens = usage.get("prompt_tokens")
+            record.completion_tokens = usage.get("completion_tokens")
+            if target is not None:
+                record.cost_usd = target.cost(record.prompt_tokens, record.completion_tokens)
+        self.sink(record)
+
+    def _fail(self, record: CallRecord, ctx: RequestContext, exc: UpstreamError) -> GatewayError:
+        """Log the failed call and return the client-facing error, carrying the identity headers."""
+        err = to_gateway_error(exc)
+        record.status, record.error = err.status, err.message
+        self._finish(record, ctx, None, None)
+        err.headers.update(identity_headers(record))
+        return err
+
+    # -- chat, not streamed -----------------------------------------------------------------
+    async def chat(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
+        """A non-streamed chat completion; raises GatewayError after logging the failure."""
+        decision, record, messages = await self._plan(route, body, ctx)
+
+        async def attempt(target: Target, timeout: float) -> UpstreamResponse:
+            upstream = self._upstream_body(target, body, messages)
+            record.request = upstream
+            return await target.provider.chat(UpstreamCall(upstream, timeout))
+
+        try:
+            target, resp = await self._over_targets(route, decision.order, record, attempt)
+        except UpstreamError as exc:
+            raise self._fail(record, ctx, exc) from None
+        out = resp.body
+        out["id"] = ctx.call_id
+        record.response = out
+        record.ttft_ms = None
+        self._finish(record, ctx, target, out.get("usage"))
+        return out, record
+
+    # -- chat, streamed --------------------------------------------------------------------
+    async def chat_stream(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[AsyncIterator[bytes], CallRecord]:
+        """Open a stream: fails over (retries, fallbacks) until a first chunk arrives, then relays.
+
+        Raises GatewayError when no variant produced a first chunk; after that, a broken
+        upstream ends the client's stream with an error event instead of a clean end.
+        """
+        decision, record, messages = await self._plan(route, body, ctx)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def attempt(target: Target, timeout: float) -> tuple[AsyncIterator[Body], Body]:
+            upstream = self._upstream_body(target, body, messages)
+            # Always ask for usage: the call log needs tokens and cost even when the client does not.
+            upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            record.request = upstream
+            it = target.provider.chat_stream(UpstreamCall(upstream, timeout)).__aiter__()
+            try:
+                first = await asyncio.wait_for(it.__anext__(), timeout)
+            except StopAsyncIteration:
+                raise UpstreamError("upstream stream ended before its first chunk") from None
+            except (TimeoutError, asyncio.TimeoutError):
+                await _aclose(it)
+                raise UpstreamError(f"upstream sent no first chunk within {timeout:g}s", timeout=True) from None
+            except BaseException:
+                await _aclose(it)
+                raise
+            return it, first
+
+        try:
+            target, (it, first) = await self._over_targets(route, decision.order, record, attempt)
+        except UpstreamError as exc:
+            raise self._fail(record, ctx, exc) from None
+        return self._relay(it, first, target, record, ctx, wants_usage), record
+
+    async def _relay(
+        self, it: AsyncIterator[Body], first: Body, target: Target, record: CallRecord,
+        ctx: RequestContext, wants_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        asm = StreamAssembler()
+        chunk: Body | None = first
+        try:
+            while chunk is not None:
+                asm.add(chunk)
+                if record.ttft_ms is None and asm.saw_content:
+                    record.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+                if not wants_usage and "usage" in chunk:
+                    if not chunk.get("choices"):
+                        chunk = await _next(it)
+                        continue
+                    del chunk["usage"]
+                chunk["id"] = ctx.call_id
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                chunk = await _next(it)
+            yield b"data: [DONE]\n\n"
+        except UpstreamError as exc:
+            err = to_gateway_error(exc)
+            record.status, record.error = err.status, f"stream broke after it started: {exc.message}"
+            yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            record.status, record.error = 499, "client closed the stream before it ended"
+            raise
+        finally:
+            await _aclose(it)
+            record.response = asm.result(ctx.call_id)
+            self._finish(record, ctx, target, asm.usage)
+
+    # -- embeddings ---------------------------------------------------------------------------
+    async def embeddings(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
+        """Embeddings through the route's policy, retries and fallbacks; logged as metadata."""
+        decision = route.policy.choose(Features(route=route.name, user=ctx.user, key_id=ctx.key_name,
+                                                prompt_chars=0, n_messages=0, has_tools=False))
+        record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
+                            model=route.targets[decision.variant].model, endpoint="embeddings",
+                            key_id=ctx.key_name, user=ctx.user, session_id=ctx.session_id,
+                            policy_reason=decision.reason, no_log=True)
+        n_inputs = len(body["input"]) if isinstance(body["input"], list) else 1
+
+        async def attempt(target: Target, timeout: float) -> UpstreamResponse:
+            upstream = self._upstream_body(target, body, None)
+            record.request = {"model": upstream["model"], "inputs": n_inputs,
+                              "encoding_format": upstream.get("encoding_format", "float")}
+            return await target.provider.embeddings(UpstreamCall(upstream, timeout))
+
+        try:
+            target, resp = await self._over_targets(route, decision.order, record, attempt)
+        except UpstreamError as exc:
+            raise self._fail(record, ctx, exc) from None
+        self._finish(record, ctx, target, resp.body.get("usage"))
+        return resp.body, record
+
+
+async def _next(it: AsyncIterator[Body]) -> Body | None:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _aclose(it: AsyncIterator[Body]) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # noqa: BLE001 - closing a broken upstream stream must not mask the real error
+            pass

@@ -1,0 +1,112 @@
+"""Pattern detectors validated by syntax or checksum: emails, payment cards (Luhn), IBANs (ISO 13616
+mod-97) and IP addresses (the stdlib `ipaddress` parser).
+
+Each `find_*` function is pure and cheap: a character pre-check skips the regex when the text
+cannot hold a match, since most strings on the capture path hold none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from gateway.privacy.findings import Finding
+
+_EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?!\w)"
+)
+# 13-19 digits, optionally grouped by single spaces or dashes (4-4-4-4, 4-6-5 for Amex, ...).
+_CARD = re.compile(r"(?<![\d.,#-])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d)")
+# Country code, check digits, then 11-30 alphanumerics, optionally grouped by spaces (paper format).
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+# A loose IPv6 shape; `ipaddress` decides. Needs at least two colons to skip clock times like 12:30.
+_IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
+)
+# "version 1.2.3.4" / "v1.2.3.4" is a version, not an address.
+_VERSION_BEFORE = re.compile(r"\b(?:v|version\s*|ver\.?\s*)$", re.IGNORECASE)
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn checksum used by payment card numbers."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """Whether a compact IBAN (no spaces, upper case) passes the ISO 13616 mod-97 check."""
+    if not 15 <= len(iban) <= 34:
+        return False
+    rearranged = iban[4:] + iban[:4]
+    # Letters count as two-digit numbers A=10 .. Z=35; int(ch, 36) does exactly that.
+    numeric = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(numeric) % 97 == 1
+
+
+def find_emails(text: str) -> list[Finding]:
+    """Email addresses."""
+    if "@" not in text:
+        return []
+    return [Finding("EMAIL", m.start(), m.end()) for m in _EMAIL.finditer(text)]
+
+
+def find_cards(text: str) -> list[Finding]:
+    """Payment card numbers (13-19 digits, Luhn-valid, not all one digit)."""
+    out: list[Finding] = []
+    for m in _CARD.finditer(text):
+        digits = m.group().replace(" ", "").replace("-", "")
+        if len(set(digits)) > 1 and luhn_valid(digits):
+            out.append(Finding("CARD", m.start(), m.end()))
+    return out
+
+
+def find_ibans(text: str) -> list[Finding]:
+    """IBANs in compact or space-grouped form, checksum-validated."""
+    out: list[Finding] = []
+    for m in _IBAN.finditer(text):
+        raw = m.group()
+        compact = raw.replace(" ", "")
+        if iban_valid(compact):
+            out.append(Finding("IBAN", m.start(), m.end()))
+            continue
+        # The grouped form can swallow a following all-caps word ("... 3000 NOW"): retry shorter.
+        end = len(raw)
+        while " " in raw[:end]:
+            end = raw.rindex(" ", 0, end)
+            if iban_valid(raw[:end].replace(" ", "")):
+                out.append(Finding("IBAN", m.start(), m.start() + end))
+                break
+    return out
+
+
+def find_ips(text: str) -> list[Finding]:
+    """IPv4 and IPv6 addresses that the stdlib parser accepts (versions like v1.2.3.4 excepted)."""
+    out: list[Finding] = []
+    if "." in text:
+        for m in _IPV4.finditer(text):
+            if _VERSION_BEFORE.search(text, max(0, m.start() - 9), m.start()):
+                continue
+            if _parses(m.group()):
+                out.append(Finding("IP", m.start(), m.end()))
+    if "::" in text or text.count(":") >= 3:
+        for m in _IPV6.finditer(text):
+            s = m.group()
+            if len(s) > 2 and any(c not in ":" for c in s) and _parses(s):
+                out.append(Finding("IP", m.start(), m.end()))
+    return out
+
+
+def _parses(candidate: str) -> bool:
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return True

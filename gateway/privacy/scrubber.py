@@ -1,0 +1,144 @@
+"""`Scrubber`: finds PII in text and replaces it by typed placeholders, in strings, call records and
+feedback records alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+from gateway.privacy.findings import Finding, PiiType, redact, resolve_overlaps
+from gateway.privacy.names import DEFAULT_LOCALES, NameDetector
+from gateway.privacy.patterns import find_cards, find_emails, find_ibans, find_ips
+from gateway.privacy.phones import DEFAULT_REGIONS, PhoneDetector
+from gateway.store.records import JSON, CallRecord, FeedbackRecord
+
+Detector = Callable[[str], list[Finding]]
+
+ALL_TYPES: frozenset[PiiType] = frozenset({"EMAIL", "PHONE", "CARD", "IBAN", "IP", "PERSON"})
+
+# JSON keys whose string values are identifiers or protocol vocabulary, never user text. Message
+# `name` and function names must keep their ^[A-Za-z0-9_-]+$ shape, or a replay of the stored
+# request through the pipeline would be refused upstream.
+_STRUCTURAL_KEYS = frozenset(
+    {
+        "role", "model", "id", "object", "type", "finish_reason", "tool_call_id", "name",
+        "system_fingerprint", "service_tier", "tool_choice", "detail", "format", "voice",
+        "reasoning_effort", "stop_reason", "logprobs",
+    }
+)  # fmt: skip
+# Longer strings with no whitespace are encoded blobs (base64 images or audio), not prose.
+_BLOB_MIN_LEN = 512
+
+
+class Scrubber:
+    """Finds and redacts emails, phone numbers, payment cards, IBANs, IP addresses and person names.
+
+    Build once (the name lists take ~0.3 s to load) and reuse; `scrub*` are pure and thread-safe.
+    """
+
+    def __init__(
+        self,
+        types: Collection[PiiType] = ALL_TYPES,
+        *,
+        phone_regions: Sequence[str] = DEFAULT_REGIONS,
+        name_locales: Sequence[str] = DEFAULT_LOCALES,
+        extra_names: Iterable[str] = (),
+        common_words: Iterable[str] = (),
+        extra_detectors: Sequence[Detector] = (),
+    ) -> None:
+        """`types`: which PII types to look for; `phone_regions`: countries whose national phone
+        formats count; `name_locales`: faker locales for name lists; `extra_names`/`common_words`:
+        site-specific additions; `extra_detectors`: more detectors (e.g. `PresidioPersons`)."""
+        unknown = set(types) - ALL_TYPES
+        if unknown:
+            raise ValueError(f"unknown PII types: {sorted(unknown)}")
+        self.types: frozenset[PiiType] = frozenset(types)
+        detectors: list[Detector] = []
+        if "EMAIL" in self.types:
+            detectors.append(find_emails)
+        if "CARD" in self.types:
+            detectors.append(find_cards)
+        if "IBAN" in self.types:
+            detectors.append(find_ibans)
+        if "IP" in self.types:
+            detectors.append(find_ips)
+        if "PHONE" in self.types:
+            detectors.append(PhoneDetector(phone_regions).find)
+        if "PERSON" in self.types:
+            detectors.append(NameDetector(name_locales, extra_names, common_words).find)
+        detectors.extend(extra_detectors)
+        self._detectors = tuple(detectors)
+
+    def find(self, text: str) -> list[Finding]:
+        """Non-overlapping PII spans in `text`, sorted by start."""
+        if len(text) < 5:
+            return []
+        found: list[Finding] = []
+        for detect in self._detectors:
+            found.extend(f for f in detect(text) if f.type in self.types)
+        return resolve_overlaps(found) if found else found
+
+    def scrub(self, text: str) -> str:
+        """`text` with every PII span replaced by `<TYPE>` (e.g. `<EMAIL>`, `<PERSON>`)."""
+        return redact(text, self.find(text))
+
+    def scrub_json(self, value: JSON) -> JSON:
+        """A copy of a JSON value with every user-text string scrubbed; structure, numbers, booleans,
+        keys and identifier fields (role, model, id, name, ...) are left as they are. A tool call's
+        `arguments` (a JSON document inside a string) is scrubbed value by value."""
+        return self._walk(value, None)
+
+    def scrub_call(self, rec: CallRecord) -> CallRecord:
+        """A copy of `rec` with request, response and error texts scrubbed.
+
+        Metadata (user, key_id, session_id, route, ...) is kept: those are identifiers the gateway
+        needs for stickiness and signals, and stay out of learned artifacts.
+        """
+        return dataclasses.replace(
+            rec,
+            request=self.scrub_json(rec.request),
+            response=self.scrub_json(rec.response),
+            error=None if rec.error is None else self.scrub(rec.error),
+            attempts=[
+                a if a.error is None else dataclasses.replace(a, error=self.scrub(a.error))
+                for a in rec.attempts
+            ],
+        )
+
+    def scrub_feedback(self, fb: FeedbackRecord) -> FeedbackRecord:
+        """A copy of `fb` with correction, correction_diff and comment scrubbed."""
+        return dataclasses.replace(
+            fb,
+            correction=None if fb.correction is None else self.scrub(fb.correction),
+            correction_diff=None if fb.correction_diff is None else self.scrub(fb.correction_diff),
+            comment=None if fb.comment is None else self.scrub(fb.comment),
+        )
+
+    def _walk(self, value: JSON, key: str | None) -> JSON:
+        if isinstance(value, str):
+            if key in _STRUCTURAL_KEYS or _is_blob(value):
+                return value
+            if key == "arguments":
+                return self._scrub_arguments(value)
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._walk(v, key) for v in value]
+        return value
+
+    def _scrub_arguments(self, arguments: str) -> str:
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            return self.scrub(arguments)
+        if not isinstance(parsed, dict | list):
+            return self.scrub(arguments)
+        return json.dumps(self._walk(parsed, None), ensure_ascii=False)
+
+
+def _is_blob(s: str) -> bool:
+    if s.startswith("data:"):
+        return True
+    return len(s) >= _BLOB_MIN_LEN and not any(c.isspace() for c in s[:_BLOB_MIN_LEN])

@@ -1,0 +1,84 @@
+"""The one protocol every provider adapter implements, and the error it raises.
+
+Bodies are OpenAI-shaped dicts in both directions: an adapter for a non-OpenAI provider
+translates on the way in and out, so the pipeline never knows which kind it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Body = dict[str, Any]
+
+
+class UpstreamError(Exception):
+    """An upstream call that did not produce a usable answer.
+
+    `status` is the upstream HTTP status, or None when no response arrived (timeout,
+    connection refused or reset). `retry_after` is the upstream's Retry-After in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        timeout: bool = False,
+        body: Body | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.timeout = timeout
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        """408/409/429/5xx and connection-level failures are worth another try."""
+        if self.status is None:
+            return True
+        return self.status in (408, 409, 429) or self.status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """What the pipeline asks of a provider: a body already aimed at the upstream model name."""
+
+    body: Body  # OpenAI-shaped request; body["model"] is the provider's model name
+    timeout_s: float  # per-attempt budget
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    body: Body  # OpenAI-shaped response
+    headers: dict[str, str]  # upstream headers worth forwarding (lowercase names)
+
+
+class Provider(Protocol):
+    """An upstream LLM service. Implementations own their connection pools."""
+
+    name: str
+
+    async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        """A non-streaming chat completion; raises UpstreamError."""
+        ...
+
+    def chat_stream(self, call: UpstreamCall) -> AsyncIterator[Body]:
+        """Streamed chat completion chunks (OpenAI `chat.completion.chunk` dicts).
+
+        Raises UpstreamError before the first chunk (the pipeline may fall back) or
+        mid-stream (the pipeline ends the client's stream with an error event).
+        """
+        ...
+
+    async def embeddings(self, call: UpstreamCall) -> UpstreamResponse:
+        """An embeddings request; raises UpstreamError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

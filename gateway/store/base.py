@@ -1,0 +1,110 @@
+"""The one store interface that every backend (SQLite, PostgreSQL) implements.
+
+All methods are coroutines. Backends connect lazily: constructing one does no I/O, the
+first method call (usually `migrate()`) opens the connection or pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord, Transition
+
+
+class Store(Protocol):
+    """Persistence for calls (with attempts), feedback, artifacts and their transitions."""
+
+    async def migrate(self) -> None:
+        """Apply every migration not yet recorded in `_migrations`; a no-op when up to date."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+        ...
+
+    async def insert_calls(self, calls: Sequence[CallRecord]) -> None:
+        """Insert calls and their attempts in one transaction; ids already stored are skipped."""
+        ...
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """One call with its attempts and its request text restored, or None."""
+        ...
+
+    async def list_calls(
+        self,
+        *,
+        route: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        user: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[CallRecord]:
+        """Calls ordered by created_at; `since` is inclusive, `until` exclusive."""
+        ...
+
+    async def count_calls(self, *, route: str | None = None) -> int:
+        """Number of stored calls, optionally for one route."""
+        ...
+
+    async def count_attempts(self) -> int:
+        """Number of stored attempt rows (all calls)."""
+        ...
+
+    async def insert_feedback(self, fb: FeedbackRecord) -> None:
+        """Insert one feedback row; an id already stored is skipped."""
+        ...
+
+    async def list_feedback(
+        self,
+        *,
+        call_ids: Sequence[str] | None = None,
+        route: str | None = None,
+        since: float | None = None,
+        source: str | None = None,
+    ) -> list[FeedbackRecord]:
+        """Feedback ordered by created_at; `route` filters through the call's route."""
+        ...
+
+    async def count_feedback(self, *, route: str | None = None, since: float | None = None) -> int:
+        """Number of feedback rows, optionally for one route and/or since a time."""
+        ...
+
+    async def save_artifact(self, a: ArtifactRecord) -> None:
+        """Insert an artifact, or replace the row with the same (route, kind, version)."""
+        ...
+
+    async def get_artifact(self, route: str, kind: ArtifactKind, version: str) -> ArtifactRecord | None:
+        """One artifact, or None."""
+        ...
+
+    async def list_artifacts(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
+        """All versions of one route's artifact kind, ordered by created_at."""
+        ...
+
+    async def transition(self, t: Transition) -> None:
+        """Set the artifact's state and append the transition row, in one transaction.
+
+        Raises KeyError for an unknown artifact and ValueError when `t.from_state` is given
+        and differs from the stored state (another actor moved it first).
+        """
+        ...
+
+    async def list_transitions(self, route: str, kind: ArtifactKind | None = None) -> list[Transition]:
+        """Transitions of one route (optionally one kind), oldest first."""
+        ...
+
+    async def forget_user(self, user: str) -> tuple[int, int]:
+        """Delete a user's calls (with attempts) and feedback; returns (calls, feedback) deleted.
+
+        Feedback deleted is both the feedback given BY the user and any feedback ON their calls.
+        """
+        ...
+
+    async def delete_older_than(self, ts: float, *, batch: int = 500) -> int:
+        """Delete calls created before `ts` with their attempts and feedback; returns calls deleted.
+
+        Works in batches of `batch` calls, each its own short transaction, so writers interleave.
+        """
+        ...

@@ -1,0 +1,121 @@
+"""Typed records that cross the boundary between the request path, the store and the learners.
+
+A `CallRecord` is built once per request by the pipeline and handed to the batched writer;
+a `FeedbackRecord` is built by the feedback API or by implicit-signal detection; an
+`ArtifactRecord` (and its `Transition`s) by the learners and the rollout step.
+Timestamps are unix seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSON = Any  # a value that json/orjson can serialise
+
+FeedbackSignal = Literal["used", "copied", "edited", "regenerated", "rephrased", "abandoned", "corrected"]
+FeedbackSource = Literal["user", "inferred"]
+ArtifactKind = Literal["template", "index", "policy"]
+ArtifactState = Literal["candidate", "canary", "promoted", "rolled_back", "rejected"]
+
+
+def new_id(prefix: str) -> str:
+    """A sortable-enough, collision-free id such as `chatcmpl-1f3a…`."""
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream try: a retry or a fallback is one more attempt."""
+
+    model: str  # configured model name (config.toml [models.X])
+    provider: str  # configured provider name
+    status: int | None  # upstream HTTP status; None when no response (timeout, reset)
+    error: str | None  # upstream error message, None on success
+    latency_ms: float
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """Everything the gateway knows about one request, as it will be stored."""
+
+    id: str
+    route: str  # the route name, or the model name for a pass-through
+    variant: str  # the variant that produced the final answer (or was last tried)
+    model: str  # configured model name of that variant
+    endpoint: Literal["chat", "embeddings"] = "chat"
+    created_at: float = field(default_factory=time.time)
+    key_id: str | None = None  # virtual key *name*, never the key
+    user: str | None = None
+    session_id: str | None = None
+    template_version: str | None = None
+    index_version: str | None = None
+    policy_version: str | None = None
+    policy_reason: str = ""
+    choice_probability: float | None = None  # P(variant) under the policy, for off-policy evaluation
+    request: JSON = None  # body as sent upstream (messages after template/retrieval, params)
+    response: JSON = None  # final body (streams assembled into a non-stream body)
+    status: int = 200  # status returned to the client
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    stream: bool = False
+    no_log: bool = False  # store metadata only: request/response text is dropped
+    attempts: list[Attempt] = field(default_factory=list)
+    retrieved_ids: list[str] = field(default_factory=list)  # example ids injected by retrieval
+
+
+@dataclass(slots=True)
+class FeedbackRecord:
+    """One piece of feedback about a call; rows are append-only."""
+
+    call_id: str
+    id: str = field(default_factory=lambda: new_id("fb"))
+    created_at: float = field(default_factory=time.time)
+    rating: int | None = None  # 1 or -1
+    score: float | None = None  # within [0, 1]
+    correction: str | None = None
+    correction_diff: str | None = None  # unified diff response -> correction
+    signal: str | None = None  # FeedbackSignal
+    comment: str | None = None
+    user: str | None = None
+    source: FeedbackSource = "user"
+    related_call_id: str | None = None  # for inferred signals: the call that revealed it
+
+
+@dataclass(slots=True)
+class ArtifactRecord:
+    """A learned, immutable artifact (template, retrieval index or policy) with its manifest."""
+
+    route: str
+    kind: ArtifactKind
+    version: str  # e.g. "t3"; unique per (route, kind)
+    body: JSON  # the artifact itself: template text, example list, policy parameters
+    state: ArtifactState = "candidate"
+    parent: str | None = None
+    created_at: float = field(default_factory=time.time)
+    produced_by: str = ""  # learner name and settings
+    data_window: tuple[float, float] | None = None
+    evidence_call_ids: list[str] = field(default_factory=list)
+    evidence_feedback_ids: list[str] = field(default_factory=list)
+    evaluation: JSON = None  # figures from offline evaluation / canary comparison
+    note: str = ""  # why: the human-readable summary of what changed
+
+
+@dataclass(slots=True)
+class Transition:
+    """A state change of an artifact, kept for audit and replay."""
+
+    route: str
+    kind: ArtifactKind
+    version: str
+    from_state: ArtifactState | None
+    to_state: ArtifactState
+    reason: str
+    at: float = field(default_factory=time.time)

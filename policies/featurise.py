@@ -1,0 +1,77 @@
+"""Turns `Features` into the learned router's small fixed-length vector.
+
+Layout: `[bias, log prompt length, has_tools, projection of the embedding (dims values)]`.
+The projection is a fixed random ±1 matrix derived from blake2b of (seed, input dim), so it is
+identical across processes, machines and numpy versions and need not be stored with a policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.base import Features
+
+Vector = npt.NDArray[np.float64]
+
+N_FIXED = 3  # bias, log length, has_tools
+# log1p(chars) is ~3 for a one-liner, ~6 for a paragraph, ~10 for a long document: centre and
+# scale it to about [-1.5, 2] so one ridge prior suits every coordinate
+_LEN_CENTRE = 6.0
+_LEN_SCALE = 2.0
+
+
+def projection_matrix(dims: int, input_dim: int, seed: int) -> Vector:
+    """A (dims, input_dim) matrix of ±1 entries, deterministic in (dims, input_dim, seed)."""
+    n_bits = dims * input_dim
+    blocks = (n_bits + 511) // 512  # blake2b gives 64 bytes = 512 bits per digest
+    raw = b"".join(
+        hashlib.blake2b(f"flywheel-proj:{seed}:{input_dim}:{i}".encode(), digest_size=64).digest()
+        for i in range(blocks)
+    )
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:n_bits]
+    return (bits.astype(np.float64) * 2.0 - 1.0).reshape(dims, input_dim)
+
+
+class Featuriser:
+    """Maps a request's features to a vector of length `size` (= dims + 3)."""
+
+    def __init__(self, dims: int = 16, seed: int = 0) -> None:
+        if dims < 0:
+            raise ValueError(f"dims must be >= 0, got {dims}")
+        self.dims = dims
+        self.seed = seed
+        self.size = N_FIXED + dims
+        self._proj: dict[int, Vector] = {}  # input dim -> matrix, built on first sight of that dim
+
+    def _matrix(self, input_dim: int) -> Vector:
+        m = self._proj.get(input_dim)
+        if m is None:
+            m = projection_matrix(self.dims, input_dim, self.seed)
+            self._proj[input_dim] = m
+        return m
+
+    def vector(self, f: Features, out: Vector | None = None) -> Vector:
+        """Fill `out` (or a new array) with the feature vector of `f` and return it."""
+        x = np.empty(self.size) if out is None else out
+        x[0] = 1.0
+        x[1] = (math.log1p(max(f.prompt_chars, 0)) - _LEN_CENTRE) / _LEN_SCALE
+        x[2] = 1.0 if f.has_tools else 0.0
+        if self.dims == 0:
+            return x
+        e = f.embedding
+        if e is None or e.size == 0:
+            x[N_FIXED:] = 0.0
+            return x
+        e = e.reshape(-1)
+        norm = float(np.sqrt(np.dot(e, e)))
+        if not norm > 0.0 or not math.isfinite(norm):
+            x[N_FIXED:] = 0.0
+            return x
+        # unit-normalising first makes each projected coordinate ~N(0, 1) whatever the embedder
+        np.matmul(self._matrix(e.shape[0]), e, out=x[N_FIXED:])
+        x[N_FIXED:] /= norm
+        return x
