@@ -63,8 +63,11 @@ class Generator:
         pn = self.pn
         national = self.rng.random() < 0.6
         region = self.rng.choice(PHONE_REGIONS if national else PHONE_REGIONS + INTL_REGIONS)
-        meta = pn.PhoneMetadata.metadata_for_region(region)
-        length = max(meta.general_desc.possible_length or (10,))
+        # As long as the region's example mobile or fixed-line number: realistic, unlike the longest
+        # length the metadata allows.
+        kind = self.rng.choice([pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE])
+        example = pn.example_number_for_type(region, kind) or pn.example_number(region)
+        length = len(str(example.national_number))
         while True:
             digits = "".join(self.rng.choice("0123456789") for _ in range(length))
             number = pn.parse("+" + str(pn.country_code_for_region(region)) + digits, None)

@@ -3,7 +3,7 @@
 Run from the repository root:  python -m bench.routing_sim [--requests 6000] [--seed 7]
 
 World: requests come from topic clusters in a 32-dim embedding space; a third of the clusters
-are "hard". The cheap model answers easy requests well (P(ok)=0.92) and hard ones badly (0.15);
+are "hard". The cheap model answers easy requests well (P(ok)=0.94) and hard ones badly (0.15);
 the strong model is good everywhere (0.95) and costs 20x more. Feedback (quality 1/0, drawn from
 those probabilities) reaches the policy `--delay` requests after the call. Prints figures only.
 """
@@ -44,7 +44,7 @@ class World:
         n_hard = round(n_clusters * hard_share)
         self.hard = np.zeros(n_clusters, dtype=bool)
         self.hard[self.rng.choice(n_clusters, n_hard, replace=False)] = True
-        self.p_ok = {CHEAP: (0.92, 0.15), STRONG: (0.95, 0.95)}  # (easy, hard)
+        self.p_ok = {CHEAP: (0.94, 0.15), STRONG: (0.95, 0.95)}  # (easy, hard)
 
     def request(self) -> Request:
         c = int(self.rng.integers(len(self.centres)))
@@ -107,12 +107,12 @@ def simulate(
     return run
 
 
-def learned(seed: int, decay: float = 0.002) -> LearnedPolicy:
-    """The learned router as the bench configures it: quality floor 90% of the best variant."""
+def learned(seed: int, decay: float = 0.001) -> LearnedPolicy:
+    """The learned router as the bench configures it: quality floor 75% of the best variant."""
     return LearnedPolicy(
         [CHEAP, STRONG],
         fallbacks=[STRONG],
-        min_quality=0.9,
+        min_quality=0.75,
         explore=0.05,
         decay=decay,
         prior_quality={STRONG: 0.9, CHEAP: 0.6},
@@ -193,7 +193,7 @@ def main() -> None:
 
     drift_n = args.drift_requests
     drift_at = drift_n // 2
-    print(f"\n== drift: cheap model's P(ok) on easy requests drops 0.92 -> 0.30 at request {drift_at}")
+    print(f"\n== drift: cheap model's P(ok) on easy requests drops 0.94 -> 0.30 at request {drift_at}")
     drifts = {
         "learned": simulate(learned(seed), drift_n, seed + 1, args.delay, drift_at),
         "no-decay": simulate(learned(seed, decay=0.0), drift_n, seed + 1, args.delay, drift_at),

@@ -86,13 +86,13 @@ async def call_with_retries(
             if remaining <= 0:
                 raise UpstreamError("the request's deadline passed before the upstream answered", timeout=True)
             timeout = min(rs.attempt_timeout_s, remaining)
-            started = time.monotonic()
+            started, wall = time.monotonic(), time.time()
             try:
                 result = await attempt_fn(timeout)
             except UpstreamError as exc:
                 attempts.append(Attempt(model, provider, exc.status, exc.message,
-                                        (time.monotonic() - started) * 1000))
+                                        (time.monotonic() - started) * 1000, wall))
                 raise
-            attempts.append(Attempt(model, provider, 200, None, (time.monotonic() - started) * 1000))
+            attempts.append(Attempt(model, provider, 200, None, (time.monotonic() - started) * 1000, wall))
             return result
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover

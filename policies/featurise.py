@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,13 +46,16 @@ class Featuriser:
         self.dims = dims
         self.seed = seed
         self.size = N_FIXED + dims
-        self._proj: dict[int, Vector] = {}  # input dim -> matrix, built on first sight of that dim
+        # (input dim, dtype) -> matrix, built on first sight; ±1 is exact in any float dtype, and
+        # matching the embedding's dtype saves an upcast of the embedding on every call
+        self._proj: dict[tuple[int, str], npt.NDArray[Any]] = {}
 
-    def _matrix(self, input_dim: int) -> Vector:
-        m = self._proj.get(input_dim)
+    def _matrix(self, input_dim: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+        key = (input_dim, dtype.char)
+        m = self._proj.get(key)
         if m is None:
-            m = projection_matrix(self.dims, input_dim, self.seed)
-            self._proj[input_dim] = m
+            m = projection_matrix(self.dims, input_dim, self.seed).astype(dtype)
+            self._proj[key] = m
         return m
 
     def vector(self, f: Features, out: Vector | None = None) -> Vector:
@@ -66,12 +70,15 @@ class Featuriser:
         if e is None or e.size == 0:
             x[N_FIXED:] = 0.0
             return x
-        e = e.reshape(-1)
-        norm = float(np.sqrt(np.dot(e, e)))
-        if not norm > 0.0 or not math.isfinite(norm):
+        if e.ndim != 1:
+            e = e.reshape(-1)
+        if e.dtype.kind != "f":
+            e = e.astype(np.float64)
+        sq = float(e.dot(e))
+        if not sq > 0.0 or not math.isfinite(sq):
             x[N_FIXED:] = 0.0
             return x
-        # unit-normalising first makes each projected coordinate ~N(0, 1) whatever the embedder
-        np.matmul(self._matrix(e.shape[0]), e, out=x[N_FIXED:])
-        x[N_FIXED:] /= norm
+        # unit-normalising makes each projected coordinate ~N(0, 1) whatever the embedder's scale
+        x[N_FIXED:] = self._matrix(e.shape[0], e.dtype) @ e
+        x[N_FIXED:] *= 1.0 / math.sqrt(sq)
         return x

@@ -32,6 +32,11 @@ from policies.linear import LinearBank
 
 FORMAT = 1
 DEFAULT_PRIOR_QUALITY = 0.5  # "don't know" for variants without a configured prior
+# drift detector: an EWMA of a variant's prediction residuals; ~20 observations of memory, so a
+# real shift shows within a few dozen updates while Bernoulli noise (sd <= 0.5) averages out
+_DRIFT_RATE = 0.05
+_DRIFT_KEEP = 0.1  # share of a variant's evidence kept when its drift alarm fires
+_DRIFT_MIN_WEIGHT = 50.0  # a model with less evidence than this is not "surprised" by anything
 _STRUCTURAL = ("dims", "seed")  # changing these would make stored statistics meaningless
 
 
@@ -47,12 +52,13 @@ class LearnedPolicy:
         min_quality: float | None = None,
         explore: float = 0.05,
         ucb: float = 0.0,
-        decay: float = 0.002,
+        decay: float = 0.001,
+        drift_alarm: float | None = 0.25,
         prior_quality: Mapping[str, float] | None = None,
         prior_cost: Mapping[str, float] | None = None,
         prior_strength: float = 2.0,
         noise: float = 0.5,
-        dims: int = 16,
+        dims: int = 32,
         seed: int = 0,
         pins: Sequence[Pin | Mapping[str, Any]] = (),
         max_share: Mapping[str, float] | None = None,
@@ -69,6 +75,7 @@ class LearnedPolicy:
         self.explore = _check_range("explore", explore, 0.0, 1.0)
         self.ucb = _check_range("ucb", ucb, 0.0, math.inf)
         self.decay = _check_range("decay", decay, 0.0, 0.5)
+        self.drift_alarm = None if drift_alarm is None else _check_range("drift_alarm", drift_alarm, 0.0, 1.0)
         self.prior_quality = self._by_variant("prior_quality", prior_quality or {})
         self.prior_cost = self._by_variant("prior_cost", prior_cost or {})
         self.pins = as_pins(pins)
@@ -89,6 +96,9 @@ class LearnedPolicy:
         self._cost_n = [0.0] * n
         self._cost_norm = [0.0] * n
         self._cost_order = list(range(n))
+        self._surprise = [0.0] * n  # EWMA of residuals per variant
+        self._since_alarm = [0] * n  # updates since the EWMA was (re)started
+        self.drift_alarms = [0] * n  # how often each variant's alarm fired (observability)
         self._refresh_costs()
         caps = [self.max_share.get(v) for v in self.variants]
         self._shares = ShareWindow(n, caps, share_window, 50) if self.max_share else None
@@ -141,7 +151,10 @@ class LearnedPolicy:
     def _greedy(self, f: Features, allowed: list[bool] | None) -> tuple[int, str]:
         """The best allowed variant under the configured rule, and the reason string."""
         x = self._features.vector(f, self._x)
-        mean = np.clip(self._bank.predict_mean(x, self._mean), 0.0, 1.0).tolist()
+        # clipping in Python: np.clip costs several µs of call overhead on a 2-element array
+        mean = [
+            0.0 if m < 0.0 else 1.0 if m > 1.0 else m for m in self._bank.predict_mean(x, self._mean).tolist()
+        ]
         if self.ucb > 0.0:
             bonus = (self.ucb * self._bank.predict_std(x)).tolist()
             q = [m + b for m, b in zip(mean, bonus, strict=True)]
@@ -230,12 +243,35 @@ class LearnedPolicy:
         _check_range("cost", cost, 0.0, math.inf)
         i = self._index[variant]
         x = self._features.vector(f, self._xu)
-        self._bank.update(i, x, float(quality), self._gamma)
+        residual = self._bank.update(i, x, float(quality), self._gamma)
+        if self.drift_alarm is not None:
+            self._watch_drift(i, residual)
         self._cost_sum[i] = self._gamma * self._cost_sum[i] + float(cost)
         self._cost_n[i] = self._gamma * self._cost_n[i] + 1.0
         self._refresh_costs()
         self.updates += 1
         return True
+
+    def _watch_drift(self, i: int, residual: float) -> None:
+        """Forget most of variant i's evidence when its recent residuals are persistently one-sided.
+
+        Exponential decay alone trades stability for speed: a window long enough for precise
+        estimates takes hundreds of requests to notice a model that got worse. The alarm lets
+        `decay` stay slow in calm periods while a real shift is followed within a few dozen updates.
+        """
+        s = (1.0 - _DRIFT_RATE) * self._surprise[i] + _DRIFT_RATE * residual
+        self._surprise[i] = s
+        self._since_alarm[i] += 1
+        assert self.drift_alarm is not None
+        if (
+            abs(s) > self.drift_alarm
+            and self._since_alarm[i] * _DRIFT_RATE >= 1.0
+            and self._bank.weight[i] >= _DRIFT_MIN_WEIGHT
+        ):
+            self._bank.forget(i, _DRIFT_KEEP)
+            self._surprise[i] = 0.0
+            self._since_alarm[i] = 0
+            self.drift_alarms[i] += 1
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -252,6 +288,7 @@ class LearnedPolicy:
             "explore": self.explore,
             "ucb": self.ucb,
             "decay": self.decay,
+            "drift_alarm": self.drift_alarm,
             "prior_quality": dict(self.prior_quality),
             "prior_cost": dict(self.prior_cost),
             "prior_strength": bank.lam,
@@ -270,6 +307,9 @@ class LearnedPolicy:
                     "weight": float(bank.weight[i]),
                     "cost_sum": self._cost_sum[i],
                     "cost_n": self._cost_n[i],
+                    "surprise": self._surprise[i],
+                    "since_alarm": self._since_alarm[i],
+                    "drift_alarms": self.drift_alarms[i],
                 }
                 for i, v in enumerate(self.variants)
             },
@@ -322,6 +362,9 @@ class LearnedPolicy:
             bank.refresh(i)
             policy._cost_sum[i] = float(s["cost_sum"])
             policy._cost_n[i] = float(s["cost_n"])
+            policy._surprise[i] = float(s.get("surprise", 0.0))
+            policy._since_alarm[i] = int(s.get("since_alarm", 0))
+            policy.drift_alarms[i] = int(s.get("drift_alarms", 0))
         policy._refresh_costs()
         policy.updates = updates
         return policy
@@ -356,7 +399,16 @@ def summarise_change(old: LearnedPolicy, new: LearnedPolicy, sample_features: Se
     parts = [f"{v} {before[v]:.0%} → {after[v]:.0%}" for v in moved if abs(after[v] - before[v]) >= 0.005]
     text = f"share to {', '.join(parts)}" if parts else f"no change in traffic shares over {n} requests"
     changes = []
-    for key in ("cost_weight", "min_quality", "explore", "ucb", "decay", "frozen", "max_share"):
+    for key in (
+        "cost_weight",
+        "min_quality",
+        "explore",
+        "ucb",
+        "decay",
+        "drift_alarm",
+        "frozen",
+        "max_share",
+    ):
         a, b = getattr(old, key), getattr(new, key)
         if a != b:
             changes.append(f"{key} {a} → {b}")

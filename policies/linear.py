@@ -47,8 +47,19 @@ class LinearBank:
         self.inv[v] = 0.5 * (inv + inv.T)
         self.mean[v] = self.inv[v] @ (self.lam * self.prior_mean[v] + self.data_target[v])
 
-    def update(self, v: int, x: Array, target: float, gamma: float) -> None:
-        """Fold one observation (x, target) into variant v after forgetting by factor gamma."""
+    def forget(self, v: int, keep: float) -> None:
+        """Scale variant v's evidence by `keep` (in [0, 1]): a one-off, sharper forgetting."""
+        self.data_precision[v] *= keep
+        self.data_target[v] *= keep
+        self.weight[v] *= keep
+        self.refresh(v)
+
+    def update(self, v: int, x: Array, target: float, gamma: float) -> float:
+        """Fold one observation (x, target) into variant v after forgetting by factor gamma.
+
+        Returns the residual `target - prediction` of the model as it was before this observation.
+        """
+        residual = target - float(self.mean[v] @ x)
         d = self.data_precision[v]
         d *= gamma
         d += np.outer(x, x)
@@ -57,6 +68,7 @@ class LinearBank:
         t += target * x
         self.weight[v] = gamma * self.weight[v] + 1.0
         self.refresh(v)
+        return residual
 
     def predict_mean(self, x: Array, out: Array) -> Array:
         """Posterior mean quality of every variant at x, written into `out`."""

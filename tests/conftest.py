@@ -50,7 +50,11 @@ def fake_upstream() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def script(upstream: str, model: str, *steps: dict[str, Any]) -> None:
@@ -129,3 +133,25 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
     yield make
     for gw in running:
         gw.stop()
+
+
+def fetch_call(gw: RunningGateway, call_id: str, timeout: float = 10.0) -> Any:
+    """The stored CallRecord for `call_id`, once the batched writer has written it."""
+    import asyncio
+
+    from gateway.store import open_store
+
+    async def poll() -> Any:
+        store = open_store(gw.gateway.settings.store.url)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                rec = await store.get_call(call_id)
+                if rec is not None:
+                    return rec
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"call {call_id} was never written")
+        finally:
+            await store.close()
+
+    return asyncio.run(poll())

@@ -228,10 +228,11 @@ def split_by_group(
     return train, test
 
 
-def _counts(items: Iterable[Item], meta_key: str) -> dict[str, int]:
+def _counts(items: Iterable[Item], meta_key: str | None = None) -> dict[str, int]:
+    """Items per meta[meta_key] value, or per target when meta_key is None."""
     out: dict[str, int] = {}
     for it in items:
-        k = str(it.meta.get(meta_key, it.target))
+        k = it.target if meta_key is None else str(it.meta[meta_key])
         out[k] = out.get(k, 0) + 1
     return dict(sorted(out.items()))
 
@@ -241,7 +242,7 @@ def main() -> int:
     intents = load_task("intent_recognition")
     info = load_task_info("intent_recognition")
     print(f"intent_recognition: {len(intents)} items, {len(intents[0].choices or [])} intents")
-    print(f"  labels: {_counts(intents, '_label_')}")
+    print(f"  labels: {_counts(intents)}")
     print(f"  task_prefix: {info.task_prefix.strip()!r}")
     print(f"  output_prefix: {info.output_prefix!r}; sample input: {intents[0].input!r}")
     squad = load_task("squad_shifts")

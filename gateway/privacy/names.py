@@ -4,7 +4,9 @@ The lists are the first and last names that `faker` ships per locale (Python tup
 package: nothing is fetched). A capitalised token counts as a name when
 - a strong cue precedes it ("my name is", "call me", "Dear", "Mr.", "je m'appelle", "me llamo", ...):
   then any capitalised word does, and a listed name does even in lower case;
-- a weak cue precedes it ("I'm", "Hi", "Thanks,", "ich bin", "soy", ...) and it is a listed name;
+- an introduction or sign-off precedes it ("I'm", "Hi", "Thanks,", "ich bin", "soy", ...) and it is
+  a listed name or the first of two capitalised, non-common words;
+- a mention cue precedes it ("ask", "from", "cc") and it is a listed name;
 - it is a listed first name followed by a listed last name or another capitalised, non-common word
   ("Priya Raghunathan"), and not both halves are common words ("May Day");
 - it is a listed first name on its own that is not also a common word, month, place or product
@@ -45,23 +47,41 @@ _AMBIGUOUS = (
     "show", "make", "write", "help", "can", "could", "would", "should", "shall", "must", "is", "are",
     "was", "were", "be", "an", "a", "the", "and", "or", "but", "if", "so", "of", "on", "in", "at", "to",
     "for", "from", "by", "with", "about", "as", "into", "over", "under", "up", "down", "out", "mr",
-    "mrs", "ms", "dr", "prof", "miss", "mx",
+    "mrs", "ms", "dr", "prof", "miss", "mx", "customer", "customers", "team", "user", "users", "all",
+    "everyone", "friend", "friends", "colleague", "colleagues", "support", "manager", "client", "admin",
 )  # fmt: skip
 
 _PARTICLES = frozenset(
     ("van", "von", "der", "den", "de", "da", "del", "della", "di", "du", "le", "la", "dos", "das", "bin")
 )
 
-_STRONG_CUES = (
-    r"my name is|my name's|call me|dear|mr\.?|mrs\.?|ms\.?|miss|dr\.?|prof\.?|"
-    r"name:|signed:?|je m'appelle|je m’appelle|mon nom est|mein name ist|ich heiße|ich heisse|"
-    r"me llamo|mi nombre es|mi chiamo|il mio nome è|meu nome é|me chamo|mijn naam is|ik heet"
-)
-_WEAK_CUES = (
-    r"i'm|i’m|i am|this is|it's|hi|hello|hey|thanks,?|thank you,?|regards,?|cheers,?|best,?|"
-    r"ask|tell|from|with|cc|named|je suis|ich bin|soy|sono|sou|bonjour|hallo|hola|ciao|olá|"
-    r"merci,?|danke,?|gracias,?"
-)
+# Cues are matched as whole words just before a capitalised token (apostrophes normalised to ').
+_STRONG_CUES = frozenset(
+    (
+        "my name is", "my name's", "call me", "dear", "mr", "mr.", "mrs", "mrs.", "ms", "ms.", "miss",
+        "dr", "dr.", "prof", "prof.", "name:", "signed", "signed:", "je m'appelle", "mon nom est",
+        "mein name ist", "ich heiße", "ich heisse", "me llamo", "mi nombre es", "mi chiamo",
+        "il mio nome è", "meu nome é", "me chamo", "mijn naam is", "ik heet",
+    )
+)  # fmt: skip
+# Self-introductions, greetings and sign-offs: a listed name, or two capitalised words ("I'm
+# Fridrich Talpaš"), follows.
+_INTRO_CUES = frozenset(
+    (
+        "i'm", "i am", "this is", "hi", "hi,", "hello", "hello,", "hey", "hey,", "thanks,", "thank you,",
+        "regards,", "cheers,", "best,", "je suis", "ich bin", "soy", "sono", "sou", "bonjour", "hallo",
+        "hola", "ciao", "olá", "merci,", "danke,", "gracias,",
+    )
+)  # fmt: skip
+# Mentions: only a listed name follows ("from Microsoft Azure" must stay).
+_WEAK_CUES = frozenset(("it's", "thanks", "ask", "tell", "from", "with", "cc", "cc:", "named"))
+_CUE_LAST_WORDS = frozenset(c.rsplit(" ", 1)[-1] for c in _STRONG_CUES | _INTRO_CUES | _WEAK_CUES)
+# Lower-case names ("my name is john smith") are only taken after these.
+_LOWERCASE_CUES = (
+    "my name is ", "call me ", "je m'appelle ", "mein name ist ", "me llamo ", "mi chiamo ", "me chamo ",
+)  # fmt: skip
+_WORD = r"[^\W\d_]+(?:['’\-][^\W\d_]+)*"
+_NEXT_WORD = re.compile(rf"[ \t]+({_WORD})")
 
 
 class NameDetector:
@@ -93,72 +113,129 @@ class NameDetector:
         self._last = frozenset(last)
         self._common = frozenset(common)
         # `re` has no \p{Lu}: spell out the upper-case letters of the Latin, Greek and Cyrillic blocks.
+        # No leading look-behind: it would be tried at every position (~4x slower); checked in Python.
         upper = "".join(chr(c) for c in range(0x41, 0x530) if chr(c).isupper() and chr(c).isalpha())
-        word = r"[^\W\d_]+(?:['’\-][^\W\d_]+)*"
-        self._capword = re.compile(rf"(?<![\w'’\-@.])[{re.escape(upper)}]{word}")
-        self._cue = re.compile(
-            rf"(?<![\w])(?:(?P<strong>{_STRONG_CUES})|(?P<weak>{_WEAK_CUES}))[ \t]+(?=(?P<name>{word}))",
-            re.IGNORECASE,
-        )
+        self._capword = re.compile(rf"[{re.escape(upper)}]{_WORD}")
 
     def find(self, text: str) -> list[Finding]:
         """Person-name spans in `text` (may overlap each other; the scrubber resolves overlaps)."""
         out: list[Finding] = []
-        for m in self._cue.finditer(text):
-            start = m.start("name")
-            token = _base(m.group("name"))
-            key = token.casefold()
-            is_cap = token[:1].isupper() and token[1:] != token[1:].upper()
-            if m.group("strong") is not None:
-                if not ((is_cap and key not in self._common) or key in self._first or key in self._last):
-                    continue
-            elif not (is_cap and (key in self._first or key in self._last) and key not in self._common):
+        tokens: list[tuple[int, str]] = []
+        for m in self._capword.finditer(text):
+            start = m.start()
+            if start and _glued(text[start - 1]):
                 continue
-            out.append(Finding("PERSON", start, self._extend(text, start + len(token))))
-        out.extend(self._from_lists(text))
-        return out
-
-    def _from_lists(self, text: str) -> list[Finding]:
-        out: list[Finding] = []
-        tokens = [(m.start(), m.end(), _base(m.group())) for m in self._capword.finditer(text)]
+            tok = m.group()
+            tokens.append((start, _base(tok) if "'" in tok or "’" in tok else tok))
+        first, last, common = self._first, self._last, self._common
         i = 0
         while i < len(tokens):
-            start, _, tok = tokens[i]
-            key = tok.casefold()
-            if key not in self._first or tok[1:] == tok[1:].upper():
-                i += 1
-                continue
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-            adjacent = nxt is not None and _only_space(text, start + len(tok), nxt[0])
-            if adjacent and nxt is not None:
-                nkey = nxt[2].casefold()
-                surname = nkey in self._last or (nkey not in self._common and nkey not in self._first)
-                if (surname or nkey in self._first) and not (key in self._common and nkey in self._common):
-                    out.append(Finding("PERSON", start, self._extend(text, nxt[0] + len(nxt[2]))))
-                    i += 2
-                    continue
-            if key not in self._common:
-                out.append(Finding("PERSON", start, self._extend(text, start + len(tok))))
+            start, tok = tokens[i]
             i += 1
+            key = tok.casefold()
+            in_first = key in first
+            listed = in_first or key in last
+            is_common = key in common
+            if (is_common and not listed) or tok[1:].isupper():
+                continue
+            end = start + len(tok)
+            nxt = tokens[i] if i < len(tokens) and _only_space(text, end, tokens[i][0]) else None
+            if in_first and nxt is not None and not nxt[1][1:].isupper():
+                nkey = nxt[1].casefold()
+                in_last, n_common = nkey in last, nkey in common
+                if (in_last and not n_common) if is_common else (in_last or not n_common):
+                    out.append(Finding("PERSON", start, self._extend(text, nxt[0] + len(nxt[1]))))
+                    i += 1
+                    continue
+            if in_first and (not is_common or self._particle_surname(text, end)):
+                out.append(Finding("PERSON", start, self._extend(text, end)))
+                continue
+            cue = self._cue_before(text, start)  # last: most capitalised words have none
+            if cue is None:
+                continue
+            if (cue == "strong" and (listed or not is_common)) or (listed and not is_common):
+                out.append(Finding("PERSON", start, self._extend(text, end)))
+            elif cue == "intro" and nxt is not None and not is_common and self._capitalised_word(nxt[1]):
+                out.append(Finding("PERSON", start, self._extend(text, nxt[0] + len(nxt[1]))))
+                i += 1
+        out.extend(self._lowercase_after_cue(text))
         return out
 
+    def _cue_before(self, text: str, start: int) -> str | None:
+        """ "strong", "intro", "weak" or None: the cue phrase (if any) ending right before `start`."""
+        lo = max(0, start - 32)
+        window = text[lo:start]
+        if not window or not window[-1].isspace():
+            return None
+        words = window.replace("’", "'").lower().split()
+        if not words or words[-1] not in _CUE_LAST_WORDS:
+            return None
+        if lo > 0:
+            words = words[1:]  # may be a cut word
+        for n in (1, 2, 3, 4):
+            if n > len(words):
+                break
+            phrase = " ".join(words[-n:])
+            if phrase in _STRONG_CUES:
+                return "strong"
+            if phrase in _INTRO_CUES:
+                return "intro"
+            if phrase in _WEAK_CUES:
+                return "weak"
+        return None
+
+    def _lowercase_after_cue(self, text: str) -> list[Finding]:
+        lowered = text.lower()
+        if len(lowered) != len(text):  # a few letters change length under lower(): offsets would drift
+            return []
+        lowered = lowered.replace("’", "'")
+        out: list[Finding] = []
+        for cue in _LOWERCASE_CUES:
+            pos = lowered.find(cue)
+            while pos >= 0:
+                m = _NEXT_WORD.match(text, pos + len(cue) - 1)
+                if m is not None and m.group(1).islower() and (pos == 0 or not _glued(text[pos - 1])):
+                    key = _base(m.group(1))
+                    if key in self._first or key in self._last:
+                        end = m.start(1) + len(key)
+                        after = _NEXT_WORD.match(text, end)
+                        if after is not None and after.group(1).islower() and after.group(1) in self._last:
+                            end = after.end(1)
+                        out.append(Finding("PERSON", m.start(1), end))
+                pos = lowered.find(cue, pos + 1)
+        return out
+
+    def _capitalised_word(self, word: str) -> bool:
+        return not word[1:].isupper() and word.casefold() not in self._common
+
+    def _particle_surname(self, text: str, end: int) -> bool:
+        """Whether particles and then a capitalised word follow: "Julia van den Heuvel"."""
+        m = _NEXT_WORD.match(text, end)
+        if m is None or m.group(1).casefold() not in _PARTICLES:
+            return False
+        return self._extend(text, end) > m.end(1)
+
     def _extend(self, text: str, end: int) -> int:
-        """Grow a name span over following surnames, capitalised words and particles."""
+        """Grow a name span over following particles and capitalised, non-common words."""
         pos = end
         while True:
-            m = re.match(r"[ \t]+([^\W\d_]+(?:['’\-][^\W\d_]+)*)", text[pos : pos + 40])
+            m = _NEXT_WORD.match(text, pos)
             if m is None:
                 return end
             word = _base(m.group(1))
             key = word.casefold()
             if key in _PARTICLES:
-                pos += m.end(1)
+                pos = m.start(1) + len(word)
                 continue
-            surname = key in self._last or key not in self._first
-            if word[:1].isupper() and key not in self._common and surname:
-                end = pos = pos + m.start(1) + len(word)
+            if word[:1].isupper() and word[1:] != word[1:].upper() and key not in self._common:
+                end = pos = m.start(1) + len(word)
                 continue
             return end
+
+
+def _glued(prev: str) -> bool:
+    """Whether a character before a capital makes it part of a larger token (handle, path, email)."""
+    return prev.isalnum() or prev in "_'’-@./\\"
 
 
 def _base(token: str) -> str:

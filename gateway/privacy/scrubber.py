@@ -9,11 +9,12 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 from gateway.privacy.findings import Finding, PiiType, redact, resolve_overlaps
 from gateway.privacy.names import DEFAULT_LOCALES, NameDetector
-from gateway.privacy.patterns import find_cards, find_emails, find_ibans, find_ips
+from gateway.privacy.patterns import Run, digit_runs, find_cards, find_emails, find_ibans, find_ips
 from gateway.privacy.phones import DEFAULT_REGIONS, PhoneDetector
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
 
 Detector = Callable[[str], list[Finding]]
+_NumericDetector = Callable[[str, list[Run]], list[Finding]]
 
 ALL_TYPES: frozenset[PiiType] = frozenset({"EMAIL", "PHONE", "CARD", "IBAN", "IP", "PERSON"})
 
@@ -54,30 +55,38 @@ class Scrubber:
         if unknown:
             raise ValueError(f"unknown PII types: {sorted(unknown)}")
         self.types: frozenset[PiiType] = frozenset(types)
-        detectors: list[Detector] = []
+        numeric: list[_NumericDetector] = []
+        textual: list[Detector] = []
         if "EMAIL" in self.types:
-            detectors.append(find_emails)
+            textual.append(find_emails)
         if "CARD" in self.types:
-            detectors.append(find_cards)
+            numeric.append(find_cards)
         if "IBAN" in self.types:
-            detectors.append(find_ibans)
+            numeric.append(find_ibans)
         if "IP" in self.types:
-            detectors.append(find_ips)
+            numeric.append(find_ips)
         if "PHONE" in self.types:
-            detectors.append(PhoneDetector(phone_regions).find)
+            numeric.append(PhoneDetector(phone_regions).find)
         if "PERSON" in self.types:
-            detectors.append(NameDetector(name_locales, extra_names, common_words).find)
-        detectors.extend(extra_detectors)
-        self._detectors = tuple(detectors)
+            textual.append(NameDetector(name_locales, extra_names, common_words).find)
+        textual.extend(extra_detectors)
+        self._numeric = tuple(numeric)
+        self._textual = tuple(textual)
 
     def find(self, text: str) -> list[Finding]:
         """Non-overlapping PII spans in `text`, sorted by start."""
         if len(text) < 5:
             return []
         found: list[Finding] = []
-        for detect in self._detectors:
-            found.extend(f for f in detect(text) if f.type in self.types)
-        return resolve_overlaps(found) if found else found
+        if self._numeric:
+            runs = digit_runs(text)  # once, shared by every number-shaped detector
+            for numeric in self._numeric:
+                found.extend(numeric(text, runs))
+        for detect in self._textual:
+            found.extend(detect(text))
+        if not found:
+            return found
+        return resolve_overlaps(f for f in found if f.type in self.types)
 
     def scrub(self, text: str) -> str:
         """`text` with every PII span replaced by `<TYPE>` (e.g. `<EMAIL>`, `<PERSON>`)."""

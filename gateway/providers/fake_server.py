@@ -97,6 +97,8 @@ class FakeUpstream:
         await resp.prepare(request)
         for i, chunk in enumerate(engine.chunks(body)):
             if "break_after" in step and i >= step["break_after"]:
+                # let the chunks already written reach the peer: a reset discards unread data
+                await asyncio.sleep(0.1)
                 _abort(request)
                 return resp
             if "stall_after" in step and i >= step["stall_after"]:
@@ -131,7 +133,7 @@ def main() -> None:
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     args = parser.parse_args()
     upstream = FakeUpstream(args.delay_ms, args.chunk_delay_ms)
-    web.run_app(upstream.app(), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(upstream.app(), host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=0.5)
 
 
 if __name__ == "__main__":

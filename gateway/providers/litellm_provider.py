@@ -52,8 +52,8 @@ _LITELLM_ENV_DEFAULTS = {"LITELLM_LOG": "ERROR"}  # its own stderr handler logs 
 # OpenAI Chat Completions request fields (spec 2.3.0) that litellm maps per provider.
 _CHAT_FIELDS = frozenset({
     "messages", "model", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs",
-    "max_tokens", "max_completion_tokens", "n", "modalities", "prediction", "audio", "response_format", "seed",
-    "service_tier", "stop", "stream_options", "temperature", "top_p", "tools", "tool_choice",
+    "max_tokens", "max_completion_tokens", "n", "modalities", "prediction", "audio", "response_format",
+    "seed", "service_tier", "stop", "stream_options", "temperature", "top_p", "tools", "tool_choice",
     "parallel_tool_calls", "user", "functions", "function_call", "reasoning_effort", "verbosity",
     "web_search_options", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
     "thinking",  # not OpenAI's, but litellm maps it (Anthropic, Bedrock, Gemini extended thinking)
@@ -66,6 +66,8 @@ _REFUSED_PREFIXES = ("_", "litellm", "aws_", "vertex_", "azure_", "watsonx_", "o
                      "bedrock_", "gcp_", "google_", "databricks_", "snowflake_", "api_", "mock_")
 _REFUSED_WORDS = ("credential", "secret", "password", "endpoint", "url", "base", "region", "project", "key")
 
+_USAGE_DETAILS = frozenset({"cached_tokens", "audio_tokens", "text_tokens", "image_tokens", "cache_write_tokens",
+                            "reasoning_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens"})
 _FORWARDED_HEADERS = frozenset({"request-id", "x-request-id", "retry-after"})
 _RATELIMIT_MARK = "ratelimit"  # x-ratelimit-*, anthropic-ratelimit-*
 
@@ -126,11 +128,9 @@ class LiteLLMProvider:
             if field in _ALWAYS_DROPPED or (field in _NOOP_DEFAULTS and value == _NOOP_DEFAULTS[field]):
                 continue
             if field not in allowed and not self._passable(field):
-                raise UpstreamError(
-                    f"unsupported parameter for provider '{self.name}': {field}", status=400,
-                    body=_error_body(f"Unrecognized request argument supplied: {field}", "invalid_request_error",
-                                     field),
-                )
+                message = f"Unrecognized request argument supplied: {field}"
+                raise UpstreamError(message, status=400,
+                                    body=_error_body(message, "invalid_request_error", field))
             kwargs[field] = value
         kwargs.update(self._extra)
         kwargs.update(api_key=self._key.value, api_base=self._base_url, timeout=timeout_s,
@@ -229,6 +229,7 @@ def upstream_error(exc: BaseException, timeout_s: float) -> UpstreamError:
     if broken:
         return UpstreamError(f"upstream connection failed: {type(broken[0]).__name__}: {broken[0]}")
     # litellm folds some statuses into others (Anthropic's 529 surfaces as 500): the innermost wins.
+    # None at all means the upstream answered 2xx with something unusable: a bad gateway.
     status: int | None = None
     headers: Mapping[str, str] = {}
     for link in chain:
@@ -236,7 +237,7 @@ def upstream_error(exc: BaseException, timeout_s: float) -> UpstreamError:
         response = getattr(link, "response", None)
         if isinstance(link, httpx.HTTPStatusError) and response is not None:
             code = response.status_code
-        if isinstance(code, int | str) and str(code).isdigit() and 100 <= int(code) <= 599:
+        if isinstance(code, int | str) and str(code).isdigit() and 400 <= int(code) <= 599:
             status = int(code)
         for attr in ("litellm_response_headers", "headers"):
             found = getattr(link, attr, None)
@@ -323,7 +324,7 @@ def _usage(usage: Any) -> Body | None:
     for details in ("prompt_tokens_details", "completion_tokens_details"):
         inner = usage.get(details)
         if isinstance(inner, dict):
-            kept = {k: v for k, v in inner.items() if type(v) is int}
+            kept = {k: v for k, v in inner.items() if type(v) is int and k in _USAGE_DETAILS}
             if kept:
                 out[details] = kept
     return out
@@ -346,7 +347,7 @@ def _tool_call(call: Any, *, chunk: bool) -> Body:
 
 def _message(msg: Any, *, chunk: bool) -> Body:
     msg = msg if isinstance(msg, dict) else {}
-    out: Body = {} if chunk else {"role": "assistant", "content": msg.get("content"), "refusal": msg.get("refusal")}
+    out: Body = {} if chunk else {"role": "assistant", "content": None, "refusal": None}
     for key in ("role", "content", "refusal", "reasoning_content"):
         if isinstance(msg.get(key), str):
             out[key] = msg[key]
@@ -361,7 +362,8 @@ def _message(msg: Any, *, chunk: bool) -> Body:
 
 
 def _envelope(dump: Body, kind: str) -> Body:
-    out: Body = {"id": str(dump.get("id") or ""), "object": kind, "created": int(dump.get("created") or time.time()),
+    created = int(dump.get("created") or time.time())
+    out: Body = {"id": str(dump.get("id") or ""), "object": kind, "created": created,
                  "model": str(dump.get("model") or "")}
     for key in ("system_fingerprint", "service_tier"):
         if isinstance(dump.get(key), str):
@@ -409,7 +411,8 @@ def _embeddings(dump: Body, as_base64: bool) -> Body:
             vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
         data.append({"object": "embedding", "index": item.get("index", i) if isinstance(item, dict) else i,
                      "embedding": vector})
-    usage = dump.get("usage") if isinstance(dump.get("usage"), dict) else {}
+    usage = dump.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     prompt = int(usage.get("prompt_tokens") or 0)
     return {"object": "list", "data": data, "model": str(dump.get("model") or ""),
             "usage": {"prompt_tokens": prompt, "total_tokens": int(usage.get("total_tokens") or prompt)}}

@@ -86,6 +86,8 @@ class CallWriter:
     def submit_call(self, rec: CallRecord) -> None:
         """Enqueue a call; never blocks, never raises."""
         try:
+            if not isinstance(rec, CallRecord):
+                raise TypeError(f"expected a CallRecord, got {type(rec).__name__}")
             self._pending.add(rec.id)
             self._submit(rec)
         except Exception:  # the request path must not fail because of logging
@@ -94,6 +96,8 @@ class CallWriter:
     def submit_feedback(self, fb: FeedbackRecord) -> None:
         """Enqueue a feedback row; never blocks, never raises."""
         try:
+            if not isinstance(fb, FeedbackRecord):
+                raise TypeError(f"expected a FeedbackRecord, got {type(fb).__name__}")
             self._submit(fb)
         except Exception:
             log.exception("call writer: could not accept feedback %s", getattr(fb, "id", "?"))
@@ -203,7 +207,7 @@ class CallWriter:
         feedback = [r for r in batch if isinstance(r, FeedbackRecord)]
         unsaved: list[Spillable] = []
         try:
-            if calls and not (skip_db or await self._insert_calls(calls)):
+            if calls and (skip_db or not await self._insert_calls(calls)):
                 unsaved.extend(calls)
             for i, fb in enumerate(feedback):
                 if skip_db or unsaved or not await self._insert_feedback(fb):

@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,16 +33,22 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+def _admin_sync(url: str, sql: str) -> None:
+    # A thread of its own: this may be reached from inside a running event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin(url, sql)).result()
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """URL of a database created for this test session and dropped afterwards."""
     name = f"flywheel_test_{os.getpid()}_{secrets.token_hex(4)}"
     try:
-        asyncio.run(_admin(PG_URL, f'CREATE DATABASE "{name}"'))
+        _admin_sync(PG_URL, f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError, TimeoutError) as e:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {e}")
     yield urlsplit(PG_URL)._replace(path=f"/{name}", query="").geturl()
-    asyncio.run(_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _admin_sync(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

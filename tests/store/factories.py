@@ -7,7 +7,7 @@ from typing import Any
 from gateway.store.records import Attempt, CallRecord, FeedbackRecord
 
 T0 = 1_700_000_000.0
-SYSTEM_5K = "You are the support assistant of Example Corp. Follow the policy below.\n" + "policy line. " * 400
+SYSTEM_5K = "You are the support assistant of Example Corp. Follow this policy.\n" + "policy line. " * 400
 
 
 def make_call(
@@ -34,7 +34,10 @@ def make_call(
         policy_reason="static",
         request={
             "model": route,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": f"question {i}?"}],
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"question {i}?"},
+            ],
             "temperature": 0.2,
         },
         response={"choices": [{"message": {"role": "assistant", "content": f"answer {i}"}}]},

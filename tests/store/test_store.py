@@ -6,7 +6,7 @@ import pytest
 
 from gateway.store import codec, migrations, open_store
 from gateway.store.dialect import Conn, Dialect
-from gateway.store.records import Attempt, ArtifactRecord, CallRecord, Transition
+from gateway.store.records import ArtifactRecord, Attempt, CallRecord, Transition
 from gateway.store.sql import SqlStore
 from tests.store.factories import SYSTEM_5K, T0, make_call, make_feedback
 
@@ -47,8 +47,8 @@ async def test_call_round_trip_with_every_field(store: SqlStore) -> None:
         ttft_ms=12.5,
         stream=True,
         attempts=[
-            Attempt(model="small", provider="openai", status=None, error="timeout", latency_ms=8000.0, started_at=T0),
-            Attempt(model="large", provider="vllm", status=502, error="bad gateway", latency_ms=3.0, started_at=T0 + 8),
+            Attempt("small", "openai", status=None, error="timeout", latency_ms=8000.0, started_at=T0),
+            Attempt("large", "vllm", status=502, error="bad gateway", latency_ms=3.0, started_at=T0 + 8),
         ],
         retrieved_ids=["ex-1", "ex-7"],
     )

@@ -1,0 +1,149 @@
+"""A bounded, closed-loop HTTP load generator for the benchmarks.
+
+`concurrency` workers share one pooled keep-alive aiohttp session and take request numbers
+from a shared counter until `requests` have been sent, so a run is a fixed amount of work
+(not a fixed duration) and its CPU cost can be divided by the number of requests.
+
+It shares the machine's cores with what it measures, so it does as little as it can per
+request: the body is encoded once, responses are read as bytes and never parsed, and the
+only bookkeeping is a latency float and a status count.
+
+    from bench.loadgen import run_load
+    result = await run_load("http://127.0.0.1:8080/v1/chat/completions", body,
+                            requests=2000, concurrency=16, stream=True)
+    print(result.rps, result.percentile_ms(99), result.statuses)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+TRANSPORT_ERROR = 0  # the status recorded when no HTTP response arrived (reset, timeout, refused)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one bounded run measured. Latencies are in seconds, one per request, in finish order."""
+
+    requests: int
+    concurrency: int
+    stream: bool
+    elapsed_s: float
+    latencies_s: list[float]
+    ttfb_s: list[float]  # time to the first body bytes: for streams, the first chunk
+    statuses: dict[int, int] = field(default_factory=dict)  # HTTP status -> count; 0 = transport error
+    error_samples: list[str] = field(default_factory=list)  # a few error texts, for diagnosis
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second of wall time."""
+        return len(self.latencies_s) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ok(self) -> int:
+        """Requests answered with a 2xx status."""
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    @property
+    def failed(self) -> int:
+        """Requests that ended with a non-2xx status or no response at all."""
+        return len(self.latencies_s) - self.ok
+
+    def percentile_ms(self, p: float, *, ttfb: bool = False) -> float:
+        """The p-th percentile (nearest rank) of latency, or of time to first byte, in ms."""
+        return percentile(self.ttfb_s if ttfb else self.latencies_s, p) * 1000
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile of `values` (0 <= p <= 100); NaN for an empty list."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def make_session(concurrency: int, timeout_s: float = 60.0) -> aiohttp.ClientSession:
+    """A session whose pool holds one keep-alive connection per worker."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, keepalive_timeout=60,
+                                     enable_cleanup_closed=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 skip_auto_headers=("User-Agent",))
+
+
+async def run_load(
+    url: str,
+    body: Any,
+    *,
+    requests: int,
+    concurrency: int,
+    stream: bool = False,
+    headers: Mapping[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+    timeout_s: float = 60.0,
+) -> LoadResult:
+    """POST `body` (a JSON-able value, or bytes sent as-is) to `url` `requests` times, `concurrency` at a time.
+
+    With `stream`, each response is consumed chunk by chunk as it arrives (the body must ask
+    the server to stream). A given `session` is reused (and left open); otherwise one is
+    made and closed. Never raises for a failed request: failures are counted in `statuses`.
+    """
+    if requests < 0 or concurrency < 1:
+        raise ValueError("requests must be >= 0 and concurrency >= 1")
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    hdrs = {"content-type": "application/json", **(headers or {})}
+    own = session is None
+    sess = session if session is not None else make_session(concurrency, timeout_s)
+    latencies: list[float] = []
+    ttfb: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+    ticket = itertools.count()
+    clock = time.perf_counter
+
+    async def one() -> None:
+        start = clock()
+        first = math.nan
+        status = TRANSPORT_ERROR
+        try:
+            async with sess.post(url, data=data, headers=hdrs) as resp:
+                status = resp.status
+                if stream and status < 400:
+                    async for _ in resp.content.iter_any():
+                        if first != first:  # NaN: nothing seen yet
+                            first = clock()
+                else:
+                    raw = await resp.read()
+                    first = clock()
+                    if status >= 400 and len(errors) < 5:
+                        errors.append(f"HTTP {status}: {raw[:200].decode('utf-8', 'replace')}")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            status = TRANSPORT_ERROR
+            if len(errors) < 5:
+                errors.append(f"{exc.__class__.__name__}: {exc}")
+        end = clock()
+        latencies.append(end - start)
+        ttfb.append((first if first == first else end) - start)
+        statuses[status] += 1
+
+    async def worker() -> None:
+        while next(ticket) < requests:
+            await one()
+
+    began = clock()
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, max(requests, 1)))))
+    finally:
+        if own:
+            await sess.close()
+    return LoadResult(requests, concurrency, stream, clock() - began, latencies, ttfb, dict(statuses), errors)
