@@ -92,7 +92,7 @@ async def run_load(
     session: aiohttp.ClientSession | None = None,
     timeout_s: float = 60.0,
 ) -> LoadResult:
-    """POST `body` (a JSON-able value, or bytes sent as-is) to `url` `requests` times, `concurrency` at a time.
+    """POST `body` (JSON-able, or bytes sent as-is) to `url` `requests` times, `concurrency` at a time.
 
     With `stream`, each response is consumed chunk by chunk as it arrives (the body must ask
     the server to stream). A given `session` is reused (and left open); otherwise one is
@@ -127,7 +127,7 @@ async def run_load(
                     first = clock()
                     if status >= 400 and len(errors) < 5:
                         errors.append(f"HTTP {status}: {raw[:200].decode('utf-8', 'replace')}")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             status = TRANSPORT_ERROR
             if len(errors) < 5:
                 errors.append(f"{exc.__class__.__name__}: {exc}")

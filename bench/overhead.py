@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -38,9 +39,10 @@ TARGET_CPU_US = 700.0  # gateway CPU per non-streaming request
 TARGET_ADDED_P99_MS = 5.0  # at concurrency 16, 50 ms upstream
 TARGET_RSS_MB = 150.0
 TARGET_STARTUP_S = 3.0
-# ~30 words: the fake upstream echoes them, so a stream carries ~35 chunks
+# ~30 words: the fake upstream echoes them back a word per chunk
 PROMPT = ("Summarise this support ticket in one sentence: the customer cannot log in after resetting "
           "the password, the reset e-mail arrived twice, and the second link says it has expired already.")
+STREAM_CHUNKS = len(("You said: " + PROMPT).split(" ")) + 3  # + role, finish and usage chunks
 CONTEXT = """For scale (CPU per proxied request, measured earlier on this machine, fake upstream):
   bare starlette pass-through, aiohttp client ~500 us | same with httpx 1,700-4,500 us
   litellm.acompletion ~7,800 us | LiteLLM proxy ~15,000 us | TensorZero (Rust) ~350 us"""
@@ -83,6 +85,7 @@ class Side:
     statuses: dict[int, int]
     upstream_cpu_us: float  # fake upstream CPU per request
     gateway_cpu_us: float | None  # None when the gateway was not on the path
+    gateway_sys_us: float | None  # the kernel's part of it (sockets, mostly)
     client_cpu_us: float  # the load generator's own CPU per request
 
 
@@ -111,11 +114,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, all its threads, in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    return sum(cpu_times(pid))
 
 
 def idle_cpu_ms_per_s(pid: int, seconds: float) -> float:
@@ -167,7 +175,11 @@ def start_upstream(delay_ms: int, tmp: Path) -> Service:
     port = free_port()
     svc = spawn(["-m", "gateway.providers.fake_server", "--port", str(port), "--delay-ms", str(delay_ms)],
                 tmp / f"upstream-{delay_ms}.log", port)
-    wait_http(svc, "/v1/models")
+    try:
+        wait_http(svc, "/v1/models")
+    except BaseException:
+        svc.stop()
+        raise
     return svc
 
 
@@ -176,7 +188,8 @@ def write_config(tmp: Path, upstreams: dict[int, Service]) -> Path:
     lines = ['[store]', f'url = "sqlite:///{tmp}/flywheel.db"', f'spill_path = "{tmp}/spill.jsonl"', "",
              "[learners]", "enabled = false", ""]
     for delay, svc in upstreams.items():
-        lines += [f"[providers.up{delay}]", 'kind = "openai"', f'base_url = "http://127.0.0.1:{svc.port}/v1"', "",
+        lines += [f"[providers.up{delay}]", 'kind = "openai"', f'base_url = "http://127.0.0.1:{svc.port}/v1"',
+                  "",
                   f"[models.m{delay}]", f'provider = "up{delay}"', f'name = "fake-{delay}"',
                   "price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }", "",
                   f"[routes.bench-{delay}]", f'variants = ["m{delay}"]', ""]
@@ -190,7 +203,11 @@ def start_gateway(config: Path, tmp: Path, tag: str) -> tuple[Service, float]:
     port = free_port()
     svc = spawn(["-m", "gateway.cli", "--config", str(config), "serve", "--port", str(port)],
                 tmp / f"gateway-{tag}.log", port)
-    return svc, wait_http(svc, "/healthz")
+    try:
+        return svc, wait_http(svc, "/healthz")
+    except BaseException:
+        svc.stop()
+        raise
 
 
 def body_for(model: str, stream: bool) -> dict[str, Any]:
@@ -209,19 +226,19 @@ async def measure(url: str, body: dict[str, Any], *, n: int, warmup: int, concur
     async with make_session(concurrency) as session:
         await run_load(url, body, requests=warmup, concurrency=concurrency, stream=stream, session=session)
         up0 = cpu_s(upstream.pid)
-        gw0 = cpu_s(gateway.pid) if gateway else 0.0
+        gw0 = cpu_times(gateway.pid) if gateway else (0.0, 0.0)
         me0 = time.process_time()
         res: LoadResult = await run_load(url, body, requests=n, concurrency=concurrency, stream=stream,
                                          session=session)
         me1 = time.process_time()
-        gw1 = cpu_s(gateway.pid) if gateway else 0.0
+        gw1 = cpu_times(gateway.pid) if gateway else (0.0, 0.0)
         up1 = cpu_s(upstream.pid)
     if res.failed:
         print(f"  !! {res.failed} failed requests at {url}: {res.statuses} {res.error_samples[:2]}")
     per = 1e6 / max(n, 1)
     return Side(n, res.rps, res.percentile_ms(50), res.percentile_ms(99), res.percentile_ms(50, ttfb=True),
-                res.failed, res.statuses, (up1 - up0) * per, (gw1 - gw0) * per if gateway else None,
-                (me1 - me0) * per)
+                res.failed, res.statuses, (up1 - up0) * per, (sum(gw1) - sum(gw0)) * per if gateway else None,
+                (gw1[1] - gw0[1]) * per if gateway else None, (me1 - me0) * per)
 
 
 def requests_for(n: int, delay_ms: int, concurrency: int, budget_s: float) -> int:
@@ -262,7 +279,8 @@ def row(c: Cell) -> str:
     d, g = c.direct, c.gateway
     mark = "" if c.stream else ("  PASS" if (g.gateway_cpu_us or 0) <= TARGET_CPU_US else "  MISS")
     return (f"{'yes' if c.stream else 'no':>6} {c.delay_ms:>5} {c.concurrency:>4} {d.requests:>5} | "
-            f"{d.rps:>10.0f} {d.p50_ms:>6.2f} {d.p99_ms:>6.2f} | {g.rps:>7.0f} {g.p50_ms:>6.2f} {g.p99_ms:>6.2f} | "
+            f"{d.rps:>10.0f} {d.p50_ms:>6.2f} {d.p99_ms:>6.2f} | "
+            f"{g.rps:>7.0f} {g.p50_ms:>6.2f} {g.p99_ms:>6.2f} | "
             f"{c.added_p50_ms:>9.2f} {c.added_p99_ms:>6.2f} | {g.gateway_cpu_us or 0:>7.0f} "
             f"{g.upstream_cpu_us:>7.0f} {g.client_cpu_us:>7.0f}{mark}")
 
@@ -281,8 +299,12 @@ def summary(cells: list[Cell], startup: list[float], idle_rss: float, loaded_rss
                f"target <= {TARGET_CPU_US:.0f} us in every cell: {verdict(max(cpu) <= TARGET_CPU_US)}")
     streamed = [c.gateway.gateway_cpu_us or 0.0 for c in cells if c.stream]
     if streamed:
-        out.append(f"gateway CPU per streamed request (~35 chunks): median {statistics.median(streamed):.0f} us "
-                   "(no target)")
+        med = statistics.median(streamed)
+        out.append(f"gateway CPU per streamed request ({STREAM_CHUNKS} chunks): median {med:.0f} us, "
+                   f"~{med / STREAM_CHUNKS:.0f} us per chunk all included (no target)")
+    sys_share = sum(c.gateway.gateway_sys_us or 0.0 for c in cells) / max(
+        sum(c.gateway.gateway_cpu_us or 0.0 for c in cells), 1e-9)
+    out.append(f"kernel (system) share of the gateway's CPU: {100 * sys_share:.0f}%; the rest is user space")
     for c in cells:
         if c.delay_ms == 50 and c.concurrency == 16:
             kind = "streaming" if c.stream else "non-streaming"
@@ -290,8 +312,9 @@ def summary(cells: list[Cell], startup: list[float], idle_rss: float, loaded_rss
                        f"(added p50 {c.added_p50_ms:.2f} ms); target <= {TARGET_ADDED_P99_MS:.0f} ms: "
                        f"{verdict(c.added_p99_ms <= TARGET_ADDED_P99_MS)}")
     med = statistics.median(startup)
-    out.append(f"start-up (spawn -> /healthz 200, no litellm provider): median {med:.2f} s over {len(startup)} "
-               f"({', '.join(f'{s:.2f}' for s in startup)}); target <= {TARGET_STARTUP_S:.0f} s: "
+    runs = ", ".join(f"{s:.2f}" for s in startup)
+    out.append(f"start-up (spawn -> /healthz 200, no litellm provider): median {med:.2f} s over "
+               f"{len(startup)} ({runs}); target <= {TARGET_STARTUP_S:.0f} s: "
                f"{verdict(med <= TARGET_STARTUP_S)}")
     out.append(f"idle RSS after start-up: {idle_rss:.1f} MiB; target <= {TARGET_RSS_MB:.0f} MB: "
                f"{verdict(idle_rss <= TARGET_RSS_MB)}   (after the load: {loaded_rss:.1f} MiB)")
@@ -310,7 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated, default 1,16,64")
     p.add_argument("--cell-budget-s", type=float, default=10.0,
                    help="cap on a 50 ms cell's run time: fewer requests at low concurrency")
-    p.add_argument("--startup-runs", type=int, default=3, help="gateway starts timed (the first is the one loaded)")
+    p.add_argument("--startup-runs", type=int, default=3,
+                   help="gateway starts timed (the first is the one loaded)")
     p.add_argument("--idle-s", type=float, default=3.0, help="seconds the idle gateway's CPU is watched")
     p.add_argument("--quick", action="store_true", help="a small smoke run (< 30 s)")
     p.add_argument("--json", action="store_true", help=f"also write {OUT.relative_to(REPO)}")
@@ -322,20 +346,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
 
         loop_factory = uvloop.new_event_loop  # the client shares the cores: keep it cheap
     except ImportError:
-        loop_factory = asyncio.new_event_loop
-    print(f"Flywheel gateway overhead  ({os.cpu_count()} cores shared by the load generator, two fake upstreams "
-          f"and the gateway; load average at start {os.getloadavg()[0]:.2f})")
+        pass
+    print(f"Flywheel gateway overhead  ({os.cpu_count()} cores shared by the load generator, two fake "
+          f"upstreams and the gateway; load average at start {os.getloadavg()[0]:.2f})")
     services: list[Service] = []
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmpdir:
         tmp = Path(tmpdir)
         try:
-            upstreams = {d: start_upstream(d, tmp) for d in DELAYS_MS}
-            services += upstreams.values()
+            upstreams: dict[int, Service] = {}
+            for delay in DELAYS_MS:
+                upstreams[delay] = start_upstream(delay, tmp)
+                services.append(upstreams[delay])
             config = write_config(tmp, upstreams)
             gateway, first = start_gateway(config, tmp, "main")
             services.append(gateway)
@@ -365,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         doc = {"cells": [{**asdict(c), "added_p50_ms": c.added_p50_ms, "added_p99_ms": c.added_p99_ms}
                          for c in cells],
-               "startup_s": startup, "idle_cpu_ms_per_s": idle_cpu, "idle_rss_mib": idle_rss, "loaded_rss_mib": loaded_rss,
+               "startup_s": startup, "idle_cpu_ms_per_s": idle_cpu, "idle_rss_mib": idle_rss,
+               "loaded_rss_mib": loaded_rss,
                "requests": args.requests, "cpu_count": os.cpu_count()}
         OUT.write_text(json.dumps(doc, indent=2))
         print(f"wrote {OUT.relative_to(REPO)}")

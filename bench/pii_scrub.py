@@ -4,8 +4,9 @@
 
 A planted span counts as found when a finding of the same type covers it entirely; a finding counts
 as correct when it overlaps a planted span of its type. PERSON is also split by whether a context
-cue precedes the name and whether its locale is in the scrubber's name lists. Cost (process CPU time, best
-of --repeat) is printed per prompt, per 1 KB of prompt text, per 1 KB of PII-free prose, and for `scrub_call` on a chat record.
+cue precedes the name and whether its locale is in the scrubber's name lists. Cost (process CPU
+time, best of --repeat) is printed per prompt, per 1 KB of prompt text, per 1 KB of PII-free prose,
+and for `scrub_call` on a chat record.
 """
 
 from __future__ import annotations

@@ -31,10 +31,22 @@ from gateway.store import open_store
 from gateway.store.records import Attempt, CallRecord
 from gateway.store.writer import CallWriter
 
-SYSTEM = ("You are the support assistant of Example Corp. Answer politely, cite the policy, never invent. " * 22)[
-    :2048
+SYSTEM = ("You are the support assistant of Example Corp. Answer politely, cite the policy. " * 30)[:2048]
+WORDS = [
+    "refund",
+    "order",
+    "shipping",
+    "invoice",
+    "account",
+    "password",
+    "delivery",
+    "late",
+    "broken",
+    "warranty",
+    "cancel",
+    "upgrade",
+    "plan",
 ]
-WORDS = "refund order shipping invoice account password delivery late broken warranty cancel upgrade plan".split()
 
 
 def make_calls(n: int, seed: int = 7) -> list[CallRecord]:
@@ -61,7 +73,10 @@ def make_calls(n: int, seed: int = 7) -> list[CallRecord]:
                 choice_probability=0.9,
                 request={
                     "model": "support-bot",
-                    "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": question},
+                    ],
                     "temperature": 0.3,
                 },
                 response={
@@ -158,7 +173,8 @@ async def main() -> None:
         results.append(await bench_sqlite(calls))
     if args.backend in ("postgres", "both"):
         results.append(await bench_postgres(calls, args.pg_url))
-    print(f"{'backend':<10}{'rows/s':>10}{'submit µs':>11}{'bytes/call':>12}{'list 1000 ms':>14}{'spilled':>9}")
+    header = f"{'backend':<10}{'rows/s':>10}{'submit µs':>11}{'bytes/call':>12}{'list 1000 ms':>14}"
+    print(header + f"{'spilled':>9}")
     for r in results:
         print(
             f"{r.backend:<10}{r.rows / r.seconds:>10,.0f}{r.submit_us:>11.2f}"

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -19,8 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import openai_api
+from gateway import admin_api, openai_api
 from gateway.auth import AuthMiddleware
+from gateway.capture import Capture
+from gateway.feedback_api import post_feedback
 from gateway.errors import GatewayError, NotFound, error_response, internal_error
 from gateway.limits import LimitsMiddleware
 from gateway.pipeline import Augmenter, Pipeline
@@ -29,10 +31,18 @@ from gateway.runtime import Runtime, build_runtime, close_unused
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store import open_store
 from gateway.store.base import Store
-from gateway.store.records import CallRecord
+from gateway.store.records import CallRecord, FeedbackRecord
 from gateway.store.writer import CallWriter
 
 log = logging.getLogger("flywheel")
+
+
+class Service(Protocol):
+    """Something that runs beside the request path for the gateway's lifetime (learners, retention…)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Gateway:
@@ -48,7 +58,9 @@ class Gateway:
         self.writer: CallWriter | None = None
         self.augmenter: Augmenter | None = None
         self.pipeline = Pipeline(self.sink)
+        self.capture = Capture(lambda: self.settings.privacy, self._submit_feedback)
         self._tasks: list[asyncio.Task[Any]] = []
+        self.services: list[Service] = []  # started after the writer, stopped before it
         self.last_reload_error: str | None = None
 
     @property
@@ -58,6 +70,10 @@ class Gateway:
     def admin_key(self) -> str | None:
         env = self.settings.auth.admin_key_env
         return os.environ.get(env) or None if env else None
+
+    def _submit_feedback(self, fb: FeedbackRecord) -> None:
+        if self.writer is not None:
+            self.writer.submit_feedback(fb)
 
     def sink(self, record: CallRecord) -> None:
         """Where every finished call goes: token budgets, then the batched writer. Never blocks."""
@@ -72,8 +88,10 @@ class Gateway:
         self.store = open_store(s.url)
         await self.store.migrate()
         self.writer = CallWriter(self.store, spill_path=Path(s.spill_path), batch_size=s.batch_size,
-                                 flush_ms=s.flush_ms, max_queue=s.queue_size)
+                                 flush_ms=s.flush_ms, max_queue=s.queue_size, prepare=self.capture.prepare_call)
         await self.writer.start()
+        for service in self.services:
+            await service.start()
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="flywheel-config-watch"))
 
@@ -84,6 +102,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        for service in reversed(self.services):
+            await service.stop()
         if self.writer is not None:
             await self.writer.stop()  # drains the queue: no call row is lost on shutdown
         if self.store is not None:
@@ -175,9 +195,11 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None) -> 
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/feedback", post_feedback, methods=["POST"]),
         Route("/v1/models/{model_id:path}", openai_api.retrieve_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *admin_api.routes(),
     ]
     middleware = [
         Middleware(LimitsMiddleware, max_body_bytes=settings.server.max_body_bytes,

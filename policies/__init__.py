@@ -14,8 +14,9 @@ from typing import Any
 from policies.base import Decision, Features, LearningPolicy, Policy, make_order
 from policies.controls import Pin
 from policies.fallback import FallbackPolicy
-from policies.learned import LearnedPolicy, summarise_change
+from policies.learned import LearnedPolicy
 from policies.static import StaticPolicy
+from policies.summary import summarise_change
 from policies.weighted import WeightedPolicy
 
 __all__ = [

@@ -12,6 +12,9 @@ With probability `explore` the choice is uniform over the variants instead (epsi
 rule is deterministic given the state, so the logged propensity is exact:
 P(greedy) = 1 - explore + explore/k and P(other) = explore/k (k = variants not over their cap).
 
+Following drift: evidence decays by `decay` per update of a variant, and a drift alarm (an EWMA of
+prediction residuals beyond `drift_alarm`) drops most of a variant's evidence when its outcomes move.
+
 Admin controls: `pins` force a variant (they win over everything), `max_share` caps a variant's
 share over the last `share_window` decisions (a capped variant is skipped), `frozen` ignores updates.
 """
@@ -41,7 +44,18 @@ _STRUCTURAL = ("dims", "seed")  # changing these would make stored statistics me
 
 
 class LearnedPolicy:
-    """A contextual-bandit router over a route's variants; see the module docstring."""
+    """A contextual-bandit router over a route's variants; see the module docstring.
+
+    Settings (all plain values, JSON-safe, so a route's config table maps straight onto them):
+    cost_weight: price weight in reward mode; min_quality: switches to floor mode (fraction of the
+    best variant's predicted quality); explore: epsilon; ucb: optimism bonus in posterior stds
+    (0 = none); decay: forgetting per update (0.001 ~ a 700-update half-life); drift_alarm: residual
+    EWMA that triggers sharp forgetting (None = off); prior_quality: cold-start P(ok) per variant
+    (default 0.5); prior_cost: relative prices in any unit, used until costs are observed;
+    prior_strength: prior weight in pseudo-observations; noise: outcome noise sd; dims/seed: the
+    embedding projection; pins, max_share, share_window, frozen: admin controls; quality_metric:
+    which feedback the caller maps to quality (stored, not used here); rng: for exploration.
+    """
 
     def __init__(
         self,
@@ -376,44 +390,3 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> float:
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be within [{lo}, {hi}], got {value!r}")
     return v
-
-
-def summarise_change(old: LearnedPolicy, new: LearnedPolicy, sample_features: Sequence[Features]) -> str:
-    """One line describing how routing moves from `old` to `new` on `sample_features`.
-
-    E.g. "share to small 41% → 63%, large 59% → 37%; cost_weight 0.5 → 0.3; +1200 updates".
-    Shares are expected shares (exploration included, share caps ignored).
-    """
-    names = list(dict.fromkeys((*old.variants, *new.variants)))
-    n = len(sample_features)
-
-    def shares(policy: LearnedPolicy) -> dict[str, float]:
-        total = dict.fromkeys(names, 0.0)
-        for f in sample_features:
-            for v, p in policy.action_probabilities(f).items():
-                total[v] += p
-        return {v: t / n for v, t in total.items()} if n else total
-
-    before, after = shares(old), shares(new)
-    moved = sorted(names, key=lambda v: -abs(after[v] - before[v]))
-    parts = [f"{v} {before[v]:.0%} → {after[v]:.0%}" for v in moved if abs(after[v] - before[v]) >= 0.005]
-    text = f"share to {', '.join(parts)}" if parts else f"no change in traffic shares over {n} requests"
-    changes = []
-    for key in (
-        "cost_weight",
-        "min_quality",
-        "explore",
-        "ucb",
-        "decay",
-        "drift_alarm",
-        "frozen",
-        "max_share",
-    ):
-        a, b = getattr(old, key), getattr(new, key)
-        if a != b:
-            changes.append(f"{key} {a} → {b}")
-    if old.pins != new.pins:
-        changes.append(f"pins {len(old.pins)} → {len(new.pins)}")
-    if new.updates != old.updates:
-        changes.append(f"{new.updates - old.updates:+d} updates")
-    return "; ".join([text, *changes])

@@ -18,8 +18,8 @@ Person names: presidio vs scrubadub. Both were looked at (presidio-analyzer 2.2.
   from GitHub at first use. No spaCy model is published on PyPI by Explosion (only third-party
   re-uploads, which we will not trust with a privacy guarantee), and GitHub and model hubs are not
   reachable here. The pattern recognisers presidio would add (email, phone via the same
-  `phonenumbers`, Luhn cards, IBAN, IP) are a few lines each, and presidio costs ~ms per KB through
-  spaCy's pipeline.
+  `phonenumbers`, Luhn cards, IBAN, IP) are a few lines each here, while presidio runs spaCy's whole
+  pipeline on every text and pulls spaCy in as a hard dependency.
 So presidio is the pick *where a model exists*: `ner.PresidioPersons.from_installed_model()` plugs it
 into a Scrubber via `extra_detectors` and refuses to download. By default, offline, person names come
 from the per-locale first/last name lists that `faker` (maintained, widely used) ships inside its

@@ -49,6 +49,7 @@ _AMBIGUOUS = (
     "for", "from", "by", "with", "about", "as", "into", "over", "under", "up", "down", "out", "mr",
     "mrs", "ms", "dr", "prof", "miss", "mx", "customer", "customers", "team", "user", "users", "all",
     "everyone", "friend", "friends", "colleague", "colleagues", "support", "manager", "client", "admin",
+    "server", "meta", "apple", "amazon", "oracle", "python", "julian", "gregorian", "unicode",
 )  # fmt: skip
 
 _PARTICLES = frozenset(
@@ -81,7 +82,7 @@ _LOWERCASE_CUES = (
     "my name is ", "call me ", "je m'appelle ", "mein name ist ", "me llamo ", "mi chiamo ", "me chamo ",
 )  # fmt: skip
 _WORD = r"[^\W\d_]+(?:['’\-][^\W\d_]+)*"
-_NEXT_WORD = re.compile(rf"[ \t]+({_WORD})")
+_NEXT_WORD = re.compile(rf"[ \t]+({_WORD}\.?)")
 
 
 class NameDetector:
@@ -115,7 +116,9 @@ class NameDetector:
         # `re` has no \p{Lu}: spell out the upper-case letters of the Latin, Greek and Cyrillic blocks.
         # No leading look-behind: it would be tried at every position (~4x slower); checked in Python.
         upper = "".join(chr(c) for c in range(0x41, 0x530) if chr(c).isupper() and chr(c).isalpha())
-        self._capword = re.compile(rf"[{re.escape(upper)}]{_WORD}")
+        cap = f"[{re.escape(upper)}]"
+        # A capitalised word, or an initial ("J.", "H.-Dieter").
+        self._capword = re.compile(rf"{cap}(?:{_WORD}|\.(?:-{cap}{_WORD})?)")
 
     def find(self, text: str) -> list[Finding]:
         """Person-name spans in `text` (may overlap each other; the scrubber resolves overlaps)."""
@@ -140,6 +143,13 @@ class NameDetector:
                 continue
             end = start + len(tok)
             nxt = tokens[i] if i < len(tokens) and _only_space(text, end, tokens[i][0]) else None
+            if "." in tok:  # an initial: a name only before a listed surname ("J. Smith")
+                if nxt is not None and nxt[1].casefold() in last and "." not in nxt[1]:
+                    out.append(Finding("PERSON", start, self._extend(text, nxt[0] + len(nxt[1]))))
+                    i += 1
+                elif self._cue_before(text, start) == "strong" and nxt is not None:
+                    out.append(Finding("PERSON", start, self._extend(text, end)))
+                continue
             if in_first and nxt is not None and not nxt[1][1:].isupper():
                 nkey = nxt[1].casefold()
                 in_last, n_common = nkey in last, nkey in common
@@ -222,7 +232,11 @@ class NameDetector:
             m = _NEXT_WORD.match(text, pos)
             if m is None:
                 return end
-            word = _base(m.group(1))
+            word = m.group(1)
+            if len(word) == 2 and word[0].isupper() and word[1] == ".":  # a middle initial
+                pos = m.end(1)
+                continue
+            word = _base(word.rstrip("."))
             key = word.casefold()
             if key in _PARTICLES:
                 pos = m.start(1) + len(word)

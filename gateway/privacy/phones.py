@@ -4,8 +4,8 @@
 for a scrubber that sees every call. So a cheap regex proposes candidates (7-17 digits with the
 usual separators, inside the digit runs the scrubber found once for all number-shaped detectors)
 and only those are parsed and validated, ~0.1 ms each.
-Dates and times are rejected before parsing: libphonenumber accepts e.g. `2024-05-01` as a valid
-German number.
+Dates and decimals are rejected before parsing: libphonenumber accepts e.g. `2024-05-01` as a
+valid German number.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from gateway.privacy.findings import Finding
 from gateway.privacy.patterns import Run, digit_runs
 
 _CANDIDATE = re.compile(r"(?<![\w+#/.,-])(?:\+|00)?\(?\d[\d \t().\-/]{5,22}\d(?![\w-]|[.,]\d)")
-_DATE_OR_TIME = re.compile(
-    r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d{1,2}:\d{2}(?::\d{2})?"
+# Dates anywhere in a candidate ("2005-01-26 23" is a date and an hour), and plain decimals.
+_NOT_A_PHONE = re.compile(
+    r"(?<!\d)(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?!\d)|^\d+\.\d+$"
 )
 _NON_DIGIT = re.compile(r"\D")
 
@@ -47,7 +48,7 @@ class PhoneDetector:
             for m in _CANDIDATE.finditer(text, start, run.end + 2):
                 raw = m.group()
                 digits = _NON_DIGIT.sub("", raw)
-                if not 7 <= len(digits) <= 17 or _DATE_OR_TIME.fullmatch(raw.strip("()")):
+                if not 7 <= len(digits) <= 17 or _NOT_A_PHONE.search(raw.strip("()")):
                     continue
                 if self._valid(raw):
                     out.append(Finding("PHONE", m.start(), m.end()))

@@ -66,8 +66,9 @@ _REFUSED_PREFIXES = ("_", "litellm", "aws_", "vertex_", "azure_", "watsonx_", "o
                      "bedrock_", "gcp_", "google_", "databricks_", "snowflake_", "api_", "mock_")
 _REFUSED_WORDS = ("credential", "secret", "password", "endpoint", "url", "base", "region", "project", "key")
 
-_USAGE_DETAILS = frozenset({"cached_tokens", "audio_tokens", "text_tokens", "image_tokens", "cache_write_tokens",
-                            "reasoning_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens"})
+_USAGE_DETAILS = frozenset({"cached_tokens", "audio_tokens", "text_tokens", "image_tokens",
+                            "cache_write_tokens", "reasoning_tokens", "accepted_prediction_tokens",
+                            "rejected_prediction_tokens"})
 _FORWARDED_HEADERS = frozenset({"request-id", "x-request-id", "retry-after"})
 _RATELIMIT_MARK = "ratelimit"  # x-ratelimit-*, anthropic-ratelimit-*
 
@@ -208,15 +209,14 @@ class LiteLLMProvider:
     def _error(self, exc: BaseException, timeout_s: float) -> UpstreamError:
         if isinstance(exc, UpstreamError):
             return exc
-        error = upstream_error(exc, timeout_s)
-        if self._key.value and self._key.value in error.message:
-            error.message = error.message.replace(self._key.value, "***")
-            error.args = (error.message,)
-        return error
+        return upstream_error(exc, timeout_s, secret=self._key.value)
 
 
-def upstream_error(exc: BaseException, timeout_s: float) -> UpstreamError:
-    """Map an exception raised by litellm (or the HTTP stack beneath it) to an UpstreamError."""
+def upstream_error(exc: BaseException, timeout_s: float, *, secret: str | None = None) -> UpstreamError:
+    """Map an exception raised by litellm (or the HTTP stack beneath it) to an UpstreamError.
+
+    `secret` (the api key) is masked wherever an upstream echoed it into its message.
+    """
     import httpx
     import openai  # litellm's exceptions subclass the OpenAI SDK's
 
@@ -245,7 +245,8 @@ def upstream_error(exc: BaseException, timeout_s: float) -> UpstreamError:
                 headers = found
         if response is not None and not headers and getattr(response, "headers", None):
             headers = response.headers
-    message, kind = _provider_message(str(getattr(exc, "message", None) or exc))
+    raw = str(getattr(exc, "message", None) or exc)
+    message, kind = _provider_message(raw.replace(secret, "***") if secret else raw)
     return UpstreamError(message, status=status if status is not None else 502,
                          retry_after=_retry_after(headers), body=_error_body(message, kind, None))
 

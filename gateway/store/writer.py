@@ -125,6 +125,11 @@ class CallWriter:
         return call_id in self._pending
 
     @property
+    def depth(self) -> int:
+        """Rows accepted but not yet written or spilled (queue plus overflow)."""
+        return self._queue.qsize() + len(self._overflow)
+
+    @property
     def stats(self) -> WriterStats:
         """A snapshot of the counters."""
         return replace(self._stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -227,6 +228,14 @@ async def test_http_errors_map_to_upstream_error(provider: LiteLLMProvider, mock
     assert route.call_count == 1  # litellm does not retry: the pipeline does
 
 
+async def test_unparseable_success_is_a_server_error(provider: LiteLLMProvider,
+                                                     mock: respx.MockRouter) -> None:
+    mock.post(ANTHROPIC).mock(return_value=httpx.Response(200, text="<html>proxy error</html>"))
+    with pytest.raises(UpstreamError) as caught:
+        await provider.chat(call(chat_body()))
+    assert caught.value.status is not None and caught.value.status >= 500 and caught.value.retryable
+
+
 async def test_retry_after_ms_takes_precedence(provider: LiteLLMProvider, mock: respx.MockRouter) -> None:
     mock.post(ANTHROPIC).mock(return_value=anthropic_error(
         429, "rate_limit_error", "slow down", {"retry-after": "2", "retry-after-ms": "1500"}))
@@ -260,6 +269,16 @@ async def test_mid_stream_error_event_raises(provider: LiteLLMProvider, mock: re
             got.append(chunk)
     assert got, "the error came after the first chunk"
     assert caught.value.retryable
+
+
+async def test_stream_closed_early_releases_the_upstream(provider: LiteLLMProvider,
+                                                         mock: respx.MockRouter) -> None:
+    mock.post(ANTHROPIC).mock(return_value=httpx.Response(
+        200, content=sse(STREAM_EVENTS), headers={"content-type": "text/event-stream"}))
+    chunks = provider.chat_stream(call(chat_body(stream=True)))
+    first = await anext(chunks)
+    assert first["choices"][0]["delta"]["content"] == "Checking"
+    await chunks.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("field", ["api_base", "base_url", "mock_response", "aws_sts_endpoint",
@@ -300,13 +319,32 @@ async def test_base_url_is_honoured(mock: respx.MockRouter) -> None:
     assert route.call_count == 1
 
 
-async def test_api_key_is_not_exposed(provider: LiteLLMProvider, mock: respx.MockRouter) -> None:
-    mock.post(ANTHROPIC).mock(return_value=anthropic_error(401, "authentication_error", f"invalid key {KEY}"))
+@pytest.mark.parametrize("key", [KEY, "opaque-credential-4242"])  # litellm itself masks only sk-… keys
+async def test_api_key_is_not_exposed(mock: respx.MockRouter, key: str) -> None:
+    provider = LiteLLMProvider("anthropic", api_key=key, base_url=None)
+    mock.post(ANTHROPIC).mock(return_value=anthropic_error(401, "authentication_error", f"invalid key {key}"))
     with pytest.raises(UpstreamError) as caught:
         await provider.chat(call(chat_body()))
-    assert caught.value.status == 401
-    assert KEY not in str(caught.value) and KEY not in json.dumps(caught.value.body)
-    assert KEY not in repr(provider) and KEY not in repr(vars(provider))
+    assert caught.value.status == 401 and caught.value.message.startswith("invalid key")
+    assert key not in str(caught.value) and key not in json.dumps(caught.value.body)
+    assert key not in repr(provider) and key not in repr(vars(provider))
+
+
+async def test_gemini_tool_call_comes_back_openai_shaped(mock: respx.MockRouter) -> None:
+    gemini = LiteLLMProvider("gemini", api_key="g-test", base_url=None)
+    route = mock.post(url__regex=r"^https://generativelanguage\.googleapis\.com/.*:generateContent").mock(
+        return_value=httpx.Response(200, json={
+            "candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+                {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]}}],
+            "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4, "totalTokenCount": 13}}))
+    response = await gemini.chat(call(chat_body(model="gemini/gemini-2.0-flash", tools=[WEATHER_TOOL])))
+    sent = json.loads(route.calls.last.request.content)
+    assert sent["tools"][0]["function_declarations"][0]["name"] == "get_weather"
+    validate("CreateChatCompletionResponse", response.body)
+    choice = response.body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    assert response.body["usage"]["total_tokens"] == 13
 
 
 COHERE_EMBED = "https://api.cohere.ai/v2/embed"
@@ -346,9 +384,20 @@ async def test_embeddings_as_base64_little_endian_float32(mock: respx.MockRouter
 
 async def test_aclose_releases_clients_and_later_calls_still_work(provider: LiteLLMProvider,
                                                                   mock: respx.MockRouter) -> None:
+    import litellm
+
+    def loop_clients() -> list[Any]:
+        suffix = f"-{id(asyncio.get_running_loop())}"
+        cache = litellm.in_memory_llm_clients_cache.cache_dict
+        return [client for key, client in cache.items() if str(key).endswith(suffix)]
+
     route = mock.post(ANTHROPIC).mock(return_value=httpx.Response(200, json=TOOL_USE_RESPONSE))
     await provider.chat(call(chat_body()))
+    opened = loop_clients()
+    assert opened
     await provider.aclose()
+    assert loop_clients() == []
+    assert all(client.client.is_closed for client in opened if hasattr(client, "client"))
     await provider.aclose()  # idempotent
     await provider.chat(call(chat_body()))
     assert route.call_count == 2

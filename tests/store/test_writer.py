@@ -96,7 +96,9 @@ async def test_queue_full_spills_and_next_start_reingests(store: SqlStore, tmp_p
         writer.submit_call(make_call(i))
     writer.submit_feedback(make_feedback("chatcmpl-000099"))
     assert writer.pending("chatcmpl-000099")
+    assert writer.depth == 101
     await writer.flush()
+    assert writer.depth == 0
     await writer.stop()
     assert (writer.stats.queued, writer.stats.written, writer.stats.spilled) == (10, 10, 91)
     assert await store.count_calls() == 10

@@ -1,0 +1,39 @@
+"""/admin/*: routes, artifacts, diffs, learning on demand, rollback (DESIGN.md section 5).
+
+Every endpoint here needs the admin key (see gateway/auth.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+def gateway_of(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def json_response(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def list_routes(request: Request) -> Response:
+    gw = gateway_of(request)
+    routes = [
+        {"route": name, "variants": [v.name for v in rs.variant_list()], "policy": rs.policy.kind,
+         "fallbacks": rs.fallbacks}
+        for name, rs in gw.settings.routes.items()
+    ]
+    return json_response({"object": "list", "data": routes})
+
+
+def routes() -> list[Route]:
+    """The admin endpoints, mounted by create_app."""
+    return [Route("/admin/routes", list_routes, methods=["GET"])]

@@ -1,0 +1,26 @@
+"""The `flywheel` command. Each module in this package registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from gateway.cli import config_cmd, serve
+
+# Every entry registers its subcommands on the parser; a new command group adds one line here.
+GROUPS = (serve.register, config_cmd.register)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description="Flywheel LLM gateway")
+    parser.add_argument("--config", default="config.toml", help="path of config.toml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in GROUPS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
