@@ -17,12 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from learners.embeddings import StaticEmbedder, default_static_dir, distill_static  # noqa: E402
+from learners.embeddings import StaticEmbedder, default_static_dir, distill_static
 
 
 def main() -> None:
     """Distill (unless present), then load the result and print a sanity check."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--out", type=Path, default=default_static_dir())
     parser.add_argument("--pca-dims", type=int, default=256)
     parser.add_argument("--force", action="store_true", help="distill even if the directory exists")

@@ -83,7 +83,6 @@ def _load_litellm() -> ModuleType:
     litellm.disable_aiohttp_transport = True
     litellm.num_retries = None
     litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on stdout
-    litellm.telemetry = False
     litellm.drop_params = False
     litellm.disable_hf_tokenizer_download = True  # token counting must not reach a model hub
     litellm.turn_off_message_logging = True
@@ -282,22 +281,18 @@ def _provider_message(raw: str) -> tuple[str, str]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from retry-after-ms, else Retry-After (delta-seconds or an HTTP date)."""
     lowered = {str(k).lower(): str(v) for k, v in headers.items()}
-    if "retry-after-ms" in lowered:
-        try:
-            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if not value:
-        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = lowered.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) / scale)
+            except ValueError:
+                pass
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+        return max(0.0, parsedate_to_datetime(lowered["retry-after"]).timestamp() - time.time())
+    except (KeyError, TypeError, ValueError):
         return None
 
 

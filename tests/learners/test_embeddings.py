@@ -50,7 +50,7 @@ def test_hashing_is_deterministic_across_processes() -> None:
 def test_hashing_paraphrase_closer_than_unrelated() -> None:
     emb = HashingEmbedder()
     a, para, other = emb.embed(
-        ["How can I reset my password?", "I need to reset the password", "What is the weather in Oslo tomorrow"]
+        ["How can I reset my password?", "I need to reset the password", "What's the weather in Oslo"]
     )
     assert a @ para > a @ other + 0.2
     assert a @ a == pytest.approx(1.0, abs=1e-5)

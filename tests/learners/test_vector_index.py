@@ -11,7 +11,8 @@ from learners.vector_index import VectorIndex
 
 def unit(n: int, dim: int, seed: int = 0) -> NDArray[np.float32]:
     x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    out: NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
 
 
 def test_flat_search_finds_itself_first_with_sorted_scores() -> None:

@@ -8,7 +8,9 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +238,20 @@ async def test_unparseable_success_is_a_server_error(provider: LiteLLMProvider,
     assert caught.value.status is not None and caught.value.status >= 500 and caught.value.retryable
 
 
-async def test_retry_after_ms_takes_precedence(provider: LiteLLMProvider, mock: respx.MockRouter) -> None:
-    mock.post(ANTHROPIC).mock(return_value=anthropic_error(
-        429, "rate_limit_error", "slow down", {"retry-after": "2", "retry-after-ms": "1500"}))
+@pytest.mark.parametrize(("headers", "low", "high"), [
+    ({"retry-after": "2", "retry-after-ms": "1500"}, 1.5, 1.5),
+    ({"retry-after": formatdate(time.time() + 60, usegmt=True)}, 50.0, 60.0),
+    ({"retry-after": "soon"}, None, None),
+], ids=["ms-wins", "http-date", "garbage"])
+async def test_retry_after_forms(provider: LiteLLMProvider, mock: respx.MockRouter, headers: dict[str, str],
+                                 low: float | None, high: float | None) -> None:
+    mock.post(ANTHROPIC).mock(return_value=anthropic_error(429, "rate_limit_error", "slow down", headers))
     with pytest.raises(UpstreamError) as caught:
         await provider.chat(call(chat_body()))
-    assert caught.value.retry_after == 1.5
+    if low is None:
+        assert caught.value.retry_after is None
+    else:
+        assert caught.value.retry_after is not None and low <= caught.value.retry_after <= (high or low)
 
 
 async def test_connect_error_has_no_status(provider: LiteLLMProvider, mock: respx.MockRouter) -> None:
@@ -397,7 +407,7 @@ async def test_aclose_releases_clients_and_later_calls_still_work(provider: Lite
     assert opened
     await provider.aclose()
     assert loop_clients() == []
-    assert all(client.client.is_closed for client in opened if hasattr(client, "client"))
+    assert all(client._client.is_closed for client in opened if hasattr(client, "_client"))
     await provider.aclose()  # idempotent
     await provider.chat(call(chat_body()))
     assert route.call_count == 2
