@@ -22,11 +22,12 @@ from starlette.routing import Route
 from gateway import admin_api, openai_api
 from gateway.auth import AuthMiddleware
 from gateway.capture import Capture
-from gateway.feedback_api import post_feedback
 from gateway.errors import GatewayError, NotFound, error_response, internal_error
+from gateway.feedback_api import post_feedback
 from gateway.limits import LimitsMiddleware
 from gateway.pipeline import Augmenter, Pipeline
 from gateway.ratelimit import RateLimiter
+from gateway.retention import RetentionService
 from gateway.runtime import Runtime, build_runtime, close_unused
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store import open_store
@@ -61,6 +62,8 @@ class Gateway:
         self.capture = Capture(lambda: self.settings.privacy, self._submit_feedback)
         self._tasks: list[asyncio.Task[Any]] = []
         self.services: list[Service] = []  # started after the writer, stopped before it
+        self.retention = RetentionService(lambda: self.store, lambda: self.settings.privacy)
+        self.services.append(self.retention)
         self.last_reload_error: str | None = None
 
     @property
@@ -79,7 +82,7 @@ class Gateway:
         """Where every finished call goes: token budgets, then the batched writer. Never blocks."""
         if record.key_id is not None and (record.prompt_tokens or record.completion_tokens):
             self.limiter.record_tokens(record.key_id, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
-        if self.writer is not None:
+        if self.writer is not None and self.settings.store.log_calls:
             self.writer.submit_call(record)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -147,8 +150,8 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     ready = gw.writer is not None
-    stats = gw.writer.stats() if gw.writer is not None else None
-    body = {"status": "ready" if ready else "starting", "writer": stats.__dict__ if stats else None,
+    stats = gw.writer.stats if gw.writer is not None else None
+    body = {"status": "ready" if ready else "starting", "writer": stats,
             "config_error": gw.last_reload_error}
     return Response(orjson.dumps(body, default=_default), status_code=200 if ready else 503,
                     media_type="application/json")

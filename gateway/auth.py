@@ -46,10 +46,10 @@ ADMIN = Principal(None, admin=True)
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            scheme, _, token = str(value.decode("latin-1")).partition(" ")
             return token.strip() if scheme.lower() == "bearer" else None
         if name == b"api-key":  # Azure-style clients
-            return value.decode("latin-1").strip()
+            return str(value.decode("latin-1")).strip()
     return None
 
 

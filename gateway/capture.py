@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.pricing import PriceMap
 from gateway.settings import PrivacySettings
 from gateway.store.records import CallRecord, FeedbackRecord
 
@@ -32,6 +33,7 @@ class Capture:
         self._submit_feedback = submit_feedback
         self._scrubber: Scrubber | None = None
         self.signals: SignalDetector = SignalDetector(window_s=regeneration_window_s)
+        self.prices = PriceMap()  # litellm's price map, for models without a configured price
         self.new_feedback: Counter[str] = Counter()  # route -> feedback rows since the last learning run
         self.inferred = 0
 
@@ -46,7 +48,9 @@ class Capture:
         return self._scrubber
 
     def prepare_call(self, rec: CallRecord) -> CallRecord:
-        """The writer's hook: detect implicit signals, then strip or scrub the text."""
+        """The writer's hook: detect implicit signals, price the call, then strip or scrub the text."""
+        if rec.cost_usd is None and rec.prompt_tokens is not None:
+            rec = self._priced(rec)
         if rec.endpoint == "chat" and not rec.no_log and rec.status == 200:
             for fb in self.signals.observe(rec):
                 self.inferred += 1
@@ -57,6 +61,13 @@ class Capture:
         if self._privacy().store_raw:
             return rec
         return self.scrubber.scrub_call(rec)
+
+    def _priced(self, rec: CallRecord) -> CallRecord:
+        # The provider's model name is what the price map knows; the request holds it.
+        model = rec.request.get("model") if isinstance(rec.request, dict) else None
+        cost = self.prices.cost(model if isinstance(model, str) else rec.model, rec.prompt_tokens,
+                                rec.completion_tokens)
+        return rec if cost is None else dataclasses.replace(rec, cost_usd=cost)
 
     def scrub_feedback(self, fb: FeedbackRecord) -> FeedbackRecord:
         return fb if self._privacy().store_raw else self.scrubber.scrub_feedback(fb)

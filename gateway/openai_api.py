@@ -57,7 +57,8 @@ def validate_chat(body: Body) -> None:
     _require_model(body)
     messages = body.get("messages")
     if messages is None:
-        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
+                             code="missing_required_parameter")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
     for i, m in enumerate(messages):

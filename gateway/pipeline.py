@@ -8,6 +8,8 @@ waits on the database or on a learner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,7 +98,9 @@ class Pipeline:
         self.augmenter = augmenter
 
     # -- shared steps ---------------------------------------------------------------------
-    async def _plan(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Decision, CallRecord, list[Body]]:
+    async def _plan(
+        self, route: RouteRuntime, body: Body, ctx: RequestContext
+    ) -> tuple[Decision, CallRecord, list[Body]]:
         decision = route.policy.choose(_features(route.name, body, ctx))
         record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
                             model=route.targets[decision.variant].model, key_id=ctx.key_name, user=ctx.user,
@@ -135,7 +139,7 @@ class Pipeline:
             record.variant, record.model = variant, target.model
             try:
                 result = await call_with_retries(
-                    lambda timeout, t=target: attempt(t, timeout), rs, deadline=deadline,
+                    functools.partial(attempt, target), rs, deadline=deadline,
                     attempts=record.attempts, model=target.model, provider=target.provider.name,
                 )
                 return target, result
@@ -185,7 +189,9 @@ class Pipeline:
         return out, record
 
     # -- chat, streamed --------------------------------------------------------------------
-    async def chat_stream(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[AsyncIterator[bytes], CallRecord]:
+    async def chat_stream(
+        self, route: RouteRuntime, body: Body, ctx: RequestContext
+    ) -> tuple[AsyncIterator[bytes], CallRecord]:
         """Open a stream: fails over (retries, fallbacks) until a first chunk arrives, then relays.
 
         Raises GatewayError when no variant produced a first chunk; after that, a broken
@@ -204,7 +210,7 @@ class Pipeline:
                 first = await asyncio.wait_for(it.__anext__(), timeout)
             except StopAsyncIteration:
                 raise UpstreamError("upstream stream ended before its first chunk") from None
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 await _aclose(it)
                 raise UpstreamError(f"upstream sent no first chunk within {timeout:g}s", timeout=True) from None
             except BaseException:
@@ -285,7 +291,6 @@ async def _next(it: AsyncIterator[Body]) -> Body | None:
 async def _aclose(it: AsyncIterator[Body]) -> None:
     close = getattr(it, "aclose", None)
     if close is not None:
-        try:
+        # closing a broken upstream stream must not mask the real error
+        with contextlib.suppress(Exception):
             await close()
-        except Exception:  # noqa: BLE001 - closing a broken upstream stream must not mask the real error
-            pass

@@ -12,10 +12,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-
     wait_exponential_jitter,
 )
-
 from tenacity.stop import stop_base
 
 from gateway.providers.base import UpstreamError

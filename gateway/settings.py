@@ -42,6 +42,7 @@ class StoreSettings(_Strict):
     flush_ms: int = Field(50, gt=0)
     queue_size: int = Field(50_000, gt=0)
     spill_path: str = "data/spill.jsonl"
+    log_calls: bool = True  # false: calls are served but not stored (feedback still is); for benchmarks
 
 
 class ProviderSettings(_Strict):
@@ -146,6 +147,8 @@ class LearnerSettings(_Strict):
 class PrivacySettings(_Strict):
     store_raw: bool = False
     retention_days: float = Field(0, ge=0)  # 0 keeps calls forever
+    retention_interval_s: float = Field(300.0, gt=0)  # how often calls past retention_days are deleted
+    retention_batch: int = Field(500, ge=1, le=500)  # calls per delete transaction
 
 
 class Settings(_Strict):

@@ -94,9 +94,17 @@ def _require_dir(path: Path, what: str) -> Path:
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
+# Function words carry phrasing, not meaning: down-weighting them lets content words decide.
+_STOPWORDS = frozenset(
+    "a an the and or but if of to in on at by for with from into through about as is are was were be "
+    "been am do does did doing have has had i me my we our you your he she it its they them their this "
+    "that these those what which who whom how when where why can could would should will shall may "
+    "might must please there here not no so than too very just any some all".split()
+)
+
 
 class HashingEmbedder:
-    """Signed feature hashing of word unigrams, word bigrams and character 3/4-grams.
+    """Signed feature hashing of word unigrams, word bigrams and character 3/4-grams of content words.
 
     Deterministic across processes (crc32, not Python's salted `hash`). Texts that share words or
     word pieces land near each other; synonyms do not, which is what the neural models are for.
@@ -111,9 +119,11 @@ class HashingEmbedder:
 
     def _features(self, text: str) -> list[tuple[str, float]]:
         words = _TOKEN.findall(text.lower())
-        feats: list[tuple[str, float]] = [("w:" + w, 1.0) for w in words]
+        feats: list[tuple[str, float]] = [("w:" + w, 0.2 if w in _STOPWORDS else 1.0) for w in words]
         feats += [(f"b:{a} {b}", 0.5) for a, b in itertools.pairwise(words)]
         for w in words:
+            if w in _STOPWORDS:
+                continue
             padded = f" {w} "
             for n in self._char_ngrams:
                 feats += [("c:" + padded[i : i + n], 0.25) for i in range(max(len(padded) - n + 1, 0))]
@@ -255,8 +265,10 @@ class BatchStats:
 class AsyncBatchEmbedder:
     """Request-path wrapper: `await embed_one(text)` without ever blocking the event loop.
 
-    Callers that arrive within `max_wait_ms` of each other (or while a batch is running) share one
-    `embed` call on a dedicated single worker thread: one thread because models are not all safe
+    Callers that arrive while a batch is running, or within `max_wait_ms` of the first (default 0:
+    those already scheduled in the same loop iteration), share one `embed` call on a dedicated
+    single worker thread. No window by default because a window adds its full length to an idle
+    request, while under load batches form anyway behind the running one. Single thread one thread because models are not all safe
     to call concurrently and the gateway runs one worker per core. The queue is bounded; when it
     is full `EmbedderBusy` is raised so the request can go on without retrieval. Recent texts are
     answered from a small LRU cache, and identical texts in flight share one computation.
@@ -268,7 +280,7 @@ class AsyncBatchEmbedder:
         embedder: Embedder,
         *,
         max_batch: int = 32,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         cache_size: int = 1024,
     ) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.cli import config_cmd, serve
+from gateway.cli import config_cmd, data, serve
 
 # Every entry registers its subcommands on the parser; a new command group adds one line here.
-GROUPS = (serve.register, config_cmd.register)
+GROUPS = (serve.register, config_cmd.register, data.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,7 @@ def instance_of(schema: Body, depth: int = 0) -> Any:
     if kind == "array":
         item = schema.get("items")
         return [instance_of(item, depth + 1)] if isinstance(item, dict) else []
-    return {"string": "example", "integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, None)
+    return {"string": "example", "integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind)
 
 
 class FakeEngine:

@@ -7,7 +7,6 @@ aiohttp sets TCP_NODELAY on its sockets, so streamed chunks are not held back by
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -117,7 +116,7 @@ class OpenAICompatProvider:
                 return UpstreamResponse(orjson.loads(raw), self._forwarded(resp))
         except UpstreamError:
             raise
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamError(f"upstream timed out after {call.timeout_s:g}s", timeout=True) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}: {exc}") from exc
@@ -155,7 +154,7 @@ class OpenAICompatProvider:
                     yield chunk
         except UpstreamError:
             raise
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamError(f"upstream stream stalled for {call.timeout_s:g}s", timeout=True) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream broke: {exc.__class__.__name__}: {exc}") from exc
