@@ -85,7 +85,8 @@ def build_provider(name: str, ps: ProviderSettings, env: Mapping[str, str]) -> P
     # litellm is imported only when such a provider is configured: it costs ~1 s and ~100 MB.
     from gateway.providers.litellm_provider import LiteLLMProvider
 
-    return LiteLLMProvider(name, api_key=api_key, base_url=ps.base_url)
+    extra = {**ps.extra, "extra_headers": ps.headers} if ps.headers else dict(ps.extra)
+    return LiteLLMProvider(name, api_key=api_key, base_url=ps.base_url, extra=extra)
 
 
 def _route_runtime(name: str, rs: RouteSettings, settings: Settings, providers: Mapping[str, Provider]) -> RouteRuntime:

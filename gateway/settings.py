@@ -53,6 +53,7 @@ class ProviderSettings(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_connections: int = Field(256, gt=0)
     headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}  # litellm only: trusted call arguments (aws_region_name, vertex_project, …)
     # fake provider only: deterministic behaviour for tests and the demo
     latency_ms: float = Field(0.0, ge=0)
     error_rate: float = Field(0.0, ge=0, le=1)
@@ -142,6 +143,33 @@ class LearnerSettings(_Strict):
     min_new_feedback: int = Field(20, ge=0)
     canary_share: float = Field(0.1, ge=0, le=1)
     embedder: Literal["hashing", "minilm", "static"] = "minilm"
+    refresh_s: float = Field(10.0, gt=0)  # how often a replica reloads artifact states from the store
+    learn_on_correction: bool = True  # a new correction wakes the loop without waiting for min_new_feedback
+    # dataset (learners/dataset.py)
+    window_days: float = Field(30.0, ge=0)  # learn from feedback of the last N days; 0: all
+    heldout_share: float = Field(0.3, ge=0, lt=1)  # calls with a reference kept out for evaluation
+    seed: int = 0  # seeds the train/held-out split and the demonstration search
+    dedupe_threshold: float = Field(0.95, gt=0, le=1)  # cosine at which two questions are "the same"
+    max_examples: int = Field(5000, gt=0)
+    # offline evaluation (learners/evaluate.py, learners/metrics.py)
+    metric: Literal["exact", "normalised", "token_f1", "json_field", "embedding", "judge"] = "token_f1"
+    metric_field: str = "answer"  # json_field: the field compared
+    judge_route: str | None = None  # judge: the route or model that grades answers
+    margin: float = Field(0.0, ge=-1, le=1)  # candidate must score >= current + margin
+    min_samples: int = Field(5, ge=1)
+    tolerance: float = Field(0.05, ge=0, le=1)  # largest regression allowed in any slice
+    min_slice_samples: int = Field(5, ge=1)
+    max_eval_calls: int = Field(400, ge=0)  # per learning run
+    max_eval_cost_usd: float = Field(1.0, ge=0)  # per learning run; 0: no cost limit
+    # template learner (learners/template.py)
+    demo_trials: int = Field(4, ge=0)
+    max_demos: int = Field(4, ge=0)
+    min_cluster: int = Field(2, ge=1)  # corrections on one topic before an instruction is distilled
+    optimizer_route: str | None = None  # a route or model that rewrites instructions from failures
+    max_template_chars: int = Field(8000, gt=0)
+    # rollout (learners/rollout.py)
+    canary_min_feedback: int = Field(20, ge=1)  # calls with feedback on the canary before deciding
+    canary_tolerance: float = Field(0.05, ge=0, le=1)  # canary may trail current by this much
 
 
 class PrivacySettings(_Strict):
@@ -221,6 +249,12 @@ def _cross_check(s: Settings) -> list[str]:
         for i, route in enumerate(k.routes):
             if route != "*" and route not in s.routes and route not in s.models:
                 problems.append(f"auth.keys.{key_name}.routes[{i}]: unknown route '{route}'")
+    lr = s.learners
+    for key, target in (("judge_route", lr.judge_route), ("optimizer_route", lr.optimizer_route)):
+        if target is not None and target not in s.routes and target not in s.models:
+            problems.append(f"learners.{key}: unknown route or model '{target}'")
+    if lr.metric == "judge" and lr.judge_route is None:
+        problems.append("learners.judge_route: required when learners.metric is 'judge'")
     return sorted(set(problems))
 
 
