@@ -95,12 +95,13 @@ def _require_dir(path: Path, what: str) -> Path:
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 # Function words carry phrasing, not meaning: down-weighting them lets content words decide.
-_STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from into through about as is are was were be "
-    "been am do does did doing have has had i me my we our you your he she it its they them their this "
-    "that these those what which who whom how when where why can could would should will shall may "
-    "might must please there here not no so than too very just any some all".split()
-)
+_STOPWORD_TEXT = """
+a an the and or but if of to in on at by for with from into through about as is are was were be been am
+do does did doing have has had i me my we our you your he she it its they them their this that these those
+what which who whom how when where why can could would should will shall may might must please there here
+not no so than too very just any some all
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 class HashingEmbedder:
@@ -159,7 +160,7 @@ class SentenceTransformerEmbedder:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
             raise EmbedderUnavailable(f"sentence-transformers/torch not importable: {e}") from e
-        if num_threads is not None:
+        if num_threads is not None:  # process-wide torch setting: 1 suits one worker per core
             torch.set_num_threads(num_threads)
         self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self._batch_size = batch_size
@@ -268,10 +269,11 @@ class AsyncBatchEmbedder:
     Callers that arrive while a batch is running, or within `max_wait_ms` of the first (default 0:
     those already scheduled in the same loop iteration), share one `embed` call on a dedicated
     single worker thread. No window by default because a window adds its full length to an idle
-    request, while under load batches form anyway behind the running one. Single thread one thread because models are not all safe
-    to call concurrently and the gateway runs one worker per core. The queue is bounded; when it
-    is full `EmbedderBusy` is raised so the request can go on without retrieval. Recent texts are
-    answered from a small LRU cache, and identical texts in flight share one computation.
+    request, while under load batches form anyway behind the running one. One thread because
+    models are not all safe to call concurrently and the gateway runs one worker per core.
+    The queue is bounded; when it is full `EmbedderBusy` is raised so the request can go on
+    without retrieval. Recent texts are answered from a small LRU cache, and identical texts in
+    flight share one computation.
     Use from one event loop; call `aclose()` from the app's lifespan shutdown.
     """
 

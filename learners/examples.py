@@ -104,9 +104,7 @@ class ExampleIndex:
         return manifest, self._index.to_bytes()
 
     @classmethod
-    def from_artifact(
-        cls, manifest: dict[str, Any], data: bytes, embedder: Embedder | None = None
-    ) -> ExampleIndex:
+    def from_artifact(cls, manifest: dict[str, Any], data: bytes, embedder: Embedder | None = None) -> ExampleIndex:
         """Inverse of `to_artifact`; with `embedder`, refuse an index built by another model."""
         if embedder is not None and (embedder.name, embedder.dim) != (manifest["embedder"], manifest["dim"]):
             raise ValueError(
@@ -165,9 +163,7 @@ def few_shot_messages(hits: Sequence[tuple[Example, float]]) -> list[dict[str, s
     return messages
 
 
-def with_few_shot(
-    messages: Sequence[dict[str, Any]], hits: Sequence[tuple[Example, float]]
-) -> list[dict[str, Any]]:
+def with_few_shot(messages: Sequence[dict[str, Any]], hits: Sequence[tuple[Example, float]]) -> list[dict[str, Any]]:
     """A copy of `messages` with the few-shot pairs inserted just before the final user message."""
     shots = few_shot_messages(hits)
     out = list(messages)

@@ -37,7 +37,11 @@ def test_hashing_is_deterministic_across_processes() -> None:
     root = Path(__file__).resolve().parents[2]
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            check=True,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
         ).stdout
         for seed in ("1", "2")

@@ -81,9 +81,7 @@ def test_minilm_example_index_matches_synonym_paraphrase(minilm: Embedder) -> No
     assert index.query(q, k=1)[0][0].id == "a"
 
 
-@pytest.mark.skipif(
-    not default_static_dir().is_dir(), reason="no distilled static model (run bench/distill_static.py)"
-)
+@pytest.mark.skipif(not default_static_dir().is_dir(), reason="no distilled static model (run bench/distill_static.py)")
 def test_distilled_static_model_loads_offline_and_ranks_paraphrase() -> None:
     with no_network():
         emb = load_embedder("static")

@@ -1,0 +1,186 @@
+"""Logged calls + feedback -> routing examples (features, variant, quality, cost, propensity).
+
+The request path and the policy learner must featurise a request the same way, so both use
+`last_user_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
+embedder: the store keeps text, not vectors. Stored prompts are the ones sent upstream (after
+the template and retrieval), so `prompt_chars` of a re-featurised call can be somewhat larger
+than on the request path; the embedding, of the last user message, is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.store.base import Store
+from gateway.store.records import CallRecord, FeedbackRecord
+from learners.embeddings import Embedder
+from learners.quality import call_quality
+from policies.base import Features
+
+MAX_EMBED_CHARS = 2000  # the head of a long message says what it is about; the rest costs time
+Unrated = Literal["ignore", "ok"]
+
+
+def message_text(message: Any) -> str:
+    """The text of one chat message (string content, or the text parts of a content list)."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def last_user_text(messages: Any) -> str:
+    """The last user message's text, cut to `MAX_EMBED_CHARS`: what the router embeds."""
+    if isinstance(messages, list):
+        for m in reversed(messages):
+            if isinstance(m, dict) and m.get("role") == "user":
+                return message_text(m)[:MAX_EMBED_CHARS]
+    return ""
+
+
+def prompt_facts(messages: Any) -> tuple[int, int]:
+    """(characters of string contents, number of messages), as the pipeline counts them."""
+    if not isinstance(messages, list):
+        return 0, 0
+    chars = sum(len(c) for m in messages if isinstance(m, dict) and isinstance(c := m.get("content"), str))
+    return chars, len(messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One logged call as the router sees it, with what feedback said about it."""
+
+    call_id: str
+    at: float
+    features: Features
+    variant: str  # the variant that answered
+    quality: float | None  # None: no usable feedback (and unrated calls are ignored)
+    cost: float
+    propensity: float | None  # P(variant) under the logging policy; None when unusable (fallback)
+    policy_version: str | None
+    implicit: bool = False  # quality came from the "unrated counts as ok" rule
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    quality: float
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """An evaluation replay: the same request served by several variants, each judged."""
+
+    features: Features
+    outcomes: Mapping[str, Outcome]
+
+
+def call_text(rec: CallRecord) -> str:
+    """The last user message of a stored call ('' when the text was not stored)."""
+    req = rec.request
+    return last_user_text(req.get("messages")) if isinstance(req, dict) else ""
+
+
+def features_of_call(rec: CallRecord, embedding: Any) -> Features:
+    """The Features the request path computed for `rec` (up to the template, see the module doc)."""
+    req = rec.request if isinstance(rec.request, dict) else {}
+    chars, n = prompt_facts(req.get("messages"))
+    return Features(route=rec.route, user=rec.user, key_id=rec.key_id, prompt_chars=chars, n_messages=n,
+                    has_tools=bool(req.get("tools")), embedding=embedding)
+
+
+def _propensity(rec: CallRecord) -> float | None:
+    # a fallback answered: the logged probability is the decided variant's, not this one's
+    if len({a.model for a in rec.attempts}) > 1:
+        return None
+    return rec.choice_probability
+
+
+async def recent_calls(store: Store, route: str, *, since: float | None, limit: int) -> list[CallRecord]:
+    """The newest `limit` chat calls of `route` answered with 200 (created at or after `since`), oldest first."""
+    page = 1000
+    offset = 0 if since is not None else max(0, await store.count_calls(route=route) - limit)
+    keep: deque[CallRecord] = deque(maxlen=limit)
+    while True:
+        batch = await store.list_calls(route=route, since=since, limit=page, offset=offset)
+        keep.extend(c for c in batch if c.endpoint == "chat" and c.status == 200)
+        if len(batch) < page:
+            return list(keep)
+        offset += page
+
+
+EmbedMany = Callable[[list[str]], Awaitable[Sequence[Any]]]
+
+
+def threaded(embedder: Embedder, batch: int = 256) -> EmbedMany:
+    """An `EmbedMany` running `embedder.embed` in a worker thread, `batch` texts at a time."""
+
+    async def embed_many(texts: list[str]) -> list[Any]:
+        out: list[Any] = []
+        for i in range(0, len(texts), batch):
+            out.extend(await asyncio.to_thread(embedder.embed, texts[i : i + batch]))
+        return out
+
+    return embed_many
+
+
+def build_examples(
+    calls: Sequence[CallRecord],
+    feedback: Sequence[FeedbackRecord],
+    embeddings: Sequence[Any],
+    *,
+    metric: str,
+    unrated: Unrated = "ignore",
+    unrated_after_s: float = 600.0,
+    now: float | None = None,
+) -> list[Example]:
+    """Join calls with their feedback (pure). Unrated calls older than `unrated_after_s` count as
+    quality 1.0 when `unrated` is "ok"; otherwise they keep quality None (cost evidence only)."""
+    now = time.time() if now is None else now
+    by_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
+    for fb in feedback:
+        by_call[fb.call_id].append(fb)
+    out: list[Example] = []
+    for rec, emb in zip(calls, embeddings, strict=True):
+        q = call_quality(by_call.get(rec.id, ()), metric)
+        implicit = q is None and unrated == "ok" and now - rec.created_at >= unrated_after_s
+        out.append(Example(
+            call_id=rec.id, at=rec.created_at, features=features_of_call(rec, emb), variant=rec.variant,
+            quality=1.0 if implicit else q, cost=rec.cost_usd or 0.0, propensity=_propensity(rec),
+            policy_version=rec.policy_version, implicit=implicit,
+        ))
+    return out
+
+
+async def load_examples(
+    store: Store,
+    route: str,
+    embed_many: EmbedMany,
+    *,
+    metric: str,
+    unrated: Unrated = "ignore",
+    unrated_after_s: float = 600.0,
+    since: float | None = None,
+    limit: int = 5000,
+    now: float | None = None,
+) -> list[Example]:
+    """The route's newest `limit` answered chat calls as examples, oldest first, prompts re-embedded."""
+    calls = await recent_calls(store, route, since=since, limit=limit)
+    if not calls:
+        return []
+    ids = [c.id for c in calls]
+    feedback: list[FeedbackRecord] = []
+    for i in range(0, len(ids), 500):
+        feedback += await store.list_feedback(call_ids=ids[i : i + 500])
+    embeddings = await embed_many([call_text(c) for c in calls])
+    return build_examples(calls, feedback, embeddings, metric=metric, unrated=unrated,
+                          unrated_after_s=unrated_after_s, now=now)

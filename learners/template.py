@@ -1,0 +1,242 @@
+"""The prompt-template learner: instructions and demonstrations, chosen by evaluation.
+
+1. Instructions distilled from clusters of similar corrections: corrections are clustered by the
+   embedding of their questions; per cluster of at least `min_cluster`, the topic is the content
+   word most of its questions share, and the rule is the phrase most of its corrections add that
+   the model's answers lacked: "Answers about refunds must mention: 14-day window".
+2. Static demonstrations chosen by evaluation (BootstrapFewShot with random search): a few random
+   subsets of the train examples, each scored on held-out calls by replay; the best is kept.
+3. Optionally, an optimizer route rewrites the instructions from failure examples (train
+   corrections); its proposal is scored like any other trial.
+The learner is pure: it reads a dataset and scores through the function it is given.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.templating import Demonstration, Template
+from learners.artifacts import Manifest
+from learners.dataset import Correction, Dataset
+from learners.embeddings import Embedder
+from learners.metrics import ChatFn
+
+PRODUCER = "template"
+CLUSTER_THRESHOLD = 0.5  # cosine between a question and a cluster's centroid to join it
+SUPPORT = 0.6  # share of a cluster's questions/corrections a topic/phrase must appear in
+MAX_PHRASE = 8
+OPTIMIZER_MARKER = "Rewrite the instructions"
+
+Scorer = Callable[[str, Template], Awaitable[float | None]]  # (trial label, template) -> mean, None: no budget
+
+_STOP_WORDS = """
+a an the and or but if then so of to in on at by for with from about as into over under within without
+is are was were be been being am do does did doing have has had having can could will would shall should
+may might must i me my mine you your yours he him his she her it its we us our they them their this that
+these those what which who whom whose when where why how there here not no yes please just also very
+all any some each every more most much many such than too only own same other up down out off again
+further once s t don't can't i'm it's let's get got tell know need want like
+"""
+STOPWORDS = frozenset(_STOP_WORDS.split())
+
+_WORD = re.compile(r"\w[\w'-]*")
+
+
+def words(text: str) -> list[str]:
+    """Word tokens, keeping hyphenated words ("14-day") whole."""
+    return _WORD.findall(text)
+
+
+def stem(word: str) -> str:
+    """A crude plural strip, enough to match "refund" with "refunds"."""
+    w = word.lower()
+    return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    topic: str
+    must_mention: str
+    evidence: tuple[str, ...]  # example ids of the corrections it was distilled from
+
+    def line(self) -> str:
+        return f"Answers about {self.topic} must mention: {self.must_mention}"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateCandidate:
+    template: Template
+    manifest: Manifest
+    trials: tuple[tuple[str, float], ...]  # (label, held-out mean) of every trial scored
+    label: str  # the winning trial
+    score: float
+
+
+def cluster(vectors: np.ndarray, threshold: float = CLUSTER_THRESHOLD) -> list[list[int]]:
+    """Greedy single-pass clustering of unit vectors by cosine to each cluster's centroid."""
+    clusters: list[list[int]] = []
+    sums: list[np.ndarray] = []
+    for i, v in enumerate(vectors):
+        best, best_sim = -1, threshold
+        for c, s in enumerate(sums):
+            sim = float(v @ s) / (float(np.linalg.norm(s)) or 1.0)
+            if sim >= best_sim:
+                best, best_sim = c, sim
+        if best < 0:
+            clusters.append([i])
+            sums.append(v.astype(np.float64).copy())
+        else:
+            clusters[best].append(i)
+            sums[best] += v
+    return clusters
+
+
+def _topic(questions: Sequence[str]) -> str | None:
+    df: Counter[str] = Counter()
+    surface: dict[str, Counter[str]] = defaultdict(Counter)
+    for q in questions:
+        seen = set()
+        for w in words(q):
+            if w.lower() in STOPWORDS or w.isdigit():
+                continue
+            s = stem(w)
+            surface[s][w.lower()] += 1
+            seen.add(s)
+        df.update(seen)
+    need = math.ceil(SUPPORT * len(questions))
+    ranked = sorted((s for s, n in df.items() if n >= need), key=lambda s: (-df[s], -len(s), s))
+    return surface[ranked[0]].most_common(1)[0][0] if ranked else None
+
+
+def _contains(seq: Sequence[str], sub: Sequence[str]) -> bool:
+    n = len(sub)
+    return any(tuple(seq[i:i + n]) == tuple(sub) for i in range(len(seq) - n + 1))
+
+
+def _phrase(fixes: Sequence[Correction]) -> str | None:
+    """The phrase most corrections add that their answers lacked (longest, most specific first)."""
+    support: Counter[tuple[str, ...]] = Counter()
+    surface: dict[tuple[str, ...], str] = {}
+    new_words: dict[tuple[str, ...], int] = {}
+    for c in fixes:
+        toks = words(c.example.output)
+        low = [t.lower() for t in toks]
+        answer = [t.lower() for t in words(c.answer)]
+        answer_set, question = set(answer), {t.lower() for t in words(c.example.input)}
+        seen: set[tuple[str, ...]] = set()
+        for i in range(len(toks)):
+            for j in range(i + 1, min(len(toks), i + MAX_PHRASE) + 1):
+                gram = tuple(low[i:j])
+                if gram[0] in STOPWORDS or gram[-1] in STOPWORDS or gram in seen or _contains(answer, gram):
+                    continue
+                fresh = sum(1 for t in gram if t not in STOPWORDS and t not in answer_set and t not in question)
+                if fresh == 0:
+                    continue
+                seen.add(gram)
+                surface.setdefault(gram, " ".join(toks[i:j]))
+                new_words[gram] = fresh
+        support.update(seen)
+    need = max(2, math.ceil(SUPPORT * len(fixes)))
+    ranked = sorted((g for g, n in support.items() if n >= need),
+                    key=lambda g: (-support[g], -new_words[g], len(g), surface[g]))
+    return surface[ranked[0]] if ranked else None
+
+
+def distill_instructions(corrections: Sequence[Correction], embedder: Embedder, *, min_cluster: int = 2,
+                         threshold: float = CLUSTER_THRESHOLD) -> list[Instruction]:
+    """One instruction per cluster of >= `min_cluster` similar corrections that agree on a phrase."""
+    if len(corrections) < min_cluster:
+        return []
+    vecs = embedder.embed([c.example.input for c in corrections])
+    out: list[Instruction] = []
+    for members in cluster(vecs, threshold):
+        if len(members) < min_cluster:
+            continue
+        fixes = [corrections[i] for i in members]
+        topic, phrase = _topic([c.example.input for c in fixes]), _phrase(fixes)
+        if topic and phrase:
+            out.append(Instruction(topic, phrase, tuple(c.example.id for c in fixes)))
+    return sorted(out, key=lambda i: (i.topic, i.must_mention))
+
+
+def optimizer_prompt(instructions: Sequence[str], failures: Sequence[Correction]) -> str:
+    """What the optimizer route is asked: rewrite the instructions given mistakes and fixes."""
+    lines = [f"{OPTIMIZER_MARKER} of an assistant so that it stops making the mistakes below.",
+             "Reply with the new instructions only, one per line.", "", "Current instructions:"]
+    lines += [f"- {i}" for i in instructions] or ["(none)"]
+    lines += ["", "Mistakes:"]
+    for n, f in enumerate(failures, 1):
+        lines += [f"{n}. Question: {f.example.input}", f"   Answer given: {f.answer}",
+                  f"   Expected: {f.example.output}"]
+    return "\n".join(lines)
+
+
+def parse_instructions(reply: str, *, max_lines: int = 20, max_chars: int = 300) -> list[str]:
+    """Instruction lines from an optimizer's reply (bullets and numbering stripped)."""
+    out: list[str] = []
+    for raw in reply.splitlines():
+        line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", raw).strip()
+        if line and len(line) <= max_chars and line not in out:
+            out.append(line)
+    return out[:max_lines]
+
+
+async def fit_template(
+    current: Template, dataset: Dataset, embedder: Embedder, score: Scorer, *, parent: str | None,
+    max_demos: int = 4, trials: int = 4, seed: int = 0, min_cluster: int = 2, optimizer: ChatFn | None = None,
+    distilled: Sequence[Instruction] | None = None,
+) -> TemplateCandidate | None:
+    """Search instructions x demonstrations; the best-scoring template unless it is `current`."""
+    found = list(distilled) if distilled is not None else distill_instructions(
+        dataset.corrections, embedder, min_cluster=min_cluster)
+    instructions = tuple(i.line() for i in found) or current.instructions
+    pool: list[tuple[str, Template]] = [("instructions", current.replace(instructions=instructions))]
+    rng = random.Random(seed)
+    train = sorted(dataset.train, key=lambda e: e.id)
+    for t in range(trials if max_demos > 0 else 0):
+        if not train:
+            break
+        subset = rng.sample(train, rng.randint(1, min(max_demos, len(train))))
+        demos = tuple(Demonstration(e.input, e.output, e.id) for e in subset)
+        pool.append((f"demos#{t + 1}", current.replace(instructions=instructions, demonstrations=demos)))
+    scored: list[tuple[str, Template, float]] = []
+    for label, tpl in pool:
+        if tpl == current or any(tpl == s[1] for s in scored):
+            continue
+        mean = await score(label, tpl)
+        if mean is not None:
+            scored.append((label, tpl, mean))
+    if optimizer is not None and dataset.corrections:
+        best_demos = max(scored, key=lambda s: s[2])[1].demonstrations if scored else current.demonstrations
+        reply = await optimizer(optimizer_prompt(instructions, dataset.corrections[:8]))
+        proposed = tuple(parse_instructions(reply))
+        tpl = current.replace(instructions=proposed, demonstrations=best_demos)
+        if proposed and tpl != current and all(tpl != s[1] for s in scored):
+            mean = await score("optimizer", tpl)
+            if mean is not None:
+                scored.append(("optimizer", tpl, mean))
+    if not scored:
+        return None
+    label, best, mean = max(scored, key=lambda s: s[2])  # first of equals: the simplest trial
+    demo_ids = {d.source_id for d in best.demonstrations}
+    used = [e for e in dataset.examples if e.id in demo_ids]
+    ev_ids = {x for i in found if i.line() in best.instructions for x in i.evidence}
+    if label == "optimizer":
+        ev_ids |= {c.example.id for c in dataset.corrections[:8]}
+    used += [e for e in dataset.examples if e.id in ev_ids and e.id not in demo_ids]
+    calls, feedback = dataset.evidence(used)
+    note = (f"{len(best.instructions)} instructions ({len(found)} distilled from "
+            f"{len(dataset.corrections)} corrections), {len(best.demonstrations)} demonstrations; "
+            f"best of {len(scored)} trials: {label} {mean:.2f}")
+    manifest = Manifest(produced_by=f"{PRODUCER}(trials={trials}, max_demos={max_demos}, "
+                                    f"optimizer={'yes' if optimizer else 'no'})",
+                        parent=parent, data_window=dataset.window, evidence_call_ids=calls,
+                        evidence_feedback_ids=feedback, note=note)
+    return TemplateCandidate(best, manifest, tuple((s[0], round(s[2], 4)) for s in scored), label, mean)
