@@ -51,6 +51,17 @@ def _error_message(status: int, raw: bytes) -> tuple[str, Body | None]:
     return f"upstream answered HTTP {status}", body if isinstance(body, dict) else None
 
 
+def _chunk(payload: bytes) -> Body:
+    chunk: Any = orjson.loads(payload)
+    if isinstance(chunk, dict) and "error" in chunk:
+        err = chunk["error"]
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+        raise UpstreamError(f"upstream stream error: {msg}", status=502)
+    if not isinstance(chunk, dict):
+        raise UpstreamError("upstream stream carried a non-object event", status=502)
+    return chunk
+
+
 class OpenAICompatProvider:
     """An OpenAI-compatible HTTP upstream over a pooled keep-alive aiohttp session."""
 
@@ -139,19 +150,21 @@ class OpenAICompatProvider:
             ) as resp:
                 if resp.status >= 400:
                     await self._raise_for(resp)
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        finished = True
+                # Whole network reads split into lines: reading line by line costs two awaits per event.
+                pending = b""
+                async for data in resp.content.iter_any():
+                    lines = (pending + data).split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            finished = True
+                            break
+                        yield _chunk(payload)
+                    if finished:
                         break
-                    chunk: Any = orjson.loads(data)
-                    if isinstance(chunk, dict) and "error" in chunk:
-                        err = chunk["error"]
-                        msg = err.get("message") if isinstance(err, dict) else str(err)
-                        raise UpstreamError(f"upstream stream error: {msg}", status=502)
-                    yield chunk
         except UpstreamError:
             raise
         except TimeoutError as exc:
