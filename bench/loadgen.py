@@ -1,4 +1,4 @@
-"""A bounded, closed-loop HTTP load generator for the benchmarks.
+"""A bounded, closed-loop HTTP load generator, and the helpers to run what it is aimed at.
 
 `concurrency` workers share one pooled keep-alive aiohttp session and take request numbers
 from a shared counter until `requests` have been sent, so a run is a fixed amount of work
@@ -12,17 +12,26 @@ only bookkeeping is a latency float and a status count.
     result = await run_load("http://127.0.0.1:8080/v1/chat/completions", body,
                             requests=2000, concurrency=16, stream=True)
     print(result.rps, result.percentile_ms(99), result.statuses)
+
+The servers under test run as child processes (`spawn`, `wait_http`) so their CPU time and
+memory can be read from /proc (`cpu_times`, `rss_mib`) without counting the client's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -147,3 +156,103 @@ async def run_load(
         if own:
             await sess.close()
     return LoadResult(requests, concurrency, stream, clock() - began, latencies, ttfb, dict(statuses), errors)
+
+
+# -- the processes under test ---------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """A child process serving HTTP on a loopback port; its output goes to `log_path`."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    spawned_at: float  # perf_counter() just before the spawn
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn and aiohttp shut down gracefully), then SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(args: Sequence[str], *, port: int, log_path: Path, cwd: Path | None = None,
+          env: Mapping[str, str] | None = None) -> Service:
+    """Start `python <args>` (this interpreter), stdout and stderr to `log_path`."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    return Service(proc, port, log_path, started)
+
+
+def wait_http(svc: Service, path: str, timeout_s: float = 30.0) -> float:
+    """Poll GET `path` until it answers 200; seconds since the spawn. Stops `svc` on failure."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if svc.proc.poll() is not None:
+            raise RuntimeError(f"process exited ({svc.proc.returncode}):\n{svc.log_tail()}")
+        conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=1.0)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return time.perf_counter() - svc.spawned_at
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.01)
+    svc.stop()
+    raise RuntimeError(f"{path} on port {svc.port} did not answer within {timeout_s:g}s:\n{svc.log_tail()}")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # fields 14 and 15 of proc(5)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    return sum(cpu_times(pid))
+
+
+def idle_cpu_ms_per_s(pid: int, seconds: float) -> float:
+    """CPU a process burns while nobody calls it, in ms per second of wall time."""
+    before, t0 = cpu_s(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_s(pid) - before) * 1000 / (time.perf_counter() - t0)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, in MiB (/proc/<pid>/status VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan

@@ -23,11 +23,18 @@ from collections.abc import Iterable, Sequence
 
 from gateway.privacy.findings import Finding
 
-DEFAULT_LOCALES: tuple[str, ...] = (
-    "en_US", "en_GB", "en_IE", "en_IN", "en_NG", "de_DE", "fr_FR", "es_ES", "es_MX", "it_IT",
-    "pt_BR", "pt_PT", "nl_NL", "pl_PL", "sv_SE", "da_DK", "no_NO", "fi_FI", "cs_CZ", "tr_TR",
-    "ro_RO", "hu_HU", "id_ID", "vi_VN", "ru_RU", "uk_UA",
-)  # fmt: skip
+
+def all_person_locales() -> tuple[str, ...]:
+    """Every locale faker ships person names for (~86): recall matters more than a few extra
+    false positives, and names travel — a Lithuanian customer writes to an English support bot."""
+    import pkgutil
+
+    import faker.providers.person as person
+
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(person.__path__)))
+
+
+DEFAULT_LOCALES: tuple[str, ...] = all_person_locales()
 
 # Listed first names that are also everyday words, months, places, products or models: they count
 # only with a cue or a surname. (faker's English lorem list supplies the bulk of common words.)
@@ -85,6 +92,12 @@ _WORD = r"[^\W\d_]+(?:['’\-][^\W\d_]+)*"
 _NEXT_WORD = re.compile(rf"[ \t]+({_WORD}\.?)")
 
 
+def _names(provider: object, attr: str) -> Iterable[str]:
+    """A faker name list: a tuple, a weighted dict, or (in a few locales) a property we skip."""
+    value = getattr(provider, attr, ())
+    return [str(v) for v in value] if isinstance(value, list | tuple | dict | set | frozenset) else []
+
+
 class NameDetector:
     """Finds person names; build once (loading the lists takes ~0.3 s) and reuse."""
 
@@ -101,9 +114,9 @@ class NameDetector:
         for locale in locales:
             provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
             for attr in ("first_names", "first_names_male", "first_names_female"):
-                for name in getattr(provider, attr, ()):
+                for name in _names(provider, attr):
                     first.update(part.casefold() for part in name.split())
-            for name in getattr(provider, "last_names", ()):
+            for name in _names(provider, "last_names"):
                 last.update(part.casefold() for part in name.split())
         first.update(n.casefold() for n in extra_names)
         lorem = importlib.import_module("faker.providers.lorem.en_US").Provider

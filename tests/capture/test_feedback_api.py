@@ -93,9 +93,9 @@ def test_201_returns_ids_and_the_row_is_stored(gw: RunningGateway) -> None:
 
 
 def test_feedback_right_after_the_call_is_accepted(make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
-    # A 5 s flush window and big batches: the call is still in the writer's queue when feedback comes.
+    # A 2 s flush window and big batches: the call is still in the writer's queue when feedback comes.
     cfg = base_config(fake_upstream, tmp_path)
-    cfg["store"].update(flush_ms=5000, batch_size=10_000)
+    cfg["store"].update(flush_ms=2000, batch_size=10_000)
     gw = make_gateway(cfg)
     call_id = chat(gw)
     assert gw.gateway.writer is not None and gw.gateway.writer.pending(call_id)
@@ -120,8 +120,8 @@ def test_correction_stores_its_diff(gw: RunningGateway) -> None:
 
 def test_several_rows_per_call_are_kept(gw: RunningGateway) -> None:
     call_id = chat(gw)
-    bodies = [{"rating": 1}, {"rating": -1}, {"correction": "first fix"}, {"correction": "second fix"},
-              {"signal": "used"}]
+    bodies: list[dict[str, Any]] = [{"rating": 1}, {"rating": -1}, {"correction": "first fix"},
+                                    {"correction": "second fix"}, {"signal": "used"}]
     ids = []
     for b in bodies:
         r = feedback(gw, {"call_id": call_id, **b})
