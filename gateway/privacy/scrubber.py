@@ -3,6 +3,7 @@ feedback records alike."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -101,7 +102,8 @@ class Scrubber:
         if cached is None:
             cached = redact(text, self.find(text))
             if len(self._cache) >= _CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
+                with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted first
+                    self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
             self._cache[text] = cached
         return cached
 
