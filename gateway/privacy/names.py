@@ -59,6 +59,8 @@ _AMBIGUOUS = (
     "server", "meta", "apple", "amazon", "oracle", "python", "julian", "gregorian", "unicode",
 )  # fmt: skip
 
+_COUNTRY_LOCALES = ("en_US", "de_DE", "fr_FR", "es_ES", "it_IT")
+
 _PARTICLES = frozenset(
     ("van", "von", "der", "den", "de", "da", "del", "della", "di", "du", "le", "la", "dos", "das", "bin")
 )
@@ -121,6 +123,12 @@ class NameDetector:
         first.update(n.casefold() for n in extra_names)
         lorem = importlib.import_module("faker.providers.lorem.en_US").Provider
         common = {w.casefold() for w in lorem.word_list}
+        # Country names are first names somewhere ("France", "Georgia"): with every locale's names
+        # loaded, they must need a cue or a surname like any other everyday word.
+        for locale in _COUNTRY_LOCALES:
+            address = importlib.import_module(f"faker.providers.address.{locale}").Provider
+            for country in _names(address, "countries"):
+                common.update(part.casefold() for part in country.split())
         common.update(_AMBIGUOUS)
         common.update(w.casefold() for w in common_words)
         self._first = frozenset(first)
