@@ -11,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.report_api import route_report_endpoint
+
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
@@ -36,4 +38,7 @@ async def list_routes(request: Request) -> Response:
 
 def routes() -> list[Route]:
     """The admin endpoints, mounted by create_app."""
-    return [Route("/admin/routes", list_routes, methods=["GET"])]
+    from gateway import learn_api  # the learning loop's endpoints (templates, diffs, learn, rollback)
+
+    return [*learn_api.routes(), Route("/admin/routes", list_routes, methods=["GET"]),
+            Route("/admin/routes/{route}/report", route_report_endpoint, methods=["GET"])]

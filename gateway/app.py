@@ -24,6 +24,7 @@ from gateway.auth import AuthMiddleware
 from gateway.capture import Capture
 from gateway.errors import GatewayError, NotFound, error_response, internal_error
 from gateway.feedback_api import post_feedback
+from gateway.learned_routing import LearnedRouting
 from gateway.limits import LimitsMiddleware
 from gateway.pipeline import Augmenter, Pipeline
 from gateway.ratelimit import RateLimiter
@@ -34,6 +35,7 @@ from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord
 from gateway.store.writer import CallWriter
+from learners.loop import LearningLoop
 
 log = logging.getLogger("flywheel")
 
@@ -51,28 +53,38 @@ class Gateway:
 
     def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.config_path = config_path
-        self._config_mtime = config_path.stat().st_mtime if config_path and config_path.exists() else None
         self.runtime: Runtime = build_runtime(settings)
         self.limiter = RateLimiter()
         self.started_at = int(time.time())
         self.store: Store | None = None
         self.writer: CallWriter | None = None
         self.augmenter: Augmenter | None = None
-        self.pipeline = Pipeline(self.sink)
+        self.routing = LearnedRouting(lambda: self.runtime, lambda: self.store)
+        self.pipeline = Pipeline(self.sink, router=self.routing)
         self.capture = Capture(lambda: self.settings.privacy, self._submit_feedback)
+        self.capture.listeners.append(self.routing.feedback)
         self._tasks: list[asyncio.Task[Any]] = []
         self.services: list[Service] = []  # started after the writer, stopped before it
+        self.learning = LearningLoop(self)  # templates, retrieval, learning (learners/loop.py)
+        self.services.append(self.learning)
         self.retention = RetentionService(lambda: self.store, lambda: self.settings.privacy)
         self.services.append(self.retention)
+        self.services.append(self.routing)
         self.last_reload_error: str | None = None
+        self._admin_key: str | None = None
+        self._read_admin_key()
 
     @property
     def settings(self) -> Settings:
         return self.runtime.settings
 
     def admin_key(self) -> str | None:
+        return self._admin_key
+
+    def _read_admin_key(self) -> None:
+        # read once per (re)load, not per request: an environment lookup on every call adds up
         env = self.settings.auth.admin_key_env
-        return os.environ.get(env) or None if env else None
+        self._admin_key = (os.environ.get(env) or None) if env else None
 
     def _submit_feedback(self, fb: FeedbackRecord) -> None:
         if self.writer is not None:
@@ -90,6 +102,9 @@ class Gateway:
         s = self.settings.store
         self.store = open_store(s.url)
         await self.store.migrate()
+        if not self.settings.privacy.store_raw:
+            # the scrubber's name lists take ~0.4 s to load: not on the event loop, not on first use
+            await asyncio.to_thread(lambda: self.capture.scrubber)
         self.writer = CallWriter(self.store, spill_path=Path(s.spill_path), batch_size=s.batch_size,
                                  flush_ms=s.flush_ms, max_queue=s.queue_size, prepare=self.capture.prepare_call)
         await self.writer.start()
@@ -125,22 +140,34 @@ class Gateway:
             log.error("config reload refused, keeping the running config: %s", exc)
             return False
         old, self.runtime = self.runtime, new
+        self._read_admin_key()
         self.last_reload_error = None
         log.info("config reloaded from %s", self.config_path)
         await close_unused(old, new)
         return True
 
-    async def _watch_config(self) -> None:
+    def _config_stamp(self) -> tuple[float, int] | None:
         assert self.config_path is not None
+        try:
+            st = self.config_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime, st.st_size
+
+    async def _watch_config(self) -> None:
+        seen = self._config_stamp()
         while True:
             await asyncio.sleep(self.settings.server.reload_interval_s)
-            try:
-                mtime = self.config_path.stat().st_mtime
-            except FileNotFoundError:
+            stamp = self._config_stamp()
+            if stamp is None or stamp == seen:
                 continue
-            if mtime != self._config_mtime:
-                self._config_mtime = mtime
-                await self.reload()
+            # Debounce: an editor that truncates then writes leaves a moment where the file is empty,
+            # and an empty config.toml is valid (no routes at all). Load only a file at rest.
+            await asyncio.sleep(min(0.2, self.settings.server.reload_interval_s))
+            if self._config_stamp() != stamp:
+                continue
+            seen = stamp
+            await self.reload()
 
 
 async def healthz(request: Request) -> Response:

@@ -36,6 +36,8 @@ class Capture:
         self.prices = PriceMap()  # litellm's price map, for models without a configured price
         self.new_feedback: Counter[str] = Counter()  # route -> feedback rows since the last learning run
         self.inferred = 0
+        # called with every feedback row, explicit or inferred (the learned router's online updates)
+        self.listeners: list[Callable[[FeedbackRecord], None]] = []
 
     @property
     def scrubber(self) -> Scrubber:
@@ -56,6 +58,7 @@ class Capture:
                 self.inferred += 1
                 self.new_feedback[rec.route] += 1
                 self._submit_feedback(self.scrub_feedback(fb))
+                self._notify(fb)
         if rec.no_log:
             return dataclasses.replace(rec, request=None, response=None, error=_no_text(rec.error))
         if self._privacy().store_raw:
@@ -75,6 +78,11 @@ class Capture:
     def feedback_arrived(self, call: CallRecord | None, fb: FeedbackRecord) -> None:
         if call is not None:
             self.new_feedback[call.route] += 1
+        self._notify(fb)
+
+    def _notify(self, fb: FeedbackRecord) -> None:
+        for listener in self.listeners:
+            listener(fb)
 
 
 def _no_text(error: str | None) -> str | None:

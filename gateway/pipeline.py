@@ -57,6 +57,17 @@ class Augmenter(Protocol):
     async def augment(self, route: str, messages: list[Body], ctx: RequestContext) -> Augmentation | None: ...
 
 
+class Router(Protocol):
+    """Decides for routes whose policy learns: adds the request's embedding, remembers the Features
+    for feedback (gateway/learned_routing.py)."""
+
+    def handles(self, route: RouteRuntime) -> bool: ...
+
+    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str) -> Decision: ...
+
+    def finished(self, record: CallRecord) -> None: ...
+
+
 def _features(route: str, body: Body, ctx: RequestContext) -> Features:
     messages = body["messages"]
     chars = 0
@@ -93,18 +104,24 @@ def _falls_back(exc: UpstreamError) -> bool:
 class Pipeline:
     """The request path for chat completions and embeddings."""
 
-    def __init__(self, sink: Sink, augmenter: Augmenter | None = None) -> None:
+    def __init__(self, sink: Sink, augmenter: Augmenter | None = None, router: Router | None = None) -> None:
         self.sink = sink
         self.augmenter = augmenter
+        self.router = router
 
     # -- shared steps ---------------------------------------------------------------------
     async def _plan(
         self, route: RouteRuntime, body: Body, ctx: RequestContext
     ) -> tuple[Decision, CallRecord, list[Body]]:
-        decision = route.policy.choose(_features(route.name, body, ctx))
+        features = _features(route.name, body, ctx)
+        if self.router is not None and self.router.handles(route):
+            decision = await self.router.decide(route, features, body, ctx.call_id)
+        else:
+            decision = route.policy.choose(features)
         record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
                             model=route.targets[decision.variant].model, key_id=ctx.key_name, user=ctx.user,
-                            session_id=ctx.session_id, policy_reason=decision.reason,
+                            session_id=ctx.session_id, policy_version=decision.version,
+                            policy_reason=decision.reason,
                             choice_probability=decision.probability, no_log=ctx.no_log,
                             stream=bool(body.get("stream")))
         messages: list[Body] = body["messages"]
@@ -157,6 +174,8 @@ class Pipeline:
             record.completion_tokens = usage.get("completion_tokens")
             if target is not None:
                 record.cost_usd = target.cost(record.prompt_tokens, record.completion_tokens)
+        if self.router is not None:
+            self.router.finished(record)
         self.sink(record)
 
     def _fail(self, record: CallRecord, ctx: RequestContext, exc: UpstreamError) -> GatewayError:

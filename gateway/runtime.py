@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway.errors import model_not_found
 from gateway.providers.base import Provider
-from gateway.settings import Price, ProviderSettings, RetrySettings, RouteSettings, Settings
+from gateway.route_policy import build_route_policy
+from gateway.settings import ConfigError, Price, ProviderSettings, RetrySettings, RouteSettings, Settings
 from policies import build_policy
 from policies.base import Policy
 
@@ -81,7 +82,7 @@ def build_provider(name: str, ps: ProviderSettings, env: Mapping[str, str]) -> P
         from gateway.providers.fake import FakeProvider
 
         return FakeProvider(name, latency_ms=ps.latency_ms, error_rate=ps.error_rate, seed=ps.seed,
-                            replies=ps.replies)
+                            replies=ps.replies, hard=ps.hard, hard_reply=ps.hard_reply)
     # litellm is imported only when such a provider is configured: it costs ~1 s and ~100 MB.
     from gateway.providers.litellm_provider import LiteLLMProvider
 
@@ -89,7 +90,8 @@ def build_provider(name: str, ps: ProviderSettings, env: Mapping[str, str]) -> P
     return LiteLLMProvider(name, api_key=api_key, base_url=ps.base_url, extra=extra)
 
 
-def _route_runtime(name: str, rs: RouteSettings, settings: Settings, providers: Mapping[str, Provider]) -> RouteRuntime:
+def _route_runtime(name: str, rs: RouteSettings, settings: Settings, providers: Mapping[str, Provider],
+                   previous: RouteRuntime | None = None) -> RouteRuntime:
     targets: dict[str, Target] = {}
     for v in rs.variant_list():
         m = settings.models[v.model]
@@ -100,7 +102,12 @@ def _route_runtime(name: str, rs: RouteSettings, settings: Settings, providers: 
             m = settings.models[fb]
             targets[fb] = Target(fb, fb, providers[m.provider], m.name, {**m.params, **rs.params}, m.price)
     variants = [v.name for v in rs.variant_list()]
-    policy = build_policy(rs.policy.kind, variants=variants, fallbacks=list(rs.fallbacks), **rs.policy.params())
+    try:  # a learned policy keeps what the previous runtime's policy learned (gateway/route_policy.py)
+        policy = build_route_policy(name, rs.policy.kind, rs.policy.params(), variants=variants,
+                                    fallbacks=rs.fallbacks, learn=rs.learn,
+                                    previous=previous.policy if previous is not None else None)
+    except ValueError as exc:
+        raise ConfigError("config", [f"routes.{name}.policy: {exc}"]) from None
     return RouteRuntime(name, targets, policy, rs.retries or settings.retries, rs)
 
 
@@ -124,7 +131,8 @@ def build_runtime(
         routes[name] = RouteRuntime(name, {name: target}, build_policy("static", variants=[name], fallbacks=[]),
                                     settings.retries, None)
     for name, rs in settings.routes.items():
-        routes[name] = _route_runtime(name, rs, settings, providers)
+        routes[name] = _route_runtime(name, rs, settings, providers,
+                                      previous.routes.get(name) if previous is not None else None)
     key_hashes = {k.hash: name for name, k in settings.auth.keys.items()}
     return Runtime(settings, providers, routes, key_hashes)
 

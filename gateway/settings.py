@@ -39,7 +39,7 @@ class ServerSettings(_Strict):
 class StoreSettings(_Strict):
     url: str = "sqlite:///data/flywheel.db"
     batch_size: int = Field(256, gt=0)
-    flush_ms: int = Field(50, gt=0)
+    flush_ms: int = Field(200, gt=0)  # batches at low traffic: a one-row transaction costs ~0.4 ms CPU
     queue_size: int = Field(50_000, gt=0)
     spill_path: str = "data/spill.jsonl"
     log_calls: bool = True  # false: calls are served but not stored (feedback still is); for benchmarks
@@ -59,6 +59,8 @@ class ProviderSettings(_Strict):
     error_rate: float = Field(0.0, ge=0, le=1)
     seed: int = 0
     replies: dict[str, str] = {}  # substring of the last user message -> scripted reply
+    hard: list[str] = []  # substrings of the last user message that this model gets wrong…
+    hard_reply: str = "Sorry, I cannot answer that reliably."  # …answering this instead
 
 
 class Price(_Strict):

@@ -39,6 +39,7 @@ class Decision:
     order: tuple[str, ...]  # `variant` first, then the fallbacks to try in order
     reason: str  # human readable, stored in the call log
     probability: float  # P(variant | features) under the policy, for inverse-propensity evaluation
+    version: str | None = None  # the policy artifact that decided (e.g. a canary's), logged as policy_version
 
 
 @runtime_checkable

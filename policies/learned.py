@@ -122,6 +122,11 @@ class LearnedPolicy:
         self._xu = np.empty(self._features.size)
         self._mean = np.empty(n)
 
+    @property
+    def dims(self) -> int:
+        """Length of the embedding projection; 0 means the policy never looks at an embedding."""
+        return self._features.dims
+
     # -- configuration helpers -------------------------------------------------------------
 
     def _check_known(self, what: str, variant: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.cli import config_cmd, data, serve
+from gateway.cli import config_cmd, data, learn, routes, serve
 
 # Every entry registers its subcommands on the parser; a new command group adds one line here.
-GROUPS = (serve.register, config_cmd.register, data.register)
+GROUPS = (serve.register, config_cmd.register, data.register, routes.register, learn.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,12 @@ Behaviour, all deterministic for a given request and seed:
 - after a `tool` message: "The tool returned: <content>";
 - `response_format` json_object: `{"answer": …}`; json_schema: an instance of the schema;
 - otherwise an echo: "You said: <last user message>";
+- simulated in-context learning (fake_icl.py), before scripted replies and the echo: the answer
+  of a few-shot demonstration whose question resembles the last user message, and system-prompt
+  rules "Answers about X must mention: Y" followed when the question mentions X;
+- a model that finds a request too hard: when the last user message contains one of the
+  configured `hard` substrings, the text answer is `hard_reply` (over scripted replies and
+  response formats; tool calls are unaffected): a benchmark's cheap model that fails hard requests;
 - `n` choices, `logprobs` when asked, usage counted as ~4 characters per token;
 - embeddings: unit vectors from a hash of the input (strings or token-id arrays), float or base64.
 """
@@ -25,8 +31,10 @@ from typing import Any
 import orjson
 
 from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.providers.fake_icl import follow_rules, imitate
 
 EMBED_DIM = 64
+HARD_REPLY = "Sorry, I cannot answer that reliably."
 
 
 def count_tokens(text: str) -> int:
@@ -75,9 +83,21 @@ def instance_of(schema: Body, depth: int = 0) -> Any:
 class FakeEngine:
     """Produces OpenAI-shaped responses and stream chunks for a request body."""
 
-    def __init__(self, *, replies: dict[str, str] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, *, replies: dict[str, str] | None = None, seed: int = 0,
+        hard: tuple[str, ...] | list[str] = (), hard_reply: str = HARD_REPLY,
+    ) -> None:
         self.replies = replies or {}
         self.seed = seed
+        self.hard = tuple(hard)
+        self.hard_reply = hard_reply
+
+    def finds_hard(self, body: Body) -> bool:
+        """True when the last user message holds one of the `hard` substrings."""
+        if not self.hard:
+            return False
+        user = last_user_text(body.get("messages") or [])
+        return any(h in user for h in self.hard)
 
     def _tool_call(self, body: Body, index: int) -> Body | None:
         tools = body.get("tools") or []
@@ -99,6 +119,8 @@ class FakeEngine:
         }
 
     def _content(self, body: Body) -> str:
+        if self.finds_hard(body):
+            return self.hard_reply
         messages = body.get("messages") or []
         last = messages[-1] if messages else {}
         fmt = body.get("response_format") or {}
@@ -106,7 +128,10 @@ class FakeEngine:
             text = f"The tool returned: {message_text(last)}"
         else:
             user = last_user_text(messages)
-            text = next((r for k, r in self.replies.items() if k in user), f"You said: {user}")
+            # In-context learning (fake_icl.py): a similar demonstration's answer, then the rules.
+            text = imitate(messages, user) or next((r for k, r in self.replies.items() if k in user),
+                                                   f"You said: {user}")
+            text = follow_rules(messages, user, text)
         if fmt.get("type") == "json_object":
             return orjson.dumps({"answer": text}).decode()
         if fmt.get("type") == "json_schema":
@@ -224,12 +249,14 @@ class FakeProvider:
         error_rate: float = 0.0,
         seed: int = 0,
         replies: dict[str, str] | None = None,
+        hard: tuple[str, ...] | list[str] = (),
+        hard_reply: str = HARD_REPLY,
         engine: FakeEngine | None = None,
     ) -> None:
         self.name = name
         self.latency_s = latency_ms / 1000
         self.error_rate = error_rate
-        self.engine = engine or FakeEngine(replies=replies, seed=seed)
+        self.engine = engine or FakeEngine(replies=replies, seed=seed, hard=hard, hard_reply=hard_reply)
         self._rng = random.Random(seed)
 
     async def _behave(self) -> None:

@@ -1,0 +1,343 @@
+"""Learned routing on the request path, and online learning from feedback beside it.
+
+Request path (`decide`, only for routes whose policy is a `LearnedPolicy`): when the policy looks at
+embeddings (dims > 0) the last user message is embedded by an `AsyncBatchEmbedder` over the configured
+`[learners] embedder` (one worker thread: the event loop never blocks); the policy chooses;
+the request's Features are remembered in a bounded LRU keyed by call id. A slow, busy or still
+loading embedder never holds a request up for longer than `embed_timeout_s`: the policy then
+decides without the embedding (`stats.embed_missing`).
+
+Online learning (`feedback`, fed by Capture for explicit and inferred feedback): rows are queued
+and a background task applies them: the remembered Features, the variant that answered and the
+call's cost_usd go to `policy.update` with the quality the route's `quality_metric` gives
+(learners/quality.py). The first row that says something under the metric updates the policy;
+later rows about the same call do not (the policy learner, which reads every row, uses the
+newest). Calls without feedback: with `unrated = "ok"` in the route's policy table a call that
+got no usable feedback within `unrated_after_s` counts as quality 1.0; with "ignore" (default)
+it teaches nothing. Calls that fell out of the LRU, or that predate a restart, are not learned
+online: at start the policy is rebuilt from the store (learners/routing.py `fit_policy`; the
+rebuilt state replaces what was learned online while it ran, which the store also holds).
+
+Artifacts: `learn(route)` runs one policy-learning cycle now (learners/routing.py: candidate,
+offline evaluation, canary); every `artifact_poll_s` the router follows the `policy` artifact
+states (gateway/policy_versions.py: canary share, promotion, rollback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.policy_versions import PolicyVersions
+from gateway.providers.base import Body
+from gateway.route_policy import OnlineLearning, online_learning
+from gateway.runtime import RouteRuntime, Runtime
+from gateway.store.base import Store
+from gateway.store.records import CallRecord, FeedbackRecord
+from learners.artifacts import ArtifactRegistry
+from learners.embeddings import AsyncBatchEmbedder, EmbedderBusy, load_embedder
+from learners.quality import feedback_quality
+from learners.routing import LearnResult, fit_policy, learn_policy
+from learners.routing_data import last_user_text, load_examples
+from policies.base import Decision, Features
+from policies.carry import carry_state
+from policies.learned import LearnedPolicy
+
+log = logging.getLogger("flywheel.routing")
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What is remembered of one routed call until its feedback arrives."""
+
+    route: str
+    features: Features
+    variant: str | None = None  # the variant that answered; None until the call ended with a 200
+    cost: float = 0.0
+    ended: float = 0.0
+    learned: bool = False
+
+
+@dataclass(slots=True)
+class RoutingStats:
+    """Counters for readyz, tests and the benchmark."""
+
+    decisions: int = 0
+    embed_missing: int = 0  # decisions made without an embedding (busy, slow, failed, loading)
+    feedback: int = 0  # feedback rows received
+    updates: int = 0  # policy updates from feedback
+    implicit_updates: int = 0  # policy updates from the "unrated counts as ok" rule
+    unmatched: int = 0  # feedback about calls not remembered: other routes, evicted, or before a restart
+    ignored: int = 0  # feedback that said nothing under the metric, repeated, or was refused
+    rebuilt: dict[str, int] = field(default_factory=dict)  # route -> examples of the start-up rebuild
+
+
+class LearnedRouting:
+    """The router's state for the gateway's lifetime: a pipeline hook, a feedback sink, a Service."""
+
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        store: Callable[[], Store | None],
+        *,
+        memory: int = 20_000,
+        embed_timeout_s: float = 0.05,
+        rebuild_calls: int = 5000,
+        artifact_poll_s: float = 5.0,
+        sweep_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._memory: OrderedDict[str, _Seen] = OrderedDict()
+        self._memory_size = memory
+        self._unrated: dict[str, deque[tuple[str, _Seen]]] = {}  # route -> (call id, seen), oldest first
+        self._inbox: deque[FeedbackRecord] = deque(maxlen=memory)
+        self._wake = asyncio.Event()
+        self._embed_timeout_s = embed_timeout_s
+        self._rebuild_calls = rebuild_calls
+        self._artifact_poll_s = artifact_poll_s
+        self._sweep_s = sweep_s
+        self._clock = clock
+        self._embedder: AsyncBatchEmbedder | None = None
+        self._embedder_kind: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.versions = PolicyVersions(runtime)
+        self.stats = RoutingStats()
+
+    # -- request path -------------------------------------------------------------------------
+    @staticmethod
+    def handles(route: RouteRuntime) -> bool:
+        """True for routes whose policy learns (and so needs Features remembered)."""
+        return isinstance(route.policy, LearnedPolicy)
+
+    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str) -> Decision:
+        """Embed the last user message (when the policy uses it), choose, remember the Features."""
+        policy = route.policy
+        assert isinstance(policy, LearnedPolicy)
+        f = base
+        if policy.dims:
+            emb = await self._embed(last_user_text(body.get("messages")))
+            f = Features(base.route, base.user, base.key_id, base.prompt_chars, base.n_messages, base.has_tools, emb)
+        chooser, version = self.versions.arm(route.name, policy, f)
+        decision = chooser.choose(f)
+        if version is not None:
+            decision = replace(decision, version=version)
+        self.stats.decisions += 1
+        self._memory[call_id] = _Seen(route.name, f)
+        if len(self._memory) > self._memory_size:
+            self._memory.popitem(last=False)
+        return decision
+
+    def finished(self, record: CallRecord) -> None:
+        """The pipeline's end-of-call hook: note the variant that answered and what it cost."""
+        seen = self._memory.get(record.id)
+        if seen is None or record.status != 200:
+            return
+        seen.variant, seen.cost, seen.ended = record.variant, record.cost_usd or 0.0, self._clock()
+        queue = self._unrated.setdefault(seen.route, deque(maxlen=self._memory_size))
+        queue.append((record.id, seen))
+
+    async def _embed(self, text: str) -> Any:
+        emb = self._embedder_now()
+        if emb is None:
+            self.stats.embed_missing += 1
+            return None
+        try:
+            return await asyncio.wait_for(emb.embed_one(text), self._embed_timeout_s)
+        except (EmbedderBusy, TimeoutError, RuntimeError) as exc:
+            log.debug("routing without an embedding: %s", exc)
+            self.stats.embed_missing += 1
+            return None
+
+    def _embedder_now(self) -> AsyncBatchEmbedder | None:
+        kind = self._runtime().settings.learners.embedder
+        if kind != self._embedder_kind and self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load_embedder(kind))
+        return self._embedder
+
+    async def _load_embedder(self, kind: str) -> None:
+        try:
+            embedder = await asyncio.to_thread(load_embedder, kind, fallback="hashing")
+            old, self._embedder = self._embedder, AsyncBatchEmbedder(
+                embedder, max_wait_ms=0.0 if kind == "hashing" else 2.0)
+            self._embedder_kind = kind
+            if old is not None:
+                await old.aclose()
+        finally:
+            self._loading = None
+
+    async def embed_many(self, texts: list[str]) -> list[Any]:
+        """Embeddings of many texts through the same embedder (for rebuilds), 32 in flight at a time."""
+        if self._embedder is None:
+            await self._load_embedder(self._runtime().settings.learners.embedder)
+        emb = self._embedder
+        assert emb is not None
+        out: list[Any] = []
+        for i in range(0, len(texts), 32):
+            out += await asyncio.gather(*(emb.embed_one(t) for t in texts[i : i + 32]))
+        return out
+
+    # -- online learning ------------------------------------------------------------------------
+    def feedback(self, fb: FeedbackRecord) -> None:
+        """Capture's hook for every feedback row (explicit or inferred); never blocks."""
+        self.stats.feedback += 1
+        self._inbox.append(fb)
+        self._wake.set()
+
+    def _live(self, route: str) -> LearnedPolicy | None:
+        rr = self._runtime().routes.get(route)
+        return rr.policy if rr is not None and isinstance(rr.policy, LearnedPolicy) else None
+
+    def _learn(self, seen: _Seen, quality: float) -> bool:
+        policy = self._live(seen.route)
+        if policy is None or seen.variant not in policy.variants:
+            return False
+        assert seen.variant is not None
+        if not policy.update(seen.features, seen.variant, quality, seen.cost):
+            return False  # frozen
+        canary = self.versions.canaries.get(seen.route)
+        if canary is not None and seen.variant in canary.policy.variants:
+            canary.policy.update(seen.features, seen.variant, quality, seen.cost)
+        seen.learned = True
+        return True
+
+    def apply_feedback(self, limit: int = 256) -> int:
+        """Apply up to `limit` queued feedback rows now; returns how many were taken."""
+        n = 0
+        while self._inbox and n < limit:
+            fb = self._inbox.popleft()
+            n += 1
+            seen = self._memory.get(fb.call_id)
+            if seen is None or seen.variant is None:
+                self.stats.unmatched += 1
+                continue
+            policy = self._live(seen.route)
+            q = feedback_quality(fb, policy.quality_metric) if policy is not None else None
+            if q is None or seen.learned or not self._learn(seen, q):
+                self.stats.ignored += 1
+                continue
+            self.stats.updates += 1
+        return n
+
+    def sweep(self) -> int:
+        """Count calls past their route's feedback window without usable feedback as ok (routes
+        with `unrated = "ok"`); forget the rest. Returns the implicit updates made."""
+        now = self._clock()
+        made = 0
+        for route, queue in self._unrated.items():
+            rr = self._runtime().routes.get(route)
+            cfg = online_learning(rr.settings.policy.params()) if rr and rr.settings else OnlineLearning()
+            horizon = now - cfg.unrated_after_s
+            while queue and (cfg.unrated == "ignore" or queue[0][1].ended <= horizon):
+                _, seen = queue.popleft()
+                if cfg.unrated == "ok" and not seen.learned and self._learn(seen, 1.0):
+                    made += 1
+        self.stats.implicit_updates += made
+        return made
+
+    # -- service --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the embedder when a route needs it, then run the learning loop in the background."""
+        if any(self.handles(r) for r in self._runtime().routes.values()):
+            await self._load_embedder(self._runtime().settings.learners.embedder)
+        self._tasks.append(asyncio.create_task(self._run(), name="flywheel-routing"))
+        self._tasks.append(asyncio.create_task(self._startup(), name="flywheel-routing-rebuild"))
+
+    async def stop(self) -> None:
+        """Stop the loop, apply what is queued, close the embedder."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        while self.apply_feedback():
+            pass
+        if self._embedder is not None:
+            await self._embedder.aclose()
+            self._embedder = None
+            self._embedder_kind = None
+
+    async def _run(self) -> None:
+        next_poll = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._sweep_s)
+            self._wake.clear()
+            while self.apply_feedback():
+                await asyncio.sleep(0)  # let requests in between batches
+            self.sweep()
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self._artifact_poll_s
+                try:
+                    await self.sync_artifacts()
+                except Exception:
+                    log.exception("reading policy artifacts failed; will retry")
+
+    async def _startup(self) -> None:
+        """Rebuild each learned route's policy from the store (its online memory died with the process)."""
+        store = self._store()
+        if store is None:
+            return
+        registry = ArtifactRegistry(store)
+        for name in self._learned_routes():
+            # the rebuild below supersedes the last promoted version's state: do not load it again
+            self.versions.live[name] = (await registry.states(name, "policy")).current
+            try:
+                if not await self.rebuild(name):
+                    self.versions.live[name] = None  # nothing to rebuild from: the next sync loads it
+            except Exception:
+                log.exception("routes.%s: rebuilding the policy from the store failed", name)
+
+    def _learned_routes(self) -> list[str]:
+        return [n for n, r in self._runtime().routes.items() if self.handles(r) and r.settings is not None]
+
+    async def rebuild(self, route: str) -> int:
+        """Train the route's live policy from its stored calls and feedback; returns examples used."""
+        store, live = self._store(), self._live(route)
+        rr = self._runtime().routes.get(route)
+        if store is None or live is None or rr is None or rr.settings is None:
+            return 0
+        cfg = online_learning(rr.settings.policy.params())
+        examples = await load_examples(store, route, self.embed_many, metric=live.quality_metric,
+                                       unrated=cfg.unrated, unrated_after_s=cfg.unrated_after_s,
+                                       limit=self._rebuild_calls)
+        if examples:
+            fitted = await asyncio.to_thread(fit_policy, live, examples)
+            target = self._live(route)  # a reload may have replaced it meanwhile
+            if target is not None:
+                carry_state(fitted, target)
+        self.stats.rebuilt[route] = len(examples)
+        return len(examples)
+
+    async def sync_artifacts(self) -> None:
+        """Follow the policy artifacts' states (gateway/policy_versions.py)."""
+        store = self._store()
+        if store is not None:
+            routes = [(name, p) for name in self._learned_routes() if (p := self._live(name)) is not None]
+            await self.versions.sync(store, routes)
+
+    async def learn(self, route: str) -> LearnResult:
+        """One policy-learning cycle for `route` now (learners/routing.py), then follow its outcome."""
+        store, live = self._store(), self._live(route)
+        rr = self._runtime().routes.get(route)
+        if store is None or live is None or rr is None or rr.settings is None:
+            return LearnResult(route, "skipped", "not a learned route, or the store is not open")
+        cfg = online_learning(rr.settings.policy.params())
+        result = await learn_policy(store, route, live, self.embed_many, learner=self._runtime().settings.learners,
+                                    current_version=self.versions.live.get(route), unrated=cfg.unrated,
+                                    unrated_after_s=cfg.unrated_after_s, limit=self._rebuild_calls)
+        await self.sync_artifacts()
+        return result
+
+    def known(self, call_ids: Sequence[str]) -> int:
+        """How many of `call_ids` are remembered (for tests and the benchmark)."""
+        return sum(c in self._memory for c in call_ids)

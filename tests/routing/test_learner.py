@@ -1,0 +1,199 @@
+"""The policy learner: off-policy estimates against the truth, the verdict, a full cycle on a seeded
+store that ends in a canary artifact, and the router following canary -> promoted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.learned_routing import LearnedRouting
+from gateway.runtime import build_runtime
+from gateway.settings import parse_settings
+from gateway.store import open_store
+from gateway.store.records import CallRecord, FeedbackRecord
+from learners.artifacts import ArtifactRegistry, Manifest
+from learners.embeddings import HashingEmbedder
+from learners.routing import evaluate, fit_policy, learn_policy
+from learners.routing_data import Example, Outcome, Replay, threaded
+from learners.routing_eval import estimate_ips, estimate_replay, judge
+from learners.routing_rollout import check_policy_canary
+from policies import Features, LearnedPolicy
+from tests.routing.conftest import HARD, routing_config, wait_for
+
+CHEAP, STRONG = "cheap", "strong"
+COST = {CHEAP: 0.001, STRONG: 0.02}
+P_OK = {CHEAP: (0.95, 0.1), STRONG: (0.95, 0.95)}  # (easy, hard)
+
+
+def policy(**kw: object) -> LearnedPolicy:
+    params: dict[str, object] = {"min_quality": 0.75, "explore": 0.0, "dims": 8,
+                                 "prior_quality": {CHEAP: 0.6, STRONG: 0.9}, "prior_cost": {CHEAP: 1, STRONG: 20}}
+    params.update(kw)
+    return LearnedPolicy([CHEAP, STRONG], fallbacks=[STRONG], **params)  # type: ignore[arg-type]
+
+
+def world(n: int, seed: int = 0) -> tuple[list[Example], list[bool]]:
+    """Calls logged by a uniform random router (propensity 0.5), with 0/1 feedback."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, 16))
+    examples, hard = [], []
+    for i in range(n):
+        c = int(rng.integers(4))
+        is_hard = c >= 3  # one cluster in four is hard
+        f = Features("smart", None, None, 300, 1, False, (centres[c] + rng.standard_normal(16) * 0.05))
+        v = CHEAP if rng.random() < 0.5 else STRONG
+        q = float(rng.random() < P_OK[v][int(is_hard)])
+        examples.append(Example(f"c{i}", float(i), f, v, q, COST[v], 0.5, None))
+        hard.append(is_hard)
+    return examples, hard
+
+
+def true_value(p: LearnedPolicy, examples: list[Example], hard: list[bool]) -> tuple[float, float]:
+    """Expected quality and cost per call of `p` on these requests, from the known P(ok)."""
+    q = c = 0.0
+    for e, h in zip(examples, hard, strict=True):
+        for v, x in p.action_probabilities(e.features).items():
+            q += x * P_OK[v][int(h)]
+            c += x * COST[v]
+    return q / len(examples), c / len(examples)
+
+
+def test_ips_estimates_match_the_truth() -> None:
+    logged, hard = world(3000)
+    trained = fit_policy(policy(), logged[:1500])
+    shares = trained.action_probabilities(logged[0].features)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    for p in (policy(), trained):  # untrained (all strong) and trained (cheap on easy requests)
+        est = estimate_ips(p, logged[1500:])
+        q, c = true_value(p, logged[1500:], hard[1500:])
+        assert est.quality == pytest.approx(q, abs=0.03) and est.cost == pytest.approx(c, rel=0.1)
+        assert est.n == 1500 and est.effective_n > 500
+    assert estimate_ips(trained, logged[1500:]).shares[CHEAP] == pytest.approx(0.75, abs=0.05)
+
+
+def test_replay_estimate_is_exact_on_known_outcomes() -> None:
+    logged, hard = world(200, seed=1)
+    replays = [Replay(e.features, {CHEAP: Outcome(P_OK[CHEAP][h], COST[CHEAP]), STRONG: Outcome(0.95, COST[STRONG])})
+               for e, h in zip(logged, hard, strict=True)]
+    p = fit_policy(policy(), logged)
+    est = estimate_replay(p, replays)
+    q, c = true_value(p, logged, hard)
+    assert est.n == 200 and est.quality == pytest.approx(q) and est.cost == pytest.approx(c)
+
+
+def test_verdict_prefers_cheaper_at_equal_quality_and_refuses_a_quality_drop() -> None:
+    logged, _ = world(3000, seed=2)
+    current = policy()  # untrained: everything to the strong model
+    trained = fit_policy(current, logged[:2000])
+    ev = evaluate(current, trained, logged[2000:], max_quality_drop=0.03)  # IPS noise is ~±1.5 pt here
+    assert ev.verdict.accepted and ev.verdict.cost_ratio is not None and ev.verdict.cost_ratio < 0.5
+    assert ev.verdict.quality_delta is not None and ev.verdict.quality_delta > -0.03
+    naive = policy(prior_quality={CHEAP: 0.95, STRONG: 0.9})  # untrained and over-confident in cheap
+    ev = evaluate(trained, naive, logged[2000:])
+    assert not ev.verdict.accepted and "quality" in ev.verdict.reason
+    thin = evaluate(current, trained, logged[2000:2010])
+    assert not thin.verdict.accepted and "not enough evidence" in thin.verdict.reason
+    assert not judge(ev.current, ev.current).accepted  # no better on anything
+
+
+async def seed(url: str, n: int = 400) -> None:
+    """Calls on route smart logged by a uniform router; cheap fails the HARD ones; users rate them."""
+    rng = random.Random(3)
+    store = open_store(url)
+    await store.migrate()
+    calls, fb = [], []
+    topics = [f"What is the {HARD} of x to the power {{}}?", "What are your opening hours on day {}?",
+              "How do I reset password number {}?", "Where is parcel {}?"]
+    for i in range(n):
+        text = rng.choice(topics).format(rng.randint(1, 999))
+        v = rng.choice([CHEAP, STRONG])
+        ok = not (v == CHEAP and HARD in text)
+        cid = f"call-{i:04d}"
+        calls.append(CallRecord(id=cid, route="smart", variant=v, model=v, created_at=1e9 + i, cost_usd=COST[v],
+                                choice_probability=0.5, request={"messages": [{"role": "user", "content": text}]}))
+        fb.append(FeedbackRecord(cid, rating=1 if ok else -1, created_at=1e9 + i + 0.5))
+    await store.insert_calls(calls)
+    for row in fb:
+        await store.insert_feedback(row)
+    await store.close()
+
+
+async def test_learn_policy_ships_a_canary_and_the_router_follows_it(tmp_path: Path) -> None:
+    cfg = routing_config(tmp_path, explore=0.05)
+    cfg["learners"]["canary_share"] = 0.5
+    await seed(cfg["store"]["url"])
+    settings = parse_settings(cfg)
+    runtime = build_runtime(settings)
+    store = open_store(settings.store.url)
+    await store.migrate()
+    live = runtime.routes["smart"].policy
+    assert isinstance(live, LearnedPolicy) and live.updates == 0
+    result = await learn_policy(store, "smart", live, threaded(HashingEmbedder()), learner=settings.learners)
+    assert result.outcome == "canary" and result.version == "p1", result.reason
+    assert result.n_train == 280 and result.n_held_out == 120
+    assert result.summary.startswith("share to cheap") and "cost −" in result.summary
+    registry = ArtifactRegistry(store)
+    rec = await registry.get("smart", "policy", "p1")
+    assert rec is not None and rec.note == result.summary and rec.evaluation["verdict"]["accepted"]
+    assert (await registry.states("smart", "policy")).canary == "p1"
+
+    router = LearnedRouting(lambda: runtime, lambda: store)
+    await router.sync_artifacts()
+    body = {"messages": [{"role": "user", "content": "What are your opening hours on day 3?"}]}
+    base = Features("smart", None, None, 37, 1, False)
+    versions = set()
+    for u in range(40):
+        d = await router.decide(runtime.routes["smart"], Features("smart", f"u{u}", None, 37, 1, False), body, f"x{u}")
+        versions.add(d.version)
+    assert versions == {None, "p1"}, "half the users get the canary, sticky per user"
+
+    # the canary gets feedback through the store; enough of it promotes the canary
+    settings_tight = settings.learners.model_copy(update={"canary_min_feedback": 1})
+    await store.insert_calls([CallRecord(id="k1", route="smart", variant=CHEAP, model=CHEAP, policy_version="p1",
+                                         created_at=rec.created_at + 1e9)])
+    await store.insert_feedback(FeedbackRecord("k1", rating=1))
+    decision = await check_policy_canary(registry, "smart", "rating", settings_tight)
+    assert decision is not None and decision.action == "promoted", decision
+    await router.sync_artifacts()
+    assert router.versions.promoted == {"smart": "p1"} and live.updates == rec.body["updates"] > 0
+    d = await router.decide(runtime.routes["smart"], base, body, "y")
+    assert d.version == "p1" and d.variant == CHEAP
+    await router.stop()
+    await store.close()
+
+
+async def test_too_few_rated_calls_skip_the_cycle(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/empty.db")
+    await store.migrate()
+    result = await learn_policy(store, "smart", policy(), threaded(HashingEmbedder()))
+    assert result.outcome == "skipped" and "0 rated calls" in result.reason
+    registry = ArtifactRegistry(store)
+    await registry.save_candidate("smart", "policy", policy().to_params(), Manifest(produced_by="test"))
+    assert (await registry.states("smart", "policy")).versions["p1"].state == "candidate"
+    await store.close()
+
+
+def test_a_restarted_gateway_rebuilds_its_policy_from_the_store(make_gateway: Any, tmp_path: Path) -> None:
+    cfg = routing_config(tmp_path)
+    asyncio.run(seed(cfg["store"]["url"]))
+    gw = make_gateway(cfg)
+    router: LearnedRouting = gw.gateway.routing
+    wait_for(lambda: router.stats.rebuilt.get("smart") == 400, what="the start-up rebuild")
+    live = gw.gateway.runtime.routes["smart"].policy
+    assert isinstance(live, LearnedPolicy) and live.updates == 400
+    hard = httpx.post(gw.v1 + "/chat/completions", json={"model": "smart", "messages": [
+        {"role": "user", "content": f"What is the {HARD} of x to the power 7?"}]})
+    easy = httpx.post(gw.v1 + "/chat/completions", json={"model": "smart", "messages": [
+        {"role": "user", "content": "Where is parcel 12?"}]})
+    assert (hard.headers["x-flywheel-variant"], easy.headers["x-flywheel-variant"]) == (STRONG, CHEAP)
+
+    loop = router._tasks[0].get_loop()  # learn() runs on the gateway's own event loop, like /admin/learn
+    result = asyncio.run_coroutine_threadsafe(router.learn("smart"), loop).result(60)
+    assert result.version == "p1" and result.evaluation is not None and result.n_train == 280
+    assert result.outcome in ("canary", "rejected"), result
