@@ -164,6 +164,9 @@ class ArtifactRegistry:
         if not manifest.produced_by:
             raise TransitionRefused("an artifact needs provenance: produced_by is empty")
         version = version or await self.next_version(route, kind)
+        if await self.store.get_artifact(route, kind, version) is not None:
+            # Artifacts are immutable: never overwrite (two learners raced for the same id).
+            raise TransitionRefused(f"{route}/{kind}/{version} already exists")
         rec = ArtifactRecord(
             route=route, kind=kind, version=version, body=body, state="candidate", parent=manifest.parent,
             produced_by=manifest.produced_by, data_window=manifest.data_window,

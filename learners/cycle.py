@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from gateway.augment import EmbedFn, LoadedIndex, LoadedTemplate, ServingSet
 from gateway.runtime import Runtime
 from gateway.settings import LearnerSettings, RetrievalSettings, RouteSettings
-from gateway.store.records import ArtifactKind
+from gateway.store.records import ArtifactKind, ArtifactRecord
 from gateway.templating import CompiledTemplate, Template, TemplateError
 from learners import guardrails
-from learners.artifacts import ArtifactRegistry, Manifest
+from learners.artifacts import ArtifactRegistry, Manifest, version_number
 from learners.dataset import CurateConfig, Dataset, DatasetStats, EvalCase, curate, load_records
 from learners.embeddings import Embedder
 from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
 from learners.metrics import build_metric
-from learners.retrieval import fit_index
+from learners.retrieval import example_ids, fit_index
 from learners.rollout import Rollout, RolloutDecision
 from learners.template import fit_template
 
@@ -144,7 +144,12 @@ class LearningCycle:
     async def _settle(self, kind: ArtifactKind, body: Any, manifest: Manifest, problems: list[str],
                       arm: ArmResult | None, extra: dict[str, Any], trials: tuple[tuple[str, float], ...] = ()) -> None:
         """Store the candidate with its evaluation, then reject it or start its rollout."""
-        ev = gate(await self._current(), arm, self.cfg, self.cfg.metric, self.budget, trials=trials) if arm else None
+        ev = gate(await self._current(), arm, self.cfg, self.cfg.metric, self.budget, trials=trials,
+                  require_gain=kind == "template") if arm else None
+        if kind == "template" and not problems and ev is not None and ev.verdict == "no_gain":
+            # Another draw of demonstrations that does no better is not worth a version.
+            self.report.skipped.append(f"template: no trial beat the current template ({ev.reason})")
+            return
         evaluation = {"offline": asdict(ev) if ev else None, "guardrails": problems, **extra}
         reason = ("guardrails: " + "; ".join(problems) if problems
                   else ev.reason if ev is not None else "not evaluated")
@@ -156,12 +161,24 @@ class LearningCycle:
         outcome: Outcome = decision.action  # type: ignore[assignment]
         self.report.candidates.append(CandidateReport(kind, rec.version, outcome, decision.reason, manifest.note, ev))
 
+    async def _last_rejected(self, kind: ArtifactKind) -> ArtifactRecord | None:
+        """The kind's newest version when it was rejected (so an identical candidate is not retried)."""
+        versions = (await self.d.registry.states(self.route, kind)).versions
+        newest = max(versions.values(), key=lambda v: version_number(v.version), default=None)
+        if newest is None or newest.state != "rejected":
+            return None
+        return await self.d.registry.get(self.route, kind, newest.version)
+
     async def _index(self, ds: Dataset, embedder: Embedder) -> None:
         parent = await self.d.registry.current(self.route, "index")
         cand = await asyncio.to_thread(fit_index, ds, embedder, parent=parent.version if parent else None,
                                        parent_body=parent.body if parent else None)
         if cand is None:
             self.report.skipped.append("index: no change in the curated examples")
+            return
+        last = await self._last_rejected("index")
+        if last is not None and sorted(example_ids(last.body)) == sorted(e.id for e in cand.examples):
+            self.report.skipped.append(f"index: same examples as {last.version}, rejected: {last.note}")
             return
         problems = guardrails.check_index_candidate(cand.examples, cand.manifest, max_examples=self.cfg.max_examples,
                                                     scrubber=await self.d.scrubber())

@@ -162,8 +162,13 @@ class Replayer:
 
 
 def gate(current: ArmResult, candidate: ArmResult, cfg: LearnerSettings, metric: str, budget: Budget,
-         *, trials: Sequence[tuple[str, float]] = ()) -> Evaluation:
-    """Judge a candidate against current on the cases both arms replayed (see the module docstring)."""
+         *, trials: Sequence[tuple[str, float]] = (), require_gain: bool = False) -> Evaluation:
+    """Judge a candidate against current on the cases both arms replayed (see the module docstring).
+
+    `require_gain`: a tie is not enough (templates: another demonstration draw that scores the same
+    is churn). An index may tie: the corrections it adds are evidence by themselves, and a lone new
+    correction rarely has a held-out twin to show its gain offline; the canary judges it online.
+    """
     cur = {r.call_id: r for r in current.results}
     pairs = [(cur[r.call_id], r) for r in candidate.results if r.call_id in cur]
     n = len(pairs)
@@ -188,9 +193,10 @@ def gate(current: ArmResult, candidate: ArmResult, cfg: LearnerSettings, metric:
     elif worst is not None and worst.delta < -cfg.tolerance:
         verdict, reason = "regression", (f"slice {worst.segment} regressed {worst.delta:+.2f} "
                                          f"(tolerance {cfg.tolerance:.2f}); {figures}")
-    elif delta < cfg.margin:
+    elif delta < cfg.margin or (require_gain and delta <= 0):
         verdict = "regression" if delta < -cfg.tolerance else "no_gain"
-        reason = f"offline {figures}; needs >= {cfg.margin:+.2f}"
+        need = f"> {max(cfg.margin, 0.0):+.2f}" if require_gain and delta >= cfg.margin else f">= {cfg.margin:+.2f}"
+        reason = f"offline {figures}; needs {need}"
     else:
         verdict, reason = "passed", f"offline {figures}"
     return Evaluation(metric, n, c_mean, k_mean, delta, verdict == "passed", verdict, reason, slices,

@@ -202,7 +202,7 @@ class LearningLoop:
         return serving.current if serving is not None else ServingSet()
 
     async def _blocked_ids(self, route: str) -> set[str]:
-        """Example ids a rolled-back artifact, or one rejected for a regression, introduced.
+        """Example ids a rolled-back artifact, or one rejected for scoring below current, introduced.
 
         They stay out of later datasets, so a poisoned batch is not proposed again each cycle.
         """
@@ -216,7 +216,9 @@ class LearningLoop:
                     rec = await self.registry.get(route, kind, version)
                     ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
                     offline = ev.get("offline") or {}
-                    blocks = st.state == "rolled_back" or offline.get("verdict") == "regression"
+                    worse = offline.get("verdict") == "regression" or (
+                        offline.get("verdict") == "no_gain" and offline.get("delta", 0.0) < 0)
+                    blocks = st.state == "rolled_back" or worse
                     self._blocked[key] = frozenset(ev.get("added", [])) if blocks else frozenset()
                 out |= self._blocked[key]
         return out

@@ -77,7 +77,7 @@ def evaluate(
     held_out: Sequence[Example],
     replays: Sequence[Replay] = (),
     *,
-    max_quality_drop: float = 0.01,
+    max_quality_drop: float = 0.02,
     min_effective_n: float = 30.0,
 ) -> PolicyEvaluation:
     """Score both policies; replays, when there are enough of them, decide over the IPS estimate
@@ -120,7 +120,7 @@ async def learn_policy(
     limit: int = 5000,
     train_share: float = 0.7,
     min_rated: int = 50,
-    max_quality_drop: float = 0.01,
+    max_quality_drop: float = 0.02,
     min_effective_n: float = 30.0,
 ) -> LearnResult:
     """One full cycle for `route`: data, fit, offline evaluation, artifact, canary (see module doc).

@@ -96,7 +96,7 @@ class Verdict:
 
 
 def judge(
-    current: Estimate, candidate: Estimate, *, max_quality_drop: float = 0.01, min_effective_n: float = 30.0
+    current: Estimate, candidate: Estimate, *, max_quality_drop: float = 0.02, min_effective_n: float = 30.0
 ) -> Verdict:
     """Accept when the evidence is sufficient, quality drops by at most `max_quality_drop`, and
     the candidate is better somewhere (higher quality or lower cost)."""

@@ -29,7 +29,8 @@ from learners.embeddings import Embedder
 from learners.metrics import ChatFn
 
 PRODUCER = "template"
-CLUSTER_THRESHOLD = 0.5  # cosine between a question and a cluster's centroid to join it
+CLUSTER_THRESHOLD = 0.5  # cosine between a question and a cluster's centroid to join it (MiniLM, static)
+HASHING_CLUSTER_THRESHOLD = 0.25  # hashed n-grams put paraphrases far lower (0.1-0.4) than MiniLM (0.5-0.75)
 SUPPORT = 0.6  # share of a cluster's questions/corrections a topic/phrase must appear in
 MAX_PHRASE = 8
 OPTIMIZER_MARKER = "Rewrite the instructions"
@@ -126,7 +127,8 @@ def _phrase(fixes: Sequence[Correction]) -> str | None:
     surface: dict[tuple[str, ...], str] = {}
     new_words: dict[tuple[str, ...], int] = {}
     for c in fixes:
-        toks = words(c.example.output)
+        spans = [(m.start(), m.end()) for m in _WORD.finditer(c.example.output)]
+        toks = [c.example.output[a:b] for a, b in spans]
         low = [t.lower() for t in toks]
         answer = [t.lower() for t in words(c.answer)]
         answer_set, question = set(answer), {t.lower() for t in words(c.example.input)}
@@ -140,7 +142,7 @@ def _phrase(fixes: Sequence[Correction]) -> str | None:
                 if fresh == 0:
                     continue
                 seen.add(gram)
-                surface.setdefault(gram, " ".join(toks[i:j]))
+                surface.setdefault(gram, c.example.output[spans[i][0]:spans[j - 1][1]])  # as written
                 new_words[gram] = fresh
         support.update(seen)
     need = max(2, math.ceil(SUPPORT * len(fixes)))
@@ -149,11 +151,17 @@ def _phrase(fixes: Sequence[Correction]) -> str | None:
     return surface[ranked[0]] if ranked else None
 
 
+def cluster_threshold(embedder: Embedder) -> float:
+    """The clustering threshold that suits the embedder's similarity scale."""
+    return HASHING_CLUSTER_THRESHOLD if embedder.name.startswith("hashing") else CLUSTER_THRESHOLD
+
+
 def distill_instructions(corrections: Sequence[Correction], embedder: Embedder, *, min_cluster: int = 2,
-                         threshold: float = CLUSTER_THRESHOLD) -> list[Instruction]:
+                         threshold: float | None = None) -> list[Instruction]:
     """One instruction per cluster of >= `min_cluster` similar corrections that agree on a phrase."""
     if len(corrections) < min_cluster:
         return []
+    threshold = cluster_threshold(embedder) if threshold is None else threshold
     vecs = embedder.embed([c.example.input for c in corrections])
     out: list[Instruction] = []
     for members in cluster(vecs, threshold):

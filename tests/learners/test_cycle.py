@@ -1,0 +1,84 @@
+"""A learning cycle's checks: guardrails refuse (and record why), the judge metric asks a route
+through the gateway, and the evaluation budget bounds the calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gateway.privacy.scrubber import Scrubber
+from gateway.templating import Demonstration, Template
+from learners.artifacts import Manifest
+from learners.examples import Example
+from learners.guardrails import check_index_candidate, check_template_candidate
+from tests.learners.scenario import ROUTE, Client, config, correct_everything
+
+SCRUBBER = Scrubber()
+M = Manifest(produced_by="test", evidence_call_ids=("c1",))
+
+
+def test_template_guardrails() -> None:
+    ok = Template("Be brief, {{ route }}.", ("Answers about refunds must mention: 14 days",),
+                  (Demonstration("How do refunds work?", "Within 14 days.", "c1#f"),))
+    assert check_template_candidate(ok, M, route="bot", max_chars=1000, scrubber=SCRUBBER) == []
+    leaky = ok.replace(demonstrations=(Demonstration("Email me", "Write to jane.doe@example.com", "c2#f"),))
+    assert any("PII in demonstration 1 output: EMAIL" in p for p in
+               check_template_candidate(leaky, M, route="bot", max_chars=1000, scrubber=SCRUBBER))
+    redacted = ok.replace(instructions=("Call <PHONE> for refunds",))
+    assert any("redacted text" in p for p in check_template_candidate(redacted, M, route="bot", max_chars=1000,
+                                                                      scrubber=None))
+    assert any("limit 10" in p for p in check_template_candidate(ok, M, route="bot", max_chars=10, scrubber=None))
+    assert any("no provenance" in p for p in
+               check_template_candidate(ok, Manifest(produced_by="x"), route="bot", max_chars=999, scrubber=None))
+    escape = Template("{{ ''.__class__ }}")
+    assert any("does not render" in p for p in check_template_candidate(escape, M, route="bot", max_chars=999,
+                                                                         scrubber=None))
+
+
+def test_index_guardrails() -> None:
+    good = [Example("c1#f", "How do refunds work?", "Within 14 days.", "c1", "correction", 1.0)]
+    assert check_index_candidate(good, M, max_examples=10, scrubber=SCRUBBER) == []
+    bad = [*good, Example("c2#f", "Call me on +44 20 7946 0958", "Sure.", "", "rated", 2.0)]
+    problems = check_index_candidate(bad, M, max_examples=1, scrubber=SCRUBBER)
+    assert any("limit 1" in p for p in problems)
+    assert any("PII in example c2#f input: PHONE" in p for p in problems)
+    assert any("example c2#f has no source call" in p for p in problems)
+
+
+def test_a_refused_candidate_is_stored_as_rejected_with_why(make_gateway: Any, fake_upstream: str,
+                                                            tmp_path: Path) -> None:
+    c = Client(make_gateway(config(fake_upstream, tmp_path, max_template_chars=120)).url)
+    correct_everything(c)
+    report = c.learn()
+    template = next(x for x in report["candidates"] if x["kind"] == "template")
+    assert template["outcome"] == "rejected" and template["reason"].startswith("guardrails: template is ")
+    row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates")["data"] if r["version"] == template["version"])
+    assert row["state"] == "rejected" and row["evaluation"]["guardrails"]
+    log = c.get(f"/admin/routes/{ROUTE}/log", kind="template")["data"]
+    assert any(e["to_state"] == "rejected" and e["reason"].startswith("guardrails:") for e in log)
+
+
+def test_judge_metric_asks_the_judge_route_through_the_gateway(make_gateway: Any, fake_upstream: str,
+                                                               tmp_path: Path) -> None:
+    cfg = config(fake_upstream, tmp_path, metric="judge", judge_route="judge", demo_trials=0)
+    # The judge grades 1 exactly when the answer is one of the true answers (scripted fake replies).
+    cfg["providers"]["judging"] = {"kind": "fake", "replies": {
+        "Answer: You can return": "1", "Answer: Shipping is free": "1", "Answer: Use the Forgot": "1.0"}}
+    cfg["models"]["judge"] = {"provider": "judging", "name": "judge-1"}
+    c = Client(make_gateway(cfg).url)
+    correct_everything(c)
+    report = c.learn()
+    index = next(x for x in report["candidates"] if x["kind"] == "index")
+    ev = index["evaluation"]
+    assert ev["metric"] == "judge" and ev["current"] == 0.0 and ev["candidate"] == 1.0, ev
+    assert report["eval_calls"] >= 4 * ev["n"]  # two replays and two judge calls per held-out call
+
+
+def test_the_evaluation_budget_bounds_a_run(make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    c = Client(make_gateway(config(fake_upstream, tmp_path, max_eval_calls=3)).url)
+    correct_everything(c)
+    report = c.learn()
+    assert report["eval_calls"] <= 3
+    assert all(x["outcome"] == "rejected" for x in report["candidates"] if x["kind"] == "index")
+    index = next(x for x in report["candidates"] if x["kind"] == "index")
+    assert "evaluation budget spent" in index["reason"]

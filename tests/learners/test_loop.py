@@ -1,0 +1,51 @@
+"""The background loop: it learns once enough feedback (or a correction) arrived, and every replica
+picks up the store's artifact states on its own."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.learners.scenario import ROUTE, TOPICS, UNSEEN, Client, config, correct_everything, truth
+
+
+def wait_for(fn: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_correction_wakes_the_loop_and_a_second_replica_follows(make_gateway: Any, fake_upstream: str,
+                                                                 tmp_path: Path) -> None:
+    cfg = config(fake_upstream, tmp_path, enabled=True, interval_s=0.3, refresh_s=0.3, min_new_feedback=1000,
+                 canary_share=0.0)
+    a = Client(make_gateway(cfg).url)
+    # Another replica on the same store that only serves (one replica learns; every replica refreshes).
+    b = Client(make_gateway({**cfg, "learners": {**cfg["learners"], "enabled": False}}).url)
+    correct_everything(a)
+    index = wait_for(lambda: b.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"])
+    assert index.startswith("i")
+    for topic, question in UNSEEN.items():  # replica b serves what the loop learned from a's traffic
+        wait_for(lambda q=question, t=topic: b.ask("reader", q)[1] == truth(t))
+
+
+def test_enough_feedback_wakes_the_loop(make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    cfg = config(fake_upstream, tmp_path, enabled=True, interval_s=0.3, min_new_feedback=6,
+                 learn_on_correction=False, canary_share=0.0)
+    gw = make_gateway(cfg)
+    c = Client(gw.url)
+    questions, answer = TOPICS["password"]
+    call_id, _, _ = c.ask("one", questions[0])
+    c.feedback(call_id, correction=answer)
+    time.sleep(1.0)  # one correction, below min_new_feedback: no cycle
+    assert c.get(f"/admin/routes/{ROUTE}/artifacts", kind="index")["data"] == []
+    for i, q in enumerate(questions[1:]):
+        call_id, _, _ = c.ask(f"u{i}", q)
+        c.feedback(call_id, correction=answer)
+    wait_for(lambda: c.get(f"/admin/routes/{ROUTE}/artifacts", kind="index")["data"])
+    assert gw.gateway.capture.new_feedback[ROUTE] < 6  # the counter restarts after a cycle
