@@ -62,6 +62,7 @@ class LearnReport:
     skipped: list[str] = field(default_factory=list)
     eval_calls: int = 0
     eval_cost_usd: float = 0.0
+    policy: Any = None  # learners.routing.LearnResult, for routes whose policy is learned
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -169,6 +169,8 @@ class LearningLoop:
                 self._last_run[route] = started
                 await self.loader.refresh(route)
             report.rollout = decisions + report.rollout
+            if rs.policy.kind == "learned":  # the routing learner shares the cycle (learners/routing.py)
+                report.policy = await self.gw.routing.learn(route)
             for c in report.candidates:
                 log.info("route %s: %s %s %s: %s", route, c.kind, c.version, c.outcome, c.reason)
             return report
