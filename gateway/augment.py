@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.corrections import content_text
+from gateway.messages import content_text
 from gateway.pipeline import Augmentation, RequestContext
 from gateway.providers.base import Body
 from gateway.settings import RetrievalSettings, Settings

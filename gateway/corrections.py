@@ -13,30 +13,12 @@ import json
 import re
 from typing import Literal
 
+from gateway.messages import content_text
 from gateway.store.records import JSON
 
 # Sentence ends inside a long line: a one-sentence change then shows as one changed line.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _SPLIT_LINES_OVER = 120
-
-
-def content_text(content: JSON) -> str:
-    """The text of a message `content`: a string, or the text parts of a multi-part list joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
-                elif isinstance(part.get("refusal"), str):
-                    parts.append(part["refusal"])
-        return "\n".join(parts)
-    return ""
 
 
 def response_text(response_json: JSON) -> str:

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from gateway.corrections import content_text, response_text
+from gateway.corrections import response_text
+from gateway.messages import content_text
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
 
 DEFAULT_CORRECTION_PATTERNS: tuple[str, ...] = (

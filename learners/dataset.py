@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.corrections import content_text, response_text
+from gateway.corrections import response_text
+from gateway.messages import content_text
 from gateway.store.base import Store
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
 from learners.embeddings import Embedder

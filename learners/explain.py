@@ -11,7 +11,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.corrections import content_text, response_text
+from gateway.corrections import response_text
+from gateway.messages import content_text
 from gateway.store.records import JSON, ArtifactKind, ArtifactRecord, FeedbackRecord
 from gateway.templating import Template, TemplateError
 from learners.artifacts import ArtifactRegistry, KindStates, kind_of, version_number

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.messages import last_user_text as _last_user_text
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord
 from learners.embeddings import Embedder
@@ -26,25 +27,9 @@ MAX_EMBED_CHARS = 2000  # the head of a long message says what it is about; the 
 Unrated = Literal["ignore", "ok"]
 
 
-def message_text(message: Any) -> str:
-    """The text of one chat message (string content, or the text parts of a content list)."""
-    if not isinstance(message, dict):
-        return ""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def last_user_text(messages: Any) -> str:
     """The last user message's text, cut to `MAX_EMBED_CHARS`: what the router embeds."""
-    if isinstance(messages, list):
-        for m in reversed(messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                return message_text(m)[:MAX_EMBED_CHARS]
-    return ""
+    return _last_user_text(messages)[:MAX_EMBED_CHARS]
 
 
 def prompt_facts(messages: Any) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from gateway.messages import last_user_text, message_text
 from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
 from gateway.providers.fake_icl import follow_rules, imitate
 
@@ -39,22 +40,6 @@ HARD_REPLY = "Sorry, I cannot answer that reliably."
 
 def count_tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
-
-
-def message_text(message: Body) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def last_user_text(messages: list[Body]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return message_text(m)
-    return ""
 
 
 def instance_of(schema: Body, depth: int = 0) -> Any:

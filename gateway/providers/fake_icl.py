@@ -20,6 +20,8 @@ import itertools
 import re
 from typing import Any
 
+from gateway.messages import message_text
+
 SIMILAR = 0.5
 _WORD = re.compile(r"\w[\w'-]*")
 _RULE = re.compile(r"Answers about (.+?) must mention:\s*(.+)$", re.IGNORECASE)
@@ -30,15 +32,6 @@ we our they their this that these those what which who how when where why there 
 just also very any some get tell know need want like much many more
 """
 _STOP = frozenset(_STOP_WORDS.split())
-
-
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 def _stem(word: str) -> str:
@@ -67,15 +60,15 @@ def demonstrations(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for m in messages:
         if m.get("role") in ("system", "developer"):
-            lines = _text(m).splitlines()
+            lines = message_text(m).splitlines()
             for a, b in itertools.pairwise(lines):
                 if a.startswith("User: ") and b.startswith("Assistant: "):
                     pairs.append((a[6:], b[11:]))
     for i in range(last_user - 1):
         if messages[i].get("role") == "user" and messages[i + 1].get("role") == "assistant":
-            answer = _text(messages[i + 1])
+            answer = message_text(messages[i + 1])
             if answer:
-                pairs.append((_text(messages[i]), answer))
+                pairs.append((message_text(messages[i]), answer))
     return pairs
 
 
@@ -96,7 +89,7 @@ def follow_rules(messages: list[dict[str, Any]], question: str, answer: str) -> 
     for m in messages:
         if m.get("role") not in ("system", "developer"):
             continue
-        for line in _text(m).splitlines():
+        for line in message_text(m).splitlines():
             rule = _RULE.search(line)
             if not rule:
                 continue
