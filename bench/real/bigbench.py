@@ -72,8 +72,18 @@ def archive_path(cache_dir: Path = DEFAULT_CACHE) -> Path:
     pip_wheel = next(pip_dir.glob("pip-*.whl"))
     # A pip wheel is runnable as a zip app: `python pip.whl/pip ...` (documented by pip).
     subprocess.run(
-        [sys.executable, f"{pip_wheel}/pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         "-d", str(cache_dir), f"bigbench=={BIGBENCH_VERSION}"],
+        [
+            sys.executable,
+            f"{pip_wheel}/pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(cache_dir),
+            f"bigbench=={BIGBENCH_VERSION}",
+        ],
         check=True,
     )
     if not target.is_file():
@@ -94,7 +104,7 @@ def _task_dir(task: str, cache_dir: Path) -> Path:
         for member in tar:
             if not member.isfile() or not member.name.startswith(prefix):
                 continue
-            rel = member.name[len(prefix):]
+            rel = member.name[len(prefix) :]
             if "/" in rel:  # tasks we read are flat; skip nested subtasks
                 continue
             src = tar.extractfile(member)
@@ -142,7 +152,7 @@ def _json_task_items(name: str, cache_dir: Path) -> list[Item]:
             target = str(tgt[0] if isinstance(tgt, list) else tgt)
         meta: dict[str, Any] = {"id": f"{name}:{idx}", "index": idx}
         if raw.startswith("Utterance: "):
-            meta["utterance"] = raw[len("Utterance: "):]
+            meta["utterance"] = raw[len("Utterance: ") :]
         items.append(Item(input=raw, target=target, choices=choices, meta=meta))
     return items
 
@@ -164,23 +174,28 @@ def _squad_items(subsets: Sequence[str], cache_dir: Path) -> list[Item]:
                 for qa in paragraph["qas"]:
                     question = str(qa["question"]).strip()
                     answers = [str(ans["text"]).strip() for ans in qa["answers"]]
-                    items.append(Item(
-                        # Same prompt as bigbench/benchmark_tasks/squad_shifts/task.py.
-                        input=f"Title: {title}\nBackground: {context}\nQ: {question}\nA: ",
-                        target=answers[0] if answers else "",
-                        choices=None,
-                        meta={
-                            "id": str(qa["id"]), "subset": subset, "title": title, "article": group,
-                            "paragraph": f"{subset}:{a_idx}:{p_idx}", "context": context,
-                            "question": question, "answers": answers,
-                        },
-                    ))
+                    items.append(
+                        Item(
+                            # Same prompt as bigbench/benchmark_tasks/squad_shifts/task.py.
+                            input=f"Title: {title}\nBackground: {context}\nQ: {question}\nA: ",
+                            target=answers[0] if answers else "",
+                            choices=None,
+                            meta={
+                                "id": str(qa["id"]),
+                                "subset": subset,
+                                "title": title,
+                                "article": group,
+                                "paragraph": f"{subset}:{a_idx}:{p_idx}",
+                                "context": context,
+                                "question": question,
+                                "answers": answers,
+                            },
+                        )
+                    )
     return items
 
 
-def load_task(
-    name: str, subsets: Sequence[str] | None = None, cache_dir: Path = DEFAULT_CACHE
-) -> list[Item]:
+def load_task(name: str, subsets: Sequence[str] | None = None, cache_dir: Path = DEFAULT_CACHE) -> list[Item]:
     """Load all examples of a BIG-bench task as Items.
 
     ``subsets`` only applies to ``squad_shifts`` (default: all of SQUAD_SUBSETS). Other JSON
@@ -247,13 +262,15 @@ def main() -> int:
     print(f"  output_prefix: {info.output_prefix!r}; sample input: {intents[0].input!r}")
     squad = load_task("squad_shifts")
     by_subset = _counts(squad, "subset")
-    articles = {s: len({it.meta['article'] for it in squad if it.meta['subset'] == s}) for s in by_subset}
+    articles = {s: len({it.meta["article"] for it in squad if it.meta["subset"] == s}) for s in by_subset}
     print(f"squad_shifts: {len(squad)} questions; per subset {by_subset}; groups {articles}")
     dev = [it for it in squad if it.meta["subset"] == "squaddev"]
     train, test = split_by_group(dev, "article", test_share=0.2, seed=0)
     overlap = {it.meta["article"] for it in train} & {it.meta["article"] for it in test}
-    print(f"  squaddev split by article (20%, seed 0): train {len(train)} / test {len(test)} questions, "
-          f"{len({it.meta['article'] for it in test})} test articles, shared articles: {len(overlap)}")
+    print(
+        f"  squaddev split by article (20%, seed 0): train {len(train)} / test {len(test)} questions, "
+        f"{len({it.meta['article'] for it in test})} test articles, shared articles: {len(overlap)}"
+    )
     return 0
 
 

@@ -114,8 +114,15 @@ def completion_prompt(item: Item, demos: Sequence[Item], info: TaskInfo) -> str:
 
 
 def run_mode(
-    client: Any, model: str, style: str, layout: str, mode: str,
-    test: Sequence[Item], selector: Selector, info: TaskInfo, show: int = 0,
+    client: Any,
+    model: str,
+    style: str,
+    layout: str,
+    mode: str,
+    test: Sequence[Item],
+    selector: Selector,
+    info: TaskInfo,
+    show: int = 0,
 ) -> ModeResult:
     """Ask the model for every test item with demonstrations from ``selector``; score exact labels."""
     correct = unparsed = 0
@@ -127,13 +134,19 @@ def run_mode(
         if style == "chat":
             messages = chat_messages(item, demos, info, layout)
             resp = client.chat.completions.create(
-                model=model, messages=messages, max_tokens=12, temperature=0.0,
+                model=model,
+                messages=messages,
+                max_tokens=12,
+                temperature=0.0,
             )
             answer = resp.choices[0].message.content or ""
         else:
             resp = client.completions.create(
-                model=model, prompt=completion_prompt(item, demos, info), max_tokens=12,
-                temperature=0.0, stop=["\n"],
+                model=model,
+                prompt=completion_prompt(item, demos, info),
+                max_tokens=12,
+                temperature=0.0,
+                stop=["\n"],
             )
             answer = resp.choices[0].text
         latencies.append(time.perf_counter() - start)
@@ -157,8 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=7, help="demonstrations per prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default="zero,fixed,retrieved")
-    parser.add_argument("--layout", default="turns", choices=["turns", "inline"],
-                        help="chat models: demonstrations as user/assistant turns or inline in the system")
+    parser.add_argument(
+        "--layout",
+        default="turns",
+        choices=["turns", "inline"],
+        help="chat models: demonstrations as user/assistant turns or inline in the system",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="llama.cpp threads; 1 is faster when other jobs keep the 2 cores busy"
+    )
     parser.add_argument("--show", type=int, default=3, help="print the first answers of each mode")
     args = parser.parse_args(argv)
 
@@ -172,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     selectors["fixed"] = lambda _item: fixed
     selectors["retrieved"] = tfidf_selector(train, args.k)
 
-    print(f"model={args.model} style={spec.style} layout={args.layout} train={len(train)} "
-          f"test={len(test)} k={args.k} seed={args.seed}")
-    with serve_model(args.model) as srv:
+    print(
+        f"model={args.model} style={spec.style} layout={args.layout} train={len(train)} "
+        f"test={len(test)} k={args.k} seed={args.seed} threads={args.threads}"
+    )
+    with serve_model(args.model, n_threads=args.threads) as srv:
         print(f"server ready in {srv.startup_s:.1f} s")
         client = OpenAI(base_url=srv.base_url, api_key="local", max_retries=0, timeout=300)
         # One throwaway call so the first measured call does not pay for warm-up.
@@ -182,15 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for mode in args.modes.split(","):
             started = time.perf_counter()
-            res = run_mode(client, args.model, spec.style, args.layout, mode, test, selectors[mode], info,
-                           show=args.show)
+            res = run_mode(
+                client, args.model, spec.style, args.layout, mode, test, selectors[mode], info, show=args.show
+            )
             results.append(res)
             lat = sorted(res.latencies_s)
             tokens = statistics.mean(res.prompt_tokens) if res.prompt_tokens else float("nan")
-            print(f"  {mode:9s} acc={res.accuracy:6.1%} ({res.correct}/{res.n}, unparsed {res.unparsed}) "
-                  f"latency mean={statistics.mean(lat) * 1000:.0f} ms p50={lat[len(lat) // 2] * 1000:.0f} ms "
-                  f"max={lat[-1] * 1000:.0f} ms prompt_tokens~{tokens:.0f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"  {mode:9s} acc={res.accuracy:6.1%} ({res.correct}/{res.n}, unparsed {res.unparsed}) "
+                f"latency mean={statistics.mean(lat) * 1000:.0f} ms p50={lat[len(lat) // 2] * 1000:.0f} ms "
+                f"max={lat[-1] * 1000:.0f} ms prompt_tokens~{tokens:.0f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     return 0
 
 

