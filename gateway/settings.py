@@ -286,4 +286,8 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(str(p), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), [f"(TOML syntax) {exc}"]) from None
+    # Relative template paths are relative to config.toml, not to wherever the gateway was started.
+    for route in (data.get("routes") or {}).values():
+        if isinstance(route, dict) and isinstance(route.get("template"), str):
+            route["template"] = str((p.parent / route["template"]).resolve())
     return parse_settings(data, str(p))

@@ -122,3 +122,12 @@ def test_config_changes_apply_without_restart_and_bad_ones_are_refused(
     assert models() == ["bot", "bot2", "small"], "the last valid config stays in force"
     r = httpx.post(gw.v1 + "/chat/completions", json={"model": "bot", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 200
+
+
+def test_template_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "seed.md").write_text("Be kind.")
+    path = tmp_path / "config.toml"
+    path.write_text('[providers.p]\nkind = "fake"\n[models.m]\nprovider = "p"\nname = "x"\n'
+                    '[routes.r]\nvariants = ["m"]\ntemplate = "t/seed.md"\n')
+    assert load_settings(path).routes["r"].template == str(tmp_path / "t" / "seed.md")
