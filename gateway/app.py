@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from gateway import admin_api, openai_api
 from gateway.auth import AuthMiddleware
+from gateway.background import cancel_and_wait
 from gateway.capture import Capture
 from gateway.errors import GatewayError, NotFound, error_response, internal_error
 from gateway.feedback_api import post_feedback
@@ -114,11 +115,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="flywheel-config-watch"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         for service in reversed(self.services):
             await service.stop()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.background import cancel_and_wait
 from gateway.policy_versions import PolicyVersions
 from gateway.providers.base import Body
 from gateway.route_policy import OnlineLearning, online_learning
@@ -253,11 +254,7 @@ class LearnedRouting:
 
     async def stop(self) -> None:
         """Stop the loop, apply what is queued, close the embedder."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         while self.apply_feedback():
             pass

@@ -10,11 +10,11 @@ at the next sweep. `retention_days = 0` keeps everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
+from gateway.background import cancel_and_wait
 from gateway.settings import PrivacySettings
 from gateway.store.base import Store
 
@@ -45,10 +45,7 @@ class RetentionService:
     async def stop(self) -> None:
         """Cancel the timer; a sweep in progress stops between two batch transactions at the latest."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     async def sweep(self) -> int:
         """Delete every call older than the window now; returns the number of calls deleted."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.augment import Augmenter, ServingSet
+from gateway.background import cancel_and_wait
 from gateway.serving import EmbedderHolder, ServingLoader
 from learners.artifacts import ArtifactRegistry
 from learners.cycle import CycleDeps, LearningCycle, LearnReport
@@ -92,11 +93,8 @@ class LearningLoop:
 
     async def stop(self) -> None:
         """Service.stop: end the schedule (a cycle in progress is cancelled), release the embedder."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
         await self.embedders.aclose()
 
     # -- schedule -------------------------------------------------------------------------------

@@ -8,7 +8,16 @@ import sys
 from typing import Any
 
 from gateway.auth import hash_key
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, Settings, load_settings
+
+
+def settings_or_report(args: argparse.Namespace) -> Settings | None:
+    """config.toml for a CLI command, or None after printing why it is invalid."""
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def _check_config(args: argparse.Namespace) -> int:

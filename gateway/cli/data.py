@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.cli.config_cmd import settings_or_report
 from gateway.store import open_store
 from gateway.store.base import Store
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
@@ -136,14 +136,6 @@ async def export_route(store: Store, route: str, out: IO[bytes], *, min_rating: 
             return stats
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    try:
-        return load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
-
-
 async def _forget(url: str, user: str) -> tuple[int, int]:
     store = open_store(url)
     try:
@@ -154,7 +146,7 @@ async def _forget(url: str, user: str) -> tuple[int, int]:
 
 
 def _forget_cmd(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_or_report(args)
     if settings is None:
         return 2
     calls, feedback = asyncio.run(_forget(settings.store.url, args.user))
@@ -188,7 +180,7 @@ async def _export(url: str, args: argparse.Namespace, out: IO[bytes]) -> ExportS
 
 
 def _export_cmd(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_or_report(args)
     if settings is None:
         return 2
     if args.out:

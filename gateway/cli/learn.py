@@ -24,21 +24,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.cli.config_cmd import settings_or_report
+from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from learners.artifacts import ArtifactRegistry
 
 T = TypeVar("T")
-
-
-def _settings(args: argparse.Namespace) -> Settings | None:
-    try:
-        return load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
 
 
 def _when(ts: float) -> str:
@@ -106,7 +99,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_or_report(args)
     if settings is None:
         return 2
     if args.url:
@@ -129,7 +122,7 @@ def _learn(args: argparse.Namespace) -> int:
 
 # -- flywheel rollback --------------------------------------------------------------------------
 def _rollback(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_or_report(args)
     if settings is None:
         return 2
     body: dict[str, Any] = {"reason": args.reason, **({"version": args.version} if args.version else {})}
@@ -155,7 +148,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _log(args: argparse.Namespace) -> int:
     from learners import explain
 
-    settings = _settings(args)
+    settings = settings_or_report(args)
     if settings is None:
         return 2
     entries = asyncio.run(_with_registry(settings, lambda r: explain.log(r, args.route, args.kind)))
@@ -205,7 +198,7 @@ def print_diff(d: Any, console: Console) -> None:
 def _diff(args: argparse.Namespace) -> int:
     from learners import explain
 
-    settings = _settings(args)
+    settings = settings_or_report(args)
     if settings is None:
         return 2
     a, b = (None, args.versions[0]) if len(args.versions) == 1 else [*args.versions, None, None][:2]

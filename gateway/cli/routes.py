@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
+from gateway.cli.config_cmd import settings_or_report
 from gateway.route_report import RouteReport, format_report, parse_duration, route_metric, route_report, route_variants
-from gateway.settings import ConfigError, load_settings
 from gateway.store import open_store
 from learners.quality import check_metric
 
@@ -29,10 +29,8 @@ async def _load(url: str, route: str, window_s: float, windows: int, metric: str
 
 
 def _report(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_or_report(args)
+    if settings is None:
         return 2
     if args.route not in settings.routes and args.route not in settings.models:
         print(f"unknown route '{args.route}' (routes: {', '.join(settings.routes) or 'none'})", file=sys.stderr)

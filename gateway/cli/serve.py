@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from gateway.settings import ConfigError, load_settings
+from gateway.cli.config_cmd import settings_or_report
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -17,10 +16,8 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_or_report(args)
+    if settings is None:
         return 2
     app = create_app(settings, config_path=args.config)
     uvicorn.run(app, host=args.host or settings.server.host, port=args.port or settings.server.port,

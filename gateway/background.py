@@ -1,0 +1,18 @@
+"""Background tasks that services own beside the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancel every task, then wait until each has really finished (its cleanup has run)."""
+    pending = [t for t in tasks if t is not None]
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
