@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.cli import config_cmd, data, learn, routes, serve
+from gateway.cli import config_cmd, data, demo, learn, routes, serve
 
 # Every entry registers its subcommands on the parser; a new command group adds one line here.
-GROUPS = (serve.register, config_cmd.register, data.register, routes.register, learn.register)
+GROUPS = (serve.register, config_cmd.register, data.register, routes.register, learn.register,
+          demo.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

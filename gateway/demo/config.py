@@ -27,7 +27,8 @@ class LearningKnobs:
     """The `[learners]` settings that make learning visible within a couple of minutes."""
 
     canary_share: float = 0.5
-    canary_min_feedback: int = 10
+    canary_min_feedback: int = 20
+    canary_tolerance: float = 0.2  # 20 calls a side: a gap of 0.1 is within noise; poison is far worse
     min_new_feedback: int = 10
     interval_s: float = 2.0
     heldout_share: float = 0.25
@@ -78,8 +79,10 @@ def config_text(files: DemoFiles, upstream: SimulatedUpstream, knobs: LearningKn
     variants = ", ".join(_q(m.key) for m in upstream.models)
     return f"""\
 # Written by `flywheel demo`: one route that learns to name the intent of a request from the
-# feedback of simulated users. Inspect what it learned:
+# feedback of simulated users. What it learned: every version with the reason it was kept or not,
+# then the newest template and the newest example index against their parents:
 #   flywheel --config {files.config} prompts log {ROUTE}
+#   flywheel --config {files.config} prompts diff {ROUTE}
 #   flywheel --config {files.config} prompts diff {ROUTE} --kind index
 
 [server]
@@ -102,6 +105,7 @@ max_delay_s = 0.5
 kind = "fake"
 latency_ms = {upstream.latency_ms}
 seed = {upstream.seed}
+# The model's own knowledge: keyword habits (substring -> answer, first match wins).
 replies = {{ {replies} }}
 
 {models}
@@ -120,9 +124,13 @@ admin_key_env = "FLYWHEEL_ADMIN_KEY"
 enabled = false
 interval_s = {knobs.interval_s}
 min_new_feedback = {knobs.min_new_feedback}
-embedder = {_q(embedder)}
+embedder = {_q(embedder)}   # "static" when its model is on disk, else "hashing"
+metric = "exact"   # an intent is right or wrong: no partial credit for naming two
+# Fast rollout so canaries are decided within the demo: half the users get the canary, 20 rated
+# canary calls decide it, and it may trail by 0.2 (20 calls a side are noisy; poison is far worse).
 canary_share = {knobs.canary_share}
 canary_min_feedback = {knobs.canary_min_feedback}
+canary_tolerance = {knobs.canary_tolerance}
 heldout_share = {knobs.heldout_share}
 min_samples = {knobs.min_samples}
 demo_trials = {knobs.demo_trials}

@@ -18,6 +18,8 @@ class CallOutcome:
     feedback: str  # "up", "down" or "correction"
     cost_usd: float
     latency_s: float
+    repeat: bool = False  # the same question was asked before in this demo
+    baseline_right: bool = False  # the same model asked directly (nothing learned) got it right
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +45,11 @@ class WindowStats:
     first: int  # call numbers, 1-based, inclusive
     last: int
     accuracy: float
+    baseline: float  # accuracy of the same model asked directly, without what the route learned
     cost_per_call_usd: float
     p50_latency_s: float
     corrections: int
+    repeats: float  # share of the window's questions asked before
     serving: Serving
 
 
@@ -65,6 +69,7 @@ class DemoResult:
     windows: list[WindowStats] = field(default_factory=list)
     events: list[LearnEvent] = field(default_factory=list)
     wall_s: float = 0.0
+    final: Serving = field(default_factory=Serving)  # what the route serves when the demo ends
 
     @property
     def first_accuracy(self) -> float:
@@ -73,6 +78,14 @@ class DemoResult:
     @property
     def last_accuracy(self) -> float:
         return self.windows[-1].accuracy if self.windows else 0.0
+
+    @property
+    def first_baseline(self) -> float:
+        return self.windows[0].baseline if self.windows else 0.0
+
+    @property
+    def last_baseline(self) -> float:
+        return self.windows[-1].baseline if self.windows else 0.0
 
     @property
     def promoted(self) -> tuple[str, ...]:
@@ -85,9 +98,11 @@ def window_stats(outcomes: Sequence[CallOutcome], serving: Serving) -> WindowSta
     return WindowStats(
         first=outcomes[0].n, last=outcomes[-1].n,
         accuracy=sum(o.right for o in outcomes) / n,
+        baseline=sum(o.baseline_right for o in outcomes) / n,
         cost_per_call_usd=sum(o.cost_usd for o in outcomes) / n,
         p50_latency_s=statistics.median(o.latency_s for o in outcomes),
         corrections=sum(o.feedback == "correction" for o in outcomes),
+        repeats=sum(o.repeat for o in outcomes) / n,
         serving=serving,
     )
 

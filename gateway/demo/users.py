@@ -2,9 +2,9 @@
 
 The questions are the bundled SNIPS sample (`snips_intents.jsonl`, provenance in LICENSE-DATA.md):
 350 utterances, each with its gold intent. Traffic walks the sample in a seeded order (a fresh
-shuffle each time it runs out), spread over a pool of users. A user reads the first intent name
-in the answer; right earns a thumbs-up (`rating: 1`), wrong earns a correction naming the gold
-intent with probability `correct_share`, and a thumbs-down (`rating: -1`) otherwise.
+shuffle each time it runs out), spread over a pool of users. An answer is right when it names
+the gold intent and no other; right earns a thumbs-up (`rating: 1`), wrong earns a correction
+naming the gold intent with probability `correct_share`, and a thumbs-down (`rating: -1`) otherwise.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class Request:
 class Verdict:
     """A user's reading of one answer and the feedback it leads to (the body of POST /v1/feedback)."""
 
-    said: str | None  # the intent the answer names first, if any
-    right: bool
+    said: tuple[str, ...]  # the intents the answer names
+    right: bool  # it names the gold intent and no other
     feedback: dict[str, Any]
 
 
@@ -68,15 +68,14 @@ def traffic(sample: Sequence[Utterance], calls: int, seed: int, users: int = USE
         yield Request(n, f"demo-user-{rng.randrange(users)}", order.pop())
 
 
-def read_intent(answer: str, labels: Sequence[str]) -> str | None:
-    """The intent named first in `answer` (case, spaces and hyphens ignored), else None."""
-    flat = re.sub(r"[^a-z]+", "", answer.lower())
-    best: tuple[int, int, str] | None = None
+def named_intents(answer: str, labels: Sequence[str]) -> tuple[str, ...]:
+    """The intents `answer` names (exact names, case-insensitive), in order of first mention."""
+    found = []
     for label in labels:
-        pos = flat.find(label.replace("_", ""))
-        if pos >= 0 and (best is None or (pos, -len(label)) < best[:2]):
-            best = (pos, -len(label), label)
-    return best[2] if best else None
+        m = re.search(rf"(?<![a-z_]){re.escape(label)}(?![a-z_])", answer.lower())
+        if m:
+            found.append((m.start(), label))
+    return tuple(label for _, label in sorted(found))
 
 
 class Judge:
@@ -89,10 +88,14 @@ class Judge:
         self.correct_share = correct_share
         self._rng = random.Random(f"judge:{seed}")
 
+    def is_right(self, answer: str, gold: str) -> bool:
+        """The answer names the gold intent and no other."""
+        return named_intents(answer, self.labels) == (gold,)
+
     def judge(self, call_id: str, answer: str, gold: str) -> Verdict:
         """Right: thumbs-up. Wrong: a correction (`correct_share` of the time) or a thumbs-down."""
-        said = read_intent(answer, self.labels)
-        right = said == gold
+        said = named_intents(answer, self.labels)
+        right = said == (gold,)
         body: dict[str, Any] = {"call_id": call_id}
         if right:
             body["rating"] = 1
