@@ -21,7 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot take positionals after an option for a `nargs="*"` positional
+    # (`prompts diff ROUTE --kind index A B`): hand such leftovers to it, refuse anything else.
+    if extra and isinstance(getattr(args, "versions", None), list) and not any(e.startswith("-") for e in extra):
+        args.versions += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     result: int = args.func(args)
     return result
