@@ -18,6 +18,7 @@ import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ PRODUCER = "template"
 CLUSTER_THRESHOLD = 0.5  # cosine between a question and a cluster's centroid to join it (MiniLM, static)
 HASHING_CLUSTER_THRESHOLD = 0.25  # hashed n-grams put paraphrases far lower (0.1-0.4) than MiniLM (0.5-0.75)
 SUPPORT = 0.6  # share of a cluster's questions/corrections a topic/phrase must appear in
+BOILERPLATE_SHARE = 0.9  # a stem in this share of a route's questions is boilerplate, never a topic
 MAX_PHRASE = 8
 OPTIMIZER_MARKER = "Rewrite the instructions"
 
@@ -99,7 +101,22 @@ def cluster(vectors: np.ndarray, threshold: float = CLUSTER_THRESHOLD) -> list[l
     return clusters
 
 
-def _topic(questions: Sequence[str]) -> str | None:
+def _stems(text: str) -> set[str]:
+    return {stem(w) for w in words(text) if w.lower() not in STOPWORDS and not w.isdigit()}
+
+
+def boilerplate(questions: Sequence[str], *, share: float = BOILERPLATE_SHARE, min_questions: int = 10) -> set[str]:
+    """Stems nearly every question of the route carries ("Utterance:", a form's field names):
+    they say nothing about what a cluster of corrections is about, so they are never a topic."""
+    if len(questions) < min_questions:
+        return set()
+    df: Counter[str] = Counter()
+    for q in questions:
+        df.update(_stems(q))
+    return {s for s, n in df.items() if n >= share * len(questions)}
+
+
+def _topic(questions: Sequence[str], exclude: AbstractSet[str] = frozenset()) -> str | None:
     df: Counter[str] = Counter()
     surface: dict[str, Counter[str]] = defaultdict(Counter)
     for q in questions:
@@ -108,6 +125,8 @@ def _topic(questions: Sequence[str]) -> str | None:
             if w.lower() in STOPWORDS or w.isdigit():
                 continue
             s = stem(w)
+            if s in exclude:
+                continue
             surface[s][w.lower()] += 1
             seen.add(s)
         df.update(seen)
@@ -157,18 +176,19 @@ def cluster_threshold(embedder: Embedder) -> float:
 
 
 def distill_instructions(corrections: Sequence[Correction], embedder: Embedder, *, min_cluster: int = 2,
-                         threshold: float | None = None) -> list[Instruction]:
+                         threshold: float | None = None, background: Sequence[str] = ()) -> list[Instruction]:
     """One instruction per cluster of >= `min_cluster` similar corrections that agree on a phrase."""
     if len(corrections) < min_cluster:
         return []
     threshold = cluster_threshold(embedder) if threshold is None else threshold
+    common = boilerplate(background)  # `background`: the route's questions, corrected or not
     vecs = embedder.embed([c.example.input for c in corrections])
     out: list[Instruction] = []
     for members in cluster(vecs, threshold):
         if len(members) < min_cluster:
             continue
         fixes = [corrections[i] for i in members]
-        topic, phrase = _topic([c.example.input for c in fixes]), _phrase(fixes)
+        topic, phrase = _topic([c.example.input for c in fixes], common), _phrase(fixes)
         if topic and phrase:
             out.append(Instruction(topic, phrase, tuple(c.example.id for c in fixes)))
     return sorted(out, key=lambda i: (i.topic, i.must_mention))
@@ -203,7 +223,7 @@ async def fit_template(
 ) -> TemplateCandidate | None:
     """Search instructions x demonstrations; the best-scoring template unless it is `current`."""
     found = list(distilled) if distilled is not None else distill_instructions(
-        dataset.corrections, embedder, min_cluster=min_cluster)
+        dataset.corrections, embedder, min_cluster=min_cluster, background=[e.input for e in dataset.examples])
     instructions = tuple(i.line() for i in found) or current.instructions
     pool: list[tuple[str, Template]] = [("instructions", current.replace(instructions=instructions))]
     rng = random.Random(seed)
