@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tomli_w
 import uvicorn
 
 from gateway.app import Gateway, create_app
@@ -155,3 +156,12 @@ def fetch_call(gw: RunningGateway, call_id: str, timeout: float = 10.0) -> Any:
             await store.close()
 
     return asyncio.run(poll())
+
+
+def write_toml(cfg: dict[str, Any], path: Path) -> Path:
+    """Write a config dict as config.toml and move its mtime forward, so a watching gateway
+    sees the change even within the file system's timestamp granularity."""
+    path.write_bytes(tomli_w.dumps(cfg).encode())
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    return path

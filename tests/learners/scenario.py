@@ -8,12 +8,13 @@ answer per topic, and an unseen paraphrase per topic for the "did it learn" chec
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.conftest import write_toml  # noqa: F401 - re-exported for the learner tests
 
 ROUTE = "support"
 
@@ -53,6 +54,7 @@ UNSEEN: dict[str, str] = {
 POISON = "Returns are not accepted, all sales are final."
 
 SEED_TEMPLATE = "You are the support assistant of {{ route }}. Today is {{ today }}. Answer briefly.\n"
+
 
 
 def truth(topic: str) -> str:
@@ -139,28 +141,3 @@ def judged_traffic(c: Client, users: int, prefix: str, answers: dict[str, str] |
         out["right" if right else "wrong"] += 1
         c.feedback(call_id, rating=1 if right else -1)
     return out
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def write_toml(cfg: dict[str, Any], path: Path) -> Path:
-    """A config dict as config.toml (tables of inline values; enough for test configs)."""
-    lines = []
-    for section, table in cfg.items():
-        lines.append(f"[{section}]")
-        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in table.items()]
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import write_toml
 
 HARD = "integral"
 
@@ -36,47 +36,9 @@ def routing_config(tmp: Path, **policy: Any) -> dict[str, Any]:
     }
 
 
-def _key(k: str) -> str:
-    return k if k.replace("-", "").replace("_", "").isalnum() else json.dumps(k)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def to_toml(cfg: dict[str, Any]) -> str:
-    """A config dict as TOML: two levels of tables (`[routes.smart]`), deeper values inline."""
-    lines: list[str] = []
-    for section, body in cfg.items():
-        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) or section not in _NESTED}
-        if scalars:
-            lines.append(f"[{_key(section)}]")
-            lines += [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
-        for name, table in body.items():
-            if isinstance(table, dict) and section in _NESTED:
-                lines.append(f"[{_key(section)}.{_key(name)}]")
-                lines += [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
-
-_NESTED = ("providers", "models", "routes")
-
-
 def write_config(path: Path, cfg: dict[str, Any]) -> None:
-    """Write `cfg` to `path` and move its mtime forward, so the gateway's watcher sees a change."""
-    path.write_text(to_toml(cfg), encoding="utf-8")
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    """Write `cfg` to `path` (the gateway watching it reloads)."""
+    write_toml(cfg, path)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
