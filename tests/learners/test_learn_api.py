@@ -46,9 +46,9 @@ def test_diff_endpoint_shows_the_change_and_its_evidence(learned: tuple[Client, 
     assert any(line.startswith("+- Answers about") or line == "+Examples:" for line in lines), d["diff"]
     assert not any(line.startswith("-") and not line.startswith("---") for line in lines)  # t1 only adds
     assert d["evidence"] and d["evidence_total"] >= len(d["evidence"])
-    item = d["evidence"][0]
-    assert item["question"].endswith("?") and item["answer"].startswith("You said:")
-    assert item["feedback"][0]["correction"] and item["feedback"][0]["source"] == "user"
+    for item in d["evidence"]:  # which examples a template picked varies with their (random) ids
+        assert item["question"] and item["answer"] == f"You said: {item['question']}"
+    assert any(f["correction"] and f["source"] == "user" for item in d["evidence"] for f in item["feedback"])
     assert d["states"] == {"t0": "promoted", "t1": "canary"}
     assert c.get(f"/admin/routes/{ROUTE}/templates/diff")["to_version"] == "t1"  # default: newest vs parent
     index = c.get(f"/admin/routes/{ROUTE}/templates/diff", kind="index")
