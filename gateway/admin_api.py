@@ -11,15 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.openai_api import gateway_of
 from gateway.report_api import route_report_endpoint
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-
-def gateway_of(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw
+    pass
 
 
 def json_response(data: object, status: int = 200) -> Response:

@@ -172,7 +172,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+    gw = openai_api.gateway_of(request)
     ready = gw.writer is not None
     stats = gw.writer.stats if gw.writer is not None else None
     body = {"status": "ready" if ready else "starting", "writer": stats,

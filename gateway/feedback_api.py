@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequest, NotFound
-from gateway.openai_api import read_json
+from gateway.openai_api import gateway_of, read_json
 from gateway.store.records import CallRecord, FeedbackRecord
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ async def find_call(gw: Gateway, call_id: str) -> tuple[bool, CallRecord | None]
 
 
 async def post_feedback(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+    gw = gateway_of(request)
     fb = parse_feedback(await read_json(request))
     exists, call = await find_call(gw, fb.call_id)
     if not exists:

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import GatewayError, InvalidRequest, NotFound
-from gateway.openai_api import read_json
+from gateway.openai_api import gateway_of, read_json
 from gateway.store.records import ArtifactKind
 from learners import explain
 from learners.artifacts import TransitionRefused
@@ -37,7 +37,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _learning(request: Request) -> tuple[Gateway, LearningLoop]:
-    gw: Gateway = request.app.state.gateway
+    gw = gateway_of(request)
     return gw, gw.learning
 
 

@@ -9,18 +9,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequest, NotFound, Overloaded
+from gateway.openai_api import gateway_of
 from gateway.route_report import parse_duration, route_metric, route_report, route_variants
 from learners.quality import check_metric
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    pass
 
 MAX_WINDOWS = 1000
 
 
 async def route_report_endpoint(request: Request) -> Response:
     """The route's report; 404 for an unknown route, 400 naming a malformed parameter."""
-    gw: Gateway = request.app.state.gateway
+    gw = gateway_of(request)
     route = request.path_params["route"]
     settings = gw.settings
     if route not in settings.routes and route not in settings.models:
