@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import admin_api, openai_api
+from gateway import admin_api, heap, openai_api
 from gateway.auth import AuthMiddleware
 from gateway.background import cancel_and_wait
 from gateway.capture import Capture
@@ -113,6 +113,7 @@ class Gateway:
             await service.start()
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="flywheel-config-watch"))
+        heap.settle()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
