@@ -12,11 +12,13 @@ from __future__ import annotations
 import gc
 
 
-def settle() -> None:
-    """Collect once, then exempt everything alive now from future collections (`gc.freeze`).
+def settle(*, collect: bool = True) -> None:
+    """Collect once (unless `collect` is False: a pass over a big heap stalls the event loop),
+    then exempt everything alive now from future collections (`gc.freeze`).
 
     Call after start-up and after loading anything large and long-lived. Reference counting still
     frees frozen objects, but cycles among them are never collected: only for long-lived state.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.freeze()

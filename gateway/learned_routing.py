@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway import heap
 from gateway.background import cancel_and_wait
 from gateway.policy_versions import PolicyVersions
 from gateway.providers.base import Body
@@ -167,6 +168,7 @@ class LearnedRouting:
     async def _load_embedder(self, kind: str) -> None:
         try:
             embedder = await asyncio.to_thread(load_embedder, kind, fallback="hashing")
+            heap.settle(collect=False)  # model weights live as long as the process
             old, self._embedder = self._embedder, AsyncBatchEmbedder(
                 embedder, max_wait_ms=0.0 if kind == "hashing" else 2.0)
             self._embedder_kind = kind

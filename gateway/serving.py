@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import heap
 from gateway.augment import Augmenter, EmbedFn, LoadedIndex, LoadedTemplate, RouteServing, ServingSet
 from gateway.settings import Settings
 from gateway.templating import CompiledTemplate, Template, TemplateError
@@ -63,6 +64,7 @@ class EmbedderHolder:
         async with self._lock:
             if self._loaded is None or self._loaded[0] != kind:
                 inner = await asyncio.to_thread(load_embedder, kind, fallback="hashing")
+                heap.settle(collect=False)  # model weights live as long as the process
                 old, self._loaded = self._loaded, (kind, (e := LockedEmbedder(inner)), AsyncBatchEmbedder(e))
                 if old is not None:
                     await old[2].aclose()
