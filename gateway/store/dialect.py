@@ -7,6 +7,7 @@ fragments that must differ. Backends hand the shared query code a `Conn`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,12 @@ POSTGRES = Dialect(
 )
 
 
+@functools.cache
+def insert_values_sql(table: str, columns: tuple[str, ...], on_conflict: str) -> str:
+    """`INSERT INTO table (columns) VALUES (?, …) on_conflict`, run once per row."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders(len(columns))}) {on_conflict}"
+
+
 def placeholders(n: int) -> str:
     """`?, ?, …` for an IN list of n values."""
     return ", ".join("?" * n)
@@ -72,8 +79,10 @@ class Conn(Protocol):
         """Run one statement; returns the number of rows it affected."""
         ...
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement once per row of arguments."""
+    async def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str
+    ) -> None:
+        """Insert `rows` (tuples in `columns` order) into `table`; `on_conflict` is its ON CONFLICT clause."""
         ...
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:

@@ -21,11 +21,17 @@ CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 
 
+# information_schema's data_type -> the array element type unnest() needs
+_ARRAY_TYPES = {"text": "text", "double precision": "float8", "integer": "int4", "bigint": "int8"}
+ColumnTypes = dict[str, dict[str, str]]  # table -> column -> array element type
+
+
 class _Conn:
     """`Conn` over one asyncpg connection: `?` placeholders become `$n` here."""
 
-    def __init__(self, con: Any) -> None:
+    def __init__(self, con: Any, types: ColumnTypes) -> None:
         self._con = con
+        self._types = types  # shared by the store's connections; filled on first insert per table
 
     async def execute(self, sql: str, *args: Any) -> int:
         status: str = await self._con.execute(POSTGRES.sql(sql), *args)
@@ -33,8 +39,23 @@ class _Conn:
         last = status.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._con.executemany(POSTGRES.sql(sql), rows)
+    async def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str
+    ) -> None:
+        """One statement for the whole batch: each column travels as an array and `unnest` turns
+        them back into rows. The server parses, plans and executes once instead of once per row,
+        which takes about a third off its CPU per logged call (bench/store_write.py)."""
+        if not rows:
+            return
+        types = self._types.get(table)
+        if types is None or any(c not in types for c in columns):  # first use, or migrated since
+            found = await self._con.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = $1", table)
+            types = self._types[table] = {r[0]: _ARRAY_TYPES.get(r[1], "text") for r in found}
+        arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(columns, 1))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {on_conflict}"
+        await self._con.execute(sql, *(list(col) for col in zip(*rows, strict=True)))
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._con.fetch(POSTGRES.sql(sql), *args))
@@ -52,6 +73,7 @@ class PostgresStore(SqlStore):
         self._max_size = max_size
         self._pool: Any = None
         self._open_lock = asyncio.Lock()
+        self._types: ColumnTypes = {}
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
@@ -71,7 +93,7 @@ class PostgresStore(SqlStore):
     async def _write(self) -> AsyncIterator[_Conn]:
         pool = await self._get_pool()
         async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as con, con.transaction():
-            yield _Conn(con)
+            yield _Conn(con, self._types)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[_Conn]:
@@ -80,7 +102,7 @@ class PostgresStore(SqlStore):
             pool.acquire(timeout=CONNECT_TIMEOUT_S) as con,
             con.transaction(isolation="repeatable_read", readonly=True),
         ):
-            yield _Conn(con)
+            yield _Conn(con, self._types)
 
     async def close(self) -> None:
         """Close the pool (idempotent); connections still busy after 10 s are terminated."""

@@ -72,27 +72,15 @@ class SqlStore(ABC):
         async with self._write() as conn:
             if rows.blobs:
                 # Sorted: PostgreSQL row locks are then always taken in the same order.
-                await conn.executemany(
-                    f"INSERT INTO blobs (hash, text) VALUES (?, ?) ON CONFLICT (hash) {d.blob_conflict}",
-                    sorted(rows.blobs.items()),
-                )
-            await conn.executemany(
-                f"INSERT INTO calls ({_CALL_COLS}) VALUES {_values(len(codec.CALL_COLUMNS))} "
-                "ON CONFLICT (id) DO NOTHING",
-                rows.calls,
-            )
+                await conn.insert_many("blobs", ("hash", "text"), sorted(rows.blobs.items()),
+                                       f"ON CONFLICT (hash) {d.blob_conflict}")
+            await conn.insert_many("calls", codec.CALL_COLUMNS, rows.calls, "ON CONFLICT (id) DO NOTHING")
             if rows.attempts:
-                await conn.executemany(
-                    f"INSERT INTO attempts ({', '.join(codec.ATTEMPT_COLUMNS)}) "
-                    f"VALUES {_values(len(codec.ATTEMPT_COLUMNS))} ON CONFLICT (call_id, seq) DO NOTHING",
-                    rows.attempts,
-                )
+                await conn.insert_many("attempts", codec.ATTEMPT_COLUMNS, rows.attempts,
+                                       "ON CONFLICT (call_id, seq) DO NOTHING")
             if rows.refs:
-                await conn.executemany(
-                    "INSERT INTO call_blobs (call_id, hash) VALUES (?, ?) "
-                    "ON CONFLICT (call_id, hash) DO NOTHING",
-                    rows.refs,
-                )
+                await conn.insert_many("call_blobs", ("call_id", "hash"), rows.refs,
+                                       "ON CONFLICT (call_id, hash) DO NOTHING")
 
     async def _hydrate(self, conn: Conn, calls: list[CallRecord]) -> list[CallRecord]:
         """Attach attempts and restore blob texts for calls read from the calls table."""

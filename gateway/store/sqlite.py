@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.dialect import SQLITE, Row
+from gateway.store.dialect import SQLITE, Row, insert_values_sql
 from gateway.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 5000
@@ -37,8 +37,10 @@ class _Conn:
         await cursor.close()
         return max(count, 0)
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._db.executemany(sql, rows)
+    async def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str
+    ) -> None:
+        await self._db.executemany(insert_values_sql(table, tuple(columns), on_conflict), rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._db.execute_fetchall(sql, args))
