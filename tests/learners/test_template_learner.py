@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.templating import Template
-from learners.dataset import Correction, Dataset
+from learners.dataset import Correction, Dataset, in_heldout
 from learners.embeddings import HashingEmbedder
 from learners.examples import Example
 from learners.template import distill_instructions, fit_template, optimizer_prompt, parse_instructions
@@ -75,7 +75,13 @@ def test_optimizer_route_is_asked_through_the_gateway(make_gateway: Any, fake_up
     gw = make_gateway(config(fake_upstream, tmp_path, optimizer_route="model-b", demo_trials=1))
     c = Client(gw.url)
     for i, (question, fix) in enumerate(REFUNDS * 2):
-        call_id, _, _ = c.ask(f"user-{i}", question if i < 4 else question.replace("?", " please?"))
+        # Call ids are random and so is their side of the seeded split; re-asking until every other
+        # corrected call is a train one keeps train corrections (what the optimizer is shown) and
+        # held-out cases (what scores it) in every run, whichever near-duplicates curation keeps.
+        while True:
+            call_id, _, _ = c.ask(f"user-{i}", question if i < 4 else question.replace("?", " please?"))
+            if in_heldout(call_id, 0, 0.5) == bool(i % 2):
+                break
         c.feedback(call_id, correction=fix)
     script(fake_upstream, "b", {"reply": "- Answers about refund must mention: 14-day window\n- Be polite."})
     report = c.learn()
