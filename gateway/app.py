@@ -31,6 +31,7 @@ from gateway.pipeline import Augmenter, Pipeline
 from gateway.ratelimit import RateLimiter
 from gateway.retention import RetentionService
 from gateway.runtime import Runtime, build_runtime, close_unused
+from gateway.serving import EmbedderHolder
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.store import open_store
 from gateway.store.base import Store
@@ -60,7 +61,9 @@ class Gateway:
         self.store: Store | None = None
         self.writer: CallWriter | None = None
         self.augmenter: Augmenter | None = None
-        self.routing = LearnedRouting(lambda: self.runtime, lambda: self.store)
+        # one embedder for retrieval, routing and the learners: loaded once, one cache
+        self.embedders = EmbedderHolder(lambda: self.settings.learners.embedder)
+        self.routing = LearnedRouting(lambda: self.runtime, lambda: self.store, embedders=self.embedders)
         self.pipeline = Pipeline(self.sink, router=self.routing)
         self.capture = Capture(lambda: self.settings.privacy, self._submit_feedback)
         self.capture.listeners.append(self.routing.feedback)
@@ -120,6 +123,7 @@ class Gateway:
         self._tasks.clear()
         for service in reversed(self.services):
             await service.stop()
+        await self.embedders.aclose()
         if self.writer is not None:
             await self.writer.stop()  # drains the queue: no call row is lost on shutdown
         if self.store is not None:

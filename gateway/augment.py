@@ -9,7 +9,8 @@ against the share; an anonymous call is assigned on its own.
 Per request: the template renders as a system message put first; retrieval embeds the last user
 message (on the embedder's worker thread, never on the event loop), takes the top-k examples
 scoring at least `retrieval.min_score`, and inserts them as user/assistant pairs just before the
-final user message. `learners/dataset.client_messages` undoes exactly this.
+final user message; how close and how unanimous they were goes to the router (`Features.memory_*`).
+`learners/dataset.client_messages` undoes exactly this.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.messages import content_text
+from gateway.messages import query_text
 from gateway.pipeline import Augmentation, RequestContext
 from gateway.providers.base import Body
 from gateway.settings import RetrievalSettings, Settings
 from gateway.templating import CompiledTemplate, TemplateError, standard_variables
 from learners.examples import ExampleIndex, with_few_shot
+from policies.featurise import memory_agreement
 
 log = logging.getLogger("flywheel.augment")
 
@@ -102,6 +104,7 @@ async def apply(
     notes = [reason] if reason else []
     template_version = index_version = None
     retrieved: tuple[str, ...] = ()
+    score = agreement = 0.0
     if serving.template is not None:
         try:
             system = serving.template.compiled.render(variables or standard_variables(route))
@@ -111,7 +114,7 @@ async def apply(
             log.error("route %s: template %s skipped: %s", route, serving.template.version, exc)
             notes.append(f"template {serving.template.version} failed to render")
     if serving.index is not None and retrieval.k > 0 and embed is not None and len(serving.index.index):
-        question = next((content_text(m.get("content")) for m in reversed(out) if m.get("role") == "user"), "")
+        question = query_text(out)
         if question.strip():
             try:
                 vec = await embed(question)
@@ -124,7 +127,10 @@ async def apply(
                 out = with_few_shot(out, hits)
                 index_version = serving.index.version
                 retrieved = tuple(e.id for e, _ in hits)
-    return Augmentation(out, template_version, index_version, retrieved, "; ".join(notes))
+                if hits:
+                    score, agreement = hits[0][1], memory_agreement(e.output for e, _ in hits)
+    return Augmentation(out, template_version, index_version, retrieved, "; ".join(notes),
+                        memory_score=score, memory_agreement=agreement)
 
 
 class Augmenter:

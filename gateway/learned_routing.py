@@ -1,8 +1,9 @@
 """Learned routing on the request path, and online learning from feedback beside it.
 
 Request path (`decide`, only for routes whose policy is a `LearnedPolicy`): when the policy looks at
-embeddings (dims > 0) the last user message is embedded by an `AsyncBatchEmbedder` over the configured
-`[learners] embedder` (one worker thread: the event loop never blocks); the policy chooses;
+embeddings (dims > 0) the last user message is embedded by the gateway's one embedder (the one
+retrieval used a moment before, so its cache answers; a worker thread otherwise: the event loop
+never blocks); the policy chooses;
 the request's Features are remembered in a bounded LRU keyed by call id. A slow, busy or still
 loading embedder never holds a request up for longer than `embed_timeout_s`: the policy then
 decides without the embedding (`stats.embed_missing`).
@@ -34,19 +35,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway import heap
 from gateway.background import cancel_and_wait
+from gateway.messages import query_text
 from gateway.policy_versions import PolicyVersions
 from gateway.providers.base import Body
 from gateway.route_policy import OnlineLearning, online_learning
 from gateway.runtime import RouteRuntime, Runtime
+from gateway.serving import EmbedderHolder
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord
 from learners.artifacts import ArtifactRegistry
-from learners.embeddings import AsyncBatchEmbedder, EmbedderBusy, load_embedder
+from learners.embeddings import EmbedderBusy
 from learners.quality import feedback_quality
 from learners.routing import LearnResult, fit_policy, learn_policy
-from learners.routing_data import last_user_text, load_examples
+from learners.routing_data import load_examples, threaded
 from policies.base import Decision, Features
 from policies.carry import carry_state
 from policies.learned import LearnedPolicy
@@ -88,6 +90,7 @@ class LearnedRouting:
         runtime: Callable[[], Runtime],
         store: Callable[[], Store | None],
         *,
+        embedders: EmbedderHolder | None = None,
         memory: int = 20_000,
         embed_timeout_s: float = 0.05,
         rebuild_calls: int = 5000,
@@ -107,9 +110,7 @@ class LearnedRouting:
         self._artifact_poll_s = artifact_poll_s
         self._sweep_s = sweep_s
         self._clock = clock
-        self._embedder: AsyncBatchEmbedder | None = None
-        self._embedder_kind: str | None = None
-        self._loading: asyncio.Task[None] | None = None
+        self._embedders = embedders or EmbedderHolder(lambda: runtime().settings.learners.embedder)
         self._tasks: list[asyncio.Task[None]] = []
         self.versions = PolicyVersions(runtime)
         self.stats = RoutingStats()
@@ -126,8 +127,7 @@ class LearnedRouting:
         assert isinstance(policy, LearnedPolicy)
         f = base
         if policy.dims:
-            emb = await self._embed(last_user_text(body.get("messages")))
-            f = Features(base.route, base.user, base.key_id, base.prompt_chars, base.n_messages, base.has_tools, emb)
+            f = replace(base, embedding=await self._embed(query_text(body.get("messages"))))
         chooser, version = self.versions.arm(route.name, policy, f)
         decision = chooser.choose(f)
         if version is not None:
@@ -148,45 +148,20 @@ class LearnedRouting:
         queue.append((record.id, seen))
 
     async def _embed(self, text: str) -> Any:
-        emb = self._embedder_now()
-        if emb is None:
+        embed = self._embedders.current_fn()
+        if embed is None:
             self.stats.embed_missing += 1
             return None
         try:
-            return await asyncio.wait_for(emb.embed_one(text), self._embed_timeout_s)
+            return await asyncio.wait_for(embed(text), self._embed_timeout_s)
         except (EmbedderBusy, TimeoutError, RuntimeError) as exc:
             log.debug("routing without an embedding: %s", exc)
             self.stats.embed_missing += 1
             return None
 
-    def _embedder_now(self) -> AsyncBatchEmbedder | None:
-        kind = self._runtime().settings.learners.embedder
-        if kind != self._embedder_kind and self._loading is None:
-            self._loading = asyncio.get_running_loop().create_task(self._load_embedder(kind))
-        return self._embedder
-
-    async def _load_embedder(self, kind: str) -> None:
-        try:
-            embedder = await asyncio.to_thread(load_embedder, kind, fallback="hashing")
-            heap.settle(collect=False)  # model weights live as long as the process
-            old, self._embedder = self._embedder, AsyncBatchEmbedder(
-                embedder, max_wait_ms=0.0 if kind == "hashing" else 2.0)
-            self._embedder_kind = kind
-            if old is not None:
-                await old.aclose()
-        finally:
-            self._loading = None
-
-    async def embed_many(self, texts: list[str]) -> list[Any]:
-        """Embeddings of many texts through the same embedder (for rebuilds), 32 in flight at a time."""
-        if self._embedder is None:
-            await self._load_embedder(self._runtime().settings.learners.embedder)
-        emb = self._embedder
-        assert emb is not None
-        out: list[Any] = []
-        for i in range(0, len(texts), 32):
-            out += await asyncio.gather(*(emb.embed_one(t) for t in texts[i : i + 32]))
-        return out
+    async def embed_many(self, texts: list[str]) -> Sequence[Any]:
+        """Embeddings of many texts through the request path's embedder (for rebuilds), off the loop."""
+        return await threaded(await self._embedders.get())(texts)
 
     # -- online learning ------------------------------------------------------------------------
     def feedback(self, fb: FeedbackRecord) -> None:
@@ -250,7 +225,7 @@ class LearnedRouting:
     async def start(self) -> None:
         """Load the embedder when a route needs it, then run the learning loop in the background."""
         if any(self.handles(r) for r in self._runtime().routes.values()):
-            await self._load_embedder(self._runtime().settings.learners.embedder)
+            await self._embedders.get()
         self._tasks.append(asyncio.create_task(self._run(), name="flywheel-routing"))
         self._tasks.append(asyncio.create_task(self._startup(), name="flywheel-routing-rebuild"))
 
@@ -260,10 +235,6 @@ class LearnedRouting:
         self._tasks.clear()
         while self.apply_feedback():
             pass
-        if self._embedder is not None:
-            await self._embedder.aclose()
-            self._embedder = None
-            self._embedder_kind = None
 
     async def _run(self) -> None:
         next_poll = 0.0

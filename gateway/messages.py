@@ -42,3 +42,13 @@ def last_user_text(messages: Any) -> str:
     """The last user message's text ("" when there is none)."""
     i = last_user_index(messages)
     return "" if i is None else message_text(messages[i])
+
+
+MAX_QUERY_CHARS = 2000  # the head of a long message says what it is about; the rest costs time
+
+
+def query_text(messages: Any) -> str:
+    """What retrieval and the router embed: the last user message, cut to `MAX_QUERY_CHARS`.
+
+    Both use this one text, so the shared embedder's cache answers the second lookup."""
+    return last_user_text(messages)[:MAX_QUERY_CHARS]

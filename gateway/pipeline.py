@@ -1,4 +1,4 @@
-"""One request, start to finish: policy -> template/retrieval -> provider call (retries, then
+"""One request, start to finish: template/retrieval -> policy -> provider call (retries, then
 the fallback chain) -> call record.
 
 The call record is handed to `sink` (the batched writer's non-blocking submit); nothing here
@@ -49,6 +49,8 @@ class Augmentation:
     index_version: str | None = None
     retrieved_ids: tuple[str, ...] = ()
     reason: str = ""
+    memory_score: float = 0.0  # nearest retrieved example's similarity (Features.memory_score)
+    memory_agreement: float = 0.0  # Features.memory_agreement
 
 
 class Augmenter(Protocol):
@@ -68,14 +70,16 @@ class Router(Protocol):
     def finished(self, record: CallRecord) -> None: ...
 
 
-def _features(route: str, body: Body, ctx: RequestContext) -> Features:
+def _features(route: str, body: Body, ctx: RequestContext, aug: Augmentation | None) -> Features:
     messages = body["messages"]
     chars = 0
     for m in messages:
         c = m.get("content")
         chars += len(c) if isinstance(c, str) else 0
     return Features(route=route, user=ctx.user, key_id=ctx.key_name, prompt_chars=chars,
-                    n_messages=len(messages), has_tools=bool(body.get("tools")))
+                    n_messages=len(messages), has_tools=bool(body.get("tools")),
+                    memory_score=aug.memory_score if aug is not None else 0.0,
+                    memory_agreement=aug.memory_agreement if aug is not None else 0.0)
 
 
 def to_gateway_error(exc: UpstreamError) -> GatewayError:
@@ -113,7 +117,12 @@ class Pipeline:
     async def _plan(
         self, route: RouteRuntime, body: Body, ctx: RequestContext
     ) -> tuple[Decision, CallRecord, list[Body]]:
-        features = _features(route.name, body, ctx)
+        messages: list[Body] = body["messages"]
+        # augmentation first: what retrieval found is evidence for the router (Features.memory_*)
+        aug = None
+        if self.augmenter is not None and route.settings is not None:
+            aug = await self.augmenter.augment(route.name, messages, ctx)
+        features = _features(route.name, body, ctx, aug)
         if self.router is not None and self.router.handles(route):
             decision = await self.router.decide(route, features, body, ctx.call_id)
         else:
@@ -124,16 +133,13 @@ class Pipeline:
                             policy_reason=decision.reason,
                             choice_probability=decision.probability, no_log=ctx.no_log,
                             stream=bool(body.get("stream")))
-        messages: list[Body] = body["messages"]
-        if self.augmenter is not None and route.settings is not None:
-            aug = await self.augmenter.augment(route.name, messages, ctx)
-            if aug is not None:
-                messages = aug.messages
-                record.template_version = aug.template_version
-                record.index_version = aug.index_version
-                record.retrieved_ids = list(aug.retrieved_ids)
-                if aug.reason:
-                    record.policy_reason += f"; {aug.reason}"
+        if aug is not None:
+            messages = aug.messages
+            record.template_version = aug.template_version
+            record.index_version = aug.index_version
+            record.retrieved_ids = list(aug.retrieved_ids)
+            if aug.reason:
+                record.policy_reason += f"; {aug.reason}"
         return decision, record, messages
 
     @staticmethod

@@ -10,6 +10,7 @@ lock, in small chunks, so a learning run delays a request's embedding by one chu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ class EmbedderHolder:
         self._kind = kind
         self._loaded: tuple[str, LockedEmbedder, AsyncBatchEmbedder] | None = None
         self._lock = asyncio.Lock()
+        self._loading: asyncio.Task[LockedEmbedder] | None = None
 
     async def get(self) -> LockedEmbedder:
         """The embedder for `[learners] embedder`, loading it on a thread if needed."""
@@ -74,10 +76,30 @@ class EmbedderHolder:
         """The request path's embedding function, or None while nothing is loaded."""
         return self._loaded[2].embed_one if self._loaded is not None else None
 
+    def current_fn(self) -> EmbedFn | None:
+        """The embedding function of the configured kind; when that is not loaded, start loading it
+        in the background and return None (a request never waits seconds for a model to load)."""
+        if self._loaded is not None and self._loaded[0] == self._kind():
+            return self._loaded[2].embed_one
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self.get(), name="flywheel-embedder-load")
+            self._loading.add_done_callback(_log_failure)
+        return None
+
     async def aclose(self) -> None:
+        """Stop a load in progress and the request path's embedding worker."""
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loading
         if self._loaded is not None:
             await self._loaded[2].aclose()
             self._loaded = None
+
+
+def _log_failure(task: asyncio.Task[LockedEmbedder]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading the embedder failed", exc_info=task.exception())
 
 
 class ServingLoader:

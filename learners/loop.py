@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from gateway.augment import Augmenter, ServingSet
 from gateway.background import cancel_and_wait
-from gateway.serving import EmbedderHolder, ServingLoader
+from gateway.serving import ServingLoader
 from learners.artifacts import ArtifactRegistry
 from learners.cycle import CycleDeps, LearningCycle, LearnReport
 from learners.embeddings import Embedder
@@ -42,7 +42,7 @@ class LearningLoop:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.embedders = EmbedderHolder(lambda: gw.settings.learners.embedder)
+        self.embedders = gw.embedders
         self.augmenter = Augmenter(lambda: gw.settings, self.embedders.embed_fn)
         self._registry: ArtifactRegistry | None = None
         self._loader: ServingLoader | None = None
@@ -92,10 +92,9 @@ class LearningLoop:
         self._task = asyncio.create_task(self._run(), name="flywheel-learners")
 
     async def stop(self) -> None:
-        """Service.stop: end the schedule (a cycle in progress is cancelled), release the embedder."""
+        """Service.stop: end the schedule (a cycle in progress is cancelled)."""
         task, self._task = self._task, None
         await cancel_and_wait([task])
-        await self.embedders.aclose()
 
     # -- schedule -------------------------------------------------------------------------------
     async def _run(self) -> None:

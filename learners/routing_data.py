@@ -1,7 +1,7 @@
 """Logged calls + feedback -> routing examples (features, variant, quality, cost, propensity).
 
 The request path and the policy learner must featurise a request the same way, so both use
-`last_user_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
+`gateway.messages.query_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
 embedder: the store keeps text, not vectors. Stored prompts are the ones sent upstream (after
 the template and retrieval), so `prompt_chars` of a re-featurised call can be somewhat larger
 than on the request path; the embedding, of the last user message, is the same.
@@ -16,20 +16,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.messages import last_user_text as _last_user_text
+import numpy as np
+
+from gateway.messages import query_text
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord
+from learners.dataset import injected_examples
 from learners.embeddings import Embedder
 from learners.quality import call_quality
 from policies.base import Features
+from policies.featurise import memory_agreement
 
-MAX_EMBED_CHARS = 2000  # the head of a long message says what it is about; the rest costs time
 Unrated = Literal["ignore", "ok"]
-
-
-def last_user_text(messages: Any) -> str:
-    """The last user message's text, cut to `MAX_EMBED_CHARS`: what the router embeds."""
-    return _last_user_text(messages)[:MAX_EMBED_CHARS]
 
 
 def prompt_facts(messages: Any) -> tuple[int, int]:
@@ -72,15 +70,25 @@ class Replay:
 def call_text(rec: CallRecord) -> str:
     """The last user message of a stored call ('' when the text was not stored)."""
     req = rec.request
-    return last_user_text(req.get("messages")) if isinstance(req, dict) else ""
+    return query_text(req.get("messages")) if isinstance(req, dict) else ""
 
 
-def features_of_call(rec: CallRecord, embedding: Any) -> Features:
-    """The Features the request path computed for `rec` (up to the template, see the module doc)."""
+def features_of_call(rec: CallRecord, embedding: Any, nearest: Any = None) -> Features:
+    """The Features the request path computed for `rec` (up to the template, see the module doc).
+
+    `nearest` is the embedding of the nearest injected example's input (None without one): its
+    cosine with the question's `embedding` is the memory score the request path saw.
+    """
     req = rec.request if isinstance(rec.request, dict) else {}
     chars, n = prompt_facts(req.get("messages"))
+    score = agreement = 0.0
+    shots = injected_examples(rec)
+    if shots and embedding is not None and nearest is not None:
+        score = float(np.dot(np.asarray(embedding, dtype=np.float64), np.asarray(nearest, dtype=np.float64)))
+        agreement = memory_agreement(out for _, out in shots)
     return Features(route=rec.route, user=rec.user, key_id=rec.key_id, prompt_chars=chars, n_messages=n,
-                    has_tools=bool(req.get("tools")), embedding=embedding)
+                    has_tools=bool(req.get("tools")), embedding=embedding, memory_score=score,
+                    memory_agreement=agreement)
 
 
 def _propensity(rec: CallRecord) -> float | None:
@@ -123,6 +131,7 @@ def build_examples(
     feedback: Sequence[FeedbackRecord],
     embeddings: Sequence[Any],
     *,
+    nearest: Sequence[Any] | None = None,
     metric: str,
     unrated: Unrated = "ignore",
     unrated_after_s: float = 600.0,
@@ -135,11 +144,12 @@ def build_examples(
     for fb in feedback:
         by_call[fb.call_id].append(fb)
     out: list[Example] = []
-    for rec, emb in zip(calls, embeddings, strict=True):
+    near = nearest if nearest is not None else [None] * len(calls)
+    for rec, emb, near_emb in zip(calls, embeddings, near, strict=True):
         q = call_quality(by_call.get(rec.id, ()), metric)
         implicit = q is None and unrated == "ok" and now - rec.created_at >= unrated_after_s
         out.append(Example(
-            call_id=rec.id, at=rec.created_at, features=features_of_call(rec, emb), variant=rec.variant,
+            call_id=rec.id, at=rec.created_at, features=features_of_call(rec, emb, near_emb), variant=rec.variant,
             quality=1.0 if implicit else q, cost=rec.cost_usd or 0.0, propensity=_propensity(rec),
             policy_version=rec.policy_version, implicit=implicit,
         ))
@@ -167,5 +177,10 @@ async def load_examples(
     for i in range(0, len(ids), 500):
         feedback += await store.list_feedback(call_ids=ids[i : i + 500])
     embeddings = await embed_many([call_text(c) for c in calls])
-    return build_examples(calls, feedback, embeddings, metric=metric, unrated=unrated,
+    # the nearest injected example of each call, embedded like the index embedded it (its input)
+    firsts = [shots[0][0] if (shots := injected_examples(c)) else None for c in calls]
+    texts = [t for t in firsts if t is not None]
+    vectors = iter(await embed_many(texts) if texts else [])
+    nearest = [next(vectors) if t is not None else None for t in firsts]
+    return build_examples(calls, feedback, embeddings, nearest=nearest, metric=metric, unrated=unrated,
                           unrated_after_s=unrated_after_s, now=now)

@@ -29,6 +29,10 @@ class Features:
     n_messages: int
     has_tools: bool
     embedding: Embedding | None = None  # dense vector of the last user message; None without an embedder
+    # What the route's memory (its retrieval index of good answers) holds for this request, from the
+    # examples retrieval injected: a cheap model answers well where close, agreeing examples exist.
+    memory_score: float = 0.0  # cosine similarity of the nearest retrieved example (0: none retrieved)
+    memory_agreement: float = 0.0  # share of retrieved examples whose answer equals the nearest one's
 
 
 @dataclass(frozen=True, slots=True)

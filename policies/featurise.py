@@ -1,6 +1,9 @@
 """Turns `Features` into the learned router's small fixed-length vector.
 
-Layout: `[bias, log prompt length, has_tools, projection of the embedding (dims values)]`.
+Layout: `[bias, log prompt length, has_tools, memory score, memory agreement, their product,
+projection of the embedding (dims values)]`. The memory coordinates (see `Features`) are 0 when
+retrieval injected nothing; their product is there because a linear model cannot otherwise say
+"close *and* agreeing examples", which is when a cheap model copies the right answer.
 The projection is a fixed random ±1 matrix derived from blake2b of (seed, input dim), so it is
 identical across processes, machines and numpy versions and need not be stored with a policy.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -18,11 +22,19 @@ from policies.base import Features
 
 Vector = npt.NDArray[np.float64]
 
-N_FIXED = 3  # bias, log length, has_tools
+N_FIXED = 6  # bias, log length, has_tools, memory score, memory agreement, score x agreement
 # log1p(chars) is ~3 for a one-liner, ~6 for a paragraph, ~10 for a long document: centre and
 # scale it to about [-1.5, 2] so one ridge prior suits every coordinate
 _LEN_CENTRE = 6.0
 _LEN_SCALE = 2.0
+
+
+def memory_agreement(answers: Iterable[str]) -> float:
+    """Share of `answers` (nearest example first) equal to the first, ignoring case and outer space.
+
+    0.0 when there are none: no memory is no evidence, the same as retrieval being off."""
+    norm = [a.strip().casefold() for a in answers]
+    return sum(a == norm[0] for a in norm) / len(norm) if norm else 0.0
 
 
 def projection_matrix(dims: int, input_dim: int, seed: int) -> Vector:
@@ -38,7 +50,7 @@ def projection_matrix(dims: int, input_dim: int, seed: int) -> Vector:
 
 
 class Featuriser:
-    """Maps a request's features to a vector of length `size` (= dims + 3)."""
+    """Maps a request's features to a vector of length `size` (= dims + N_FIXED)."""
 
     def __init__(self, dims: int = 16, seed: int = 0) -> None:
         if dims < 0:
@@ -64,6 +76,9 @@ class Featuriser:
         x[0] = 1.0
         x[1] = (math.log1p(max(f.prompt_chars, 0)) - _LEN_CENTRE) / _LEN_SCALE
         x[2] = 1.0 if f.has_tools else 0.0
+        x[3] = f.memory_score
+        x[4] = f.memory_agreement
+        x[5] = f.memory_score * f.memory_agreement
         if self.dims == 0:
             return x
         e = f.embedding

@@ -27,13 +27,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from policies.base import Decision, Features, check_variants, make_order
 from policies.controls import Pin, ShareWindow, as_pins
 from policies.featurise import Featuriser
 from policies.linear import LinearBank
 
-FORMAT = 1
+FORMAT = 2
+# format 1 had no memory coordinates: its state is widened with zero rows/columns at these
+# positions (no evidence about them yet), which is exact for everything it did learn
+_FORMAT1_NEW_COORDS = (3, 4, 5)
 DEFAULT_PRIOR_QUALITY = 0.5  # "don't know" for variants without a configured prior
 # drift detector: an EWMA of a variant's prediction residuals; ~20 observations of memory, so a
 # real shift shows within a few dozen updates while Bernoulli noise (sd <= 0.5) averages out
@@ -348,7 +352,8 @@ class LearnedPolicy:
         p = dict(params)
         if p.pop("kind", "learned") != "learned":
             raise ValueError(f"not a learned policy: kind={params.get('kind')!r}")
-        if p.pop("format", None) != FORMAT:
+        fmt = p.pop("format", None)
+        if fmt not in (1, FORMAT):
             raise ValueError(f"unsupported learned policy format {params.get('format')!r}, expected {FORMAT}")
         state: Mapping[str, Mapping[str, Any]] = p.pop("state")
         updates = int(p.pop("updates", 0))
@@ -373,6 +378,8 @@ class LearnedPolicy:
                 continue
             prec = np.asarray(s["data_precision"], dtype=np.float64)
             target = np.asarray(s["data_target"], dtype=np.float64)
+            if fmt == 1:
+                prec, target = _widen_format1(prec, target)
             if prec.shape != (size, size) or target.shape != (size,):
                 raise ValueError(f"state for {v!r} has the wrong shape for dims={policy._features.dims}")
             bank.data_precision[i] = prec
@@ -387,6 +394,16 @@ class LearnedPolicy:
         policy._refresh_costs()
         policy.updates = updates
         return policy
+
+
+def _widen_format1(precision: npt.NDArray[np.float64], target: npt.NDArray[np.float64]) -> tuple[
+    npt.NDArray[np.float64], npt.NDArray[np.float64]
+]:
+    """A format-1 state's statistics with zero evidence inserted for the memory coordinates."""
+    for i in _FORMAT1_NEW_COORDS:
+        precision = np.insert(np.insert(precision, i, 0.0, axis=0), i, 0.0, axis=1)
+        target = np.insert(target, i, 0.0)
+    return precision, target
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> float:

@@ -4,6 +4,7 @@ sticky canary assignment, and never failing a request over retrieval."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gateway.augment import (
     Augmenter,
@@ -16,13 +17,15 @@ from gateway.augment import (
     apply,
     bucket,
 )
+from gateway.messages import query_text
 from gateway.pipeline import RequestContext
 from gateway.settings import RetrievalSettings, parse_settings
 from gateway.store.records import CallRecord
 from gateway.templating import CompiledTemplate, Template
-from learners.dataset import client_messages
+from learners.dataset import client_messages, injected_examples
 from learners.embeddings import EmbedderBusy, HashingEmbedder
 from learners.examples import Example, ExampleIndex
+from learners.routing_data import features_of_call
 
 EMB = HashingEmbedder()
 EXAMPLES = [Example(f"c{i}#f", q, a, f"c{i}", "correction", float(i)) for i, (q, a) in enumerate([
@@ -103,3 +106,27 @@ async def test_canary_is_sticky_per_user_and_shares_traffic() -> None:
     assert 40 <= sum(v == {"t2"} for v in seen.values()) <= 80
     aug.install("bot", None)
     assert await aug.augment("bot", msgs, RequestContext("c")) is None
+
+
+async def test_memory_facts_reach_the_router_and_the_learner_recomputes_them_from_the_log() -> None:
+    examples = [Example(f"m{i}#f", q, a, f"m{i}", "correction", float(i)) for i, (q, a) in enumerate([
+        ("play some jazz music", "PlayMusic"),
+        ("play jazz music now", "PlayMusic"),
+        ("will it rain in jazz town", "GetWeather"),
+    ])]
+    index = LoadedIndex("i2", ExampleIndex.build(examples, EMB))
+    msgs = [{"role": "user", "content": "play jazz music"}]
+    aug = await apply("bot", msgs, ServingSet(TEMPLATE, index), RetrievalSettings(k=3, min_score=0.0), embed)
+    assert aug is not None and len(aug.retrieved_ids) == 3
+    assert 0.5 < aug.memory_score <= 1.0
+    assert aug.memory_agreement == pytest.approx(2 / 3)
+    # offline, from the stored call alone, the policy learner sees the same Features
+    rec = CallRecord(id="x", route="bot", variant="a", model="a", template_version="t1",
+                     retrieved_ids=list(aug.retrieved_ids), request={"messages": aug.messages})
+    nearest_input = injected_examples(rec)[0][0]
+    f = features_of_call(rec, await embed(query_text(msgs)), await embed(nearest_input))
+    assert f.memory_score == pytest.approx(aug.memory_score, abs=1e-5)
+    assert f.memory_agreement == aug.memory_agreement
+    # and a call served without retrieval has no memory
+    plain = CallRecord(id="y", route="bot", variant="a", model="a", request={"messages": msgs})
+    assert features_of_call(plain, await embed("play jazz music")).memory_score == 0.0

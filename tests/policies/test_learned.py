@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from policies import Features, LearnedPolicy, Pin, summarise_change
-from policies.featurise import Featuriser, projection_matrix
+from policies.featurise import Featuriser, memory_agreement, projection_matrix
 
 DIM = 16
 CHEAP, STRONG = "cheap", "strong"
@@ -306,7 +306,9 @@ def test_featuriser_is_deterministic_and_scale_free() -> None:
     assert np.allclose(a, b) and np.allclose(a, c, atol=1e-6)
     assert a[0] == 1.0 and a[1] == pytest.approx(0.0, abs=0.01) and a[2] == 1.0
     none = fz.vector(Features("r", None, None, 403, 1, False, None))
-    assert none[3:].tolist() == [0.0] * 4
+    assert none[3:].tolist() == [0.0] * 7  # no memory, no embedding
+    remembered = fz.vector(Features("r", None, None, 403, 1, False, None, memory_score=0.8, memory_agreement=0.5))
+    assert remembered[3:6].tolist() == pytest.approx([0.8, 0.5, 0.4])
 
 
 @pytest.mark.parametrize(
@@ -316,3 +318,45 @@ def test_featuriser_is_deterministic_and_scale_free() -> None:
 def test_constructor_rejects_bad_settings(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         make(**kw)
+
+
+def test_memory_agreement_counts_answers_equal_to_the_nearest() -> None:
+    assert memory_agreement([]) == 0.0
+    assert memory_agreement(["PlayMusic", " playmusic ", "GetWeather", "PlayMusic"]) == 0.75
+    assert memory_agreement(["a"]) == 1.0
+
+
+def test_memory_decides_where_the_embedding_cannot() -> None:
+    # Requests look alike (no embedding signal); the cheap model is right exactly when close,
+    # agreeing examples were retrieved. The router must learn to send only those to cheap.
+    rng = random.Random(3)
+    policy = make(dims=0, explore=0.2)
+
+    def request(remembered: bool) -> Features:
+        score, agree = (rng.uniform(0.8, 1.0), 1.0) if remembered else (rng.uniform(0.2, 0.6), 0.4)
+        return Features("r", None, None, 300, 1, False, None, memory_score=score, memory_agreement=agree)
+
+    for _ in range(600):
+        remembered = rng.random() < 0.6
+        f = request(remembered)
+        v = policy.choose(f).variant
+        ok = remembered or v == STRONG
+        policy.update(f, v, 1.0 if ok else 0.0, COST[v])
+    policy.explore = 0.0
+    assert all(policy.choose(request(True)).variant == CHEAP for _ in range(50))
+    assert all(policy.choose(request(False)).variant == STRONG for _ in range(50))
+
+
+def test_format_1_state_loads_with_no_evidence_about_memory(trained: tuple[LearnedPolicy, Task]) -> None:
+    policy, task = trained
+    params = json.loads(json.dumps(policy.to_params()))
+    params["format"] = 1  # what a policy stored before the memory coordinates looked like
+    for s in params["state"].values():
+        s["data_precision"] = np.delete(np.delete(s["data_precision"], [3, 4, 5], 0), [3, 4, 5], 1).tolist()
+        s["data_target"] = np.delete(s["data_target"], [3, 4, 5]).tolist()
+    restored = LearnedPolicy.from_params(params, rng=random.Random(1))
+    for hard in (False, True) * 5:
+        f = task.request(hard)
+        assert restored.predict(f) == pytest.approx(policy.predict(f), abs=0.05)
+    with pytest.raises(ValueError, match="format"):
+        LearnedPolicy.from_params({**params, "format": 9})

@@ -10,7 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
+from gateway.augment import LoadedIndex, RouteServing, ServingSet
 from gateway.learned_routing import LearnedRouting
+from learners.embeddings import HashingEmbedder
+from learners.examples import Example, ExampleIndex
 from policies import Features, LearnedPolicy
 from tests.conftest import fetch_call
 from tests.routing.conftest import HARD, routing_config, wait_for
@@ -125,3 +128,17 @@ def test_a_policy_without_embedding_dims_is_not_embedded(make_gateway: Any, tmp_
     seen = routing(gw)._memory[r.headers["x-flywheel-call-id"]]
     assert seen.features.embedding is None and seen.features.prompt_chars == len("hello")
     assert isinstance(seen.features, Features)
+
+
+def test_the_router_sees_what_retrieval_found(make_gateway: Any, tmp_path: Path) -> None:
+    gw = make_gateway(routing_config(tmp_path))
+    examples = [Example(f"m{i}#f", q, "PlayMusic", f"m{i}", "correction", float(i))
+                for i, q in enumerate(["play some jazz music", "play jazz music now"])]
+    index = ExampleIndex.build(examples, HashingEmbedder())
+    gw.gateway.learning.augmenter.install("smart", RouteServing(ServingSet(None, LoadedIndex("i1", index))))
+    remembered = chat(gw, "smart", "play jazz music")
+    novel = chat(gw, "smart", "what is the integral of x squared")
+    seen = routing(gw)._memory
+    f = seen[remembered.headers["x-flywheel-call-id"]].features
+    assert f.memory_score > 0.5 and f.memory_agreement == 1.0
+    assert seen[novel.headers["x-flywheel-call-id"]].features.memory_score < f.memory_score
