@@ -17,7 +17,8 @@ Default mode, one llama.cpp server (SmolLM2-135M) and two routes with the same s
 `--routing`: a second server (Qwen2.5-Coder-1.5B, 20x the price); routes `intents` (learned routing
 policy over cheap + strong), `intents-cheap` (cheap only) and `intents-strong` (strong only), all three
 with learners on, so the arms differ in routing alone. The router sees what retrieval found for each
-request (`Features.memory_*`: how close and how unanimous the retrieved examples are).
+request (`Features.memory_*`: how close and how unanimous the retrieved examples are), and each
+learning cycle replays `--replays` held-out calls on both models (learners/routing_replay.py).
 
 Writes bench/out/flywheel[-routing].md and .png, keeps the temp data dir and prints the
 `flywheel prompts diff` command that shows the learned template/index.
@@ -85,7 +86,7 @@ def write_config(tmp: Path, args: argparse.Namespace, servers: dict[str, LlamaSe
         routes = (f'[routes.intents]\nvariants = ["cheap", "strong"]\n{common}'
                   '[routes.intents.policy]\nkind = "learned"\nquality_metric = "any"\n'
                   f"min_quality = {args.min_quality}\nexplore = {args.explore}\n"
-                  f"decay = {args.decay}\ndims = {args.dims}\n"
+                  f"decay = {args.decay}\ndims = {args.dims}\nreplays = {args.replays}\n"
                   f"prior_quality = {{ cheap = {args.prior_cheap}, strong = 0.95 }}\n"
                   "prior_cost = { cheap = 1, strong = 20 }\n\n"
                   f'[routes.intents-cheap]\nvariants = ["cheap"]\npolicy = {{ kind = "static" }}\n{common}\n'
@@ -240,7 +241,7 @@ def settings_text(args: argparse.Namespace, arms: Sequence[Arm], n_items: int, c
         f"{args.canary_share}; metric normalised; heldout_share {args.heldout_share}; max_eval_calls "
         f"{args.max_eval_calls}; demo_trials {args.demo_trials}; max_demos 4; min_samples 5",
         *([f"- routing: learned policy, floor mode min_quality {args.min_quality}, explore {args.explore}, "
-           f"decay {args.decay}, dims {args.dims}, quality_metric any, "
+           f"decay {args.decay}, dims {args.dims}, replays {args.replays} per cycle, quality_metric any, "
            f"prior_quality cheap {args.prior_cheap} / strong 0.95"] if args.routing else []),
         f"- arms: {', '.join(f'{a.name} = route {a.route} (learns: {a.learns})' for a in arms)}",
         f"- config: {config}",
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explore", type=float, default=0.1, help="routing: epsilon")
     ap.add_argument("--decay", type=float, default=0.01, help="routing: forgetting per update")
     ap.add_argument("--dims", type=int, default=16, help="routing: embedding projection size")
+    ap.add_argument("--replays", type=int, default=20, help="routing: held-out calls replayed per cycle")
     ap.add_argument("--prior-cheap", type=float, default=0.85, help="routing: cold-start P(cheap ok)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)

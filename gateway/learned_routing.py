@@ -19,6 +19,11 @@ it teaches nothing. Calls that fell out of the LRU, or that predate a restart, a
 online: at start the policy is rebuilt from the store (learners/routing.py `fit_policy`; the
 rebuilt state replaces what was learned online while it ran, which the store also holds).
 
+Replays (`observe_replays`, fed by the learning cycle when the route's policy table sets
+`replays`): held-out calls answered by every variant and scored (learners/routing_replay.py)
+update the policy like feedback does, for each variant; they are kept in memory (bounded, lost on
+restart: the start-up rebuild uses logged calls only) and join every later candidate's data.
+
 Artifacts: `learn(route)` runs one policy-learning cycle now (learners/routing.py: candidate,
 offline evaluation, canary); every `artifact_poll_s` the router follows the `policy` artifact
 states (gateway/policy_versions.py: canary share, promotion, rollback).
@@ -48,7 +53,7 @@ from learners.artifacts import ArtifactRegistry
 from learners.embeddings import EmbedderBusy
 from learners.quality import feedback_quality
 from learners.routing import LearnResult, fit_policy, learn_policy
-from learners.routing_data import load_examples, threaded
+from learners.routing_data import Replay, load_examples, threaded
 from policies.base import Decision, Features
 from policies.carry import carry_state
 from policies.learned import LearnedPolicy
@@ -77,6 +82,7 @@ class RoutingStats:
     feedback: int = 0  # feedback rows received
     updates: int = 0  # policy updates from feedback
     implicit_updates: int = 0  # policy updates from the "unrated counts as ok" rule
+    replay_updates: int = 0  # policy updates from evaluation replays (one per variant answer)
     unmatched: int = 0  # feedback about calls not remembered: other routes, evicted, or before a restart
     ignored: int = 0  # feedback that said nothing under the metric, repeated, or was refused
     rebuilt: dict[str, int] = field(default_factory=dict)  # route -> examples of the start-up rebuild
@@ -103,6 +109,7 @@ class LearnedRouting:
         self._memory: OrderedDict[str, _Seen] = OrderedDict()
         self._memory_size = memory
         self._unrated: dict[str, deque[tuple[str, _Seen]]] = {}  # route -> (call id, seen), oldest first
+        self._replays: dict[str, deque[Replay]] = {}  # route -> evaluation replays, oldest first
         self._inbox: deque[FeedbackRecord] = deque(maxlen=memory)
         self._wake = asyncio.Event()
         self._embed_timeout_s = embed_timeout_s
@@ -295,16 +302,39 @@ class LearnedRouting:
             routes = [(name, p) for name in self._learned_routes() if (p := self._live(name)) is not None]
             await self.versions.sync(store, routes)
 
-    async def learn(self, route: str) -> LearnResult:
-        """One policy-learning cycle for `route` now (learners/routing.py), then follow its outcome."""
+    def observe_replays(self, route: str, replays: Sequence[Replay]) -> int:
+        """Learn from evaluation replays (learners/routing_replay.py) as from feedback: each
+        variant's scored answer updates the live policy (and a running canary); they are also
+        kept (bounded, newest last) for the policy learner's next candidates. Returns the updates."""
+        kept = self._replays.setdefault(route, deque(maxlen=self._memory_size))
+        kept.extend(replays)
+        policy = self._live(route)
+        if policy is None:
+            return 0
+        canary = self.versions.canaries.get(route)
+        made = 0
+        for r in replays:
+            for variant, o in r.outcomes.items():
+                if variant in policy.variants and policy.update(r.features, variant, o.quality, o.cost):
+                    made += 1
+                    if canary is not None and variant in canary.policy.variants:
+                        canary.policy.update(r.features, variant, o.quality, o.cost)
+        self.stats.replay_updates += made
+        return made
+
+    async def learn(self, route: str, replays: Sequence[Replay] = ()) -> LearnResult:
+        """One policy-learning cycle for `route` now (learners/routing.py), then follow its outcome;
+        `replays` from this cycle are learned online first and join the candidate's data."""
         store, live = self._store(), self._live(route)
         rr = self._runtime().routes.get(route)
         if store is None or live is None or rr is None or rr.settings is None:
             return LearnResult(route, "skipped", "not a learned route, or the store is not open")
+        self.observe_replays(route, replays)
         cfg = online_learning(rr.settings.policy.params())
         result = await learn_policy(store, route, live, self.embed_many, learner=self._runtime().settings.learners,
                                     current_version=self.versions.live.get(route), unrated=cfg.unrated,
-                                    unrated_after_s=cfg.unrated_after_s, limit=self._rebuild_calls)
+                                    unrated_after_s=cfg.unrated_after_s, limit=self._rebuild_calls,
+                                    replays=list(self._replays.get(route, ())))
         await self.sync_artifacts()
         return result
 

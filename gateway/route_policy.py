@@ -5,6 +5,8 @@ to learn online (see gateway/learned_routing.py):
 
     unrated = "ignore"        # or "ok": a call without feedback after `unrated_after_s` counts as good
     unrated_after_s = 600     # the window in which feedback is awaited
+    replays = 0               # held-out calls per learning cycle replayed on every variant
+                              # (learners/routing_replay.py; each costs one call per variant)
 
 `pins` may be a list of tables (`{variant = "large", user = "alice"}`, see policies.Pin) or a
 table `{"user:alice" = "large", "key:vip" = "large"}` (a bare name means a user). A route with
@@ -27,7 +29,7 @@ from policies.learned import LearnedPolicy
 
 log = logging.getLogger("flywheel.routing")
 
-ONLINE_KEYS = ("unrated", "unrated_after_s")
+ONLINE_KEYS = ("unrated", "unrated_after_s", "replays")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +38,21 @@ class OnlineLearning:
 
     unrated: Literal["ignore", "ok"] = "ignore"
     unrated_after_s: float = 600.0
+    replays: int = 0
 
 
 def online_learning(params: Mapping[str, Any]) -> OnlineLearning:
-    """The online-learning settings in a policy table; ValueError naming a bad value."""
+    """The learning settings in a policy table; ValueError naming a bad value."""
     unrated = params.get("unrated", "ignore")
     if unrated not in ("ignore", "ok"):
         raise ValueError(f"unrated must be 'ignore' or 'ok', got {unrated!r}")
     after = params.get("unrated_after_s", 600.0)
     if isinstance(after, bool) or not isinstance(after, int | float) or not after >= 0:
         raise ValueError(f"unrated_after_s must be a number >= 0, got {after!r}")
-    return OnlineLearning(unrated, float(after))
+    replays = params.get("replays", 0)
+    if isinstance(replays, bool) or not isinstance(replays, int) or replays < 0:
+        raise ValueError(f"replays must be an integer >= 0, got {replays!r}")
+    return OnlineLearning(unrated, float(after), replays)
 
 
 def _pins(pins: Any) -> list[Any]:

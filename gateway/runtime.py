@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.errors import model_not_found
@@ -19,6 +19,7 @@ from gateway.route_policy import build_route_policy
 from gateway.settings import ConfigError, Price, ProviderSettings, RetrySettings, RouteSettings, Settings
 from policies import build_policy
 from policies.base import Policy
+from policies.static import StaticPolicy
 
 log = logging.getLogger("flywheel.runtime")
 
@@ -47,6 +48,13 @@ class RouteRuntime:
     policy: Policy
     retries: RetrySettings
     settings: RouteSettings | None  # None for a configured model used directly (pass-through)
+
+    def pinned(self, variant: str) -> RouteRuntime:
+        """This route with every request sent to `variant` and no fallback (evaluation replays:
+        an answer from another variant would be scored as this one's)."""
+        if variant not in self.targets:
+            raise ValueError(f"route {self.name!r} has no variant {variant!r}")
+        return replace(self, policy=StaticPolicy(variant))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
 from learners.metrics import build_metric
 from learners.retrieval import example_ids, fit_index
 from learners.rollout import Rollout, RolloutDecision
+from learners.routing_data import EmbedMany, Replay
+from learners.routing_replay import replay_variants
 from learners.template import fit_template
 
 if TYPE_CHECKING:
@@ -133,6 +135,19 @@ class LearningCycle:
         r.eval_calls, r.eval_cost_usd = self.budget.calls, round(self.budget.cost_usd, 6)
         r.duration_s = round(time.time() - r.started_at, 3)
         return r
+
+    async def routing_replays(self, n: int, embed_many: EmbedMany) -> list[Replay]:
+        """After `learn`: the newest `n` held-out calls replayed on every variant of the route
+        (learners/routing_replay.py), from a budget of their own (n calls per variant, and the
+        run's cost limit); their calls and cost are added to the report."""
+        variants = [v.name for v in self.rs.variant_list()]
+        if n <= 0 or not self.cases or len(variants) < 2:
+            return []
+        replayer = self.replayer.spending(Budget(n * len(variants), self.cfg.max_eval_cost_usd))
+        replays = await replay_variants(replayer, self.d.current(self.route), self.cases, variants, embed_many, n=n)
+        self.report.eval_calls += replayer.budget.calls
+        self.report.eval_cost_usd = round(self.report.eval_cost_usd + replayer.budget.cost_usd, 6)
+        return replays
 
     async def _arm(self, serving: ServingSet) -> ArmResult:
         return await self.replayer.run(serving, self.cases, leave_one_out=True)

@@ -15,6 +15,7 @@ the gate judges what was replayed.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class CaseResult:
     score: float
     answer: str
     error: str | None = None
+    record: CallRecord | None = field(default=None, repr=False, compare=False)  # the replay's call
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,12 @@ class Replayer:
         self._embed = embed
         self._sem = asyncio.Semaphore(concurrency)
 
+    def spending(self, budget: Budget) -> Replayer:
+        """This replayer (same route, metric and concurrency limit) spending `budget` instead."""
+        other = copy.copy(self)
+        other.budget = budget
+        return other
+
     async def ask(self, route: str, prompt: str) -> str:
         """One user message to any route or model, through the gateway; its answer text."""
         self.budget.reserve()
@@ -130,7 +138,7 @@ class Replayer:
         out, _ = await Pipeline(self.budget.sink).chat(rt, body, RequestContext(call_id=new_id("eval")))
         return response_text(out)
 
-    async def _one(self, serving: ServingSet, case: EvalCase, loo: bool) -> CaseResult | None:
+    async def _one(self, serving: ServingSet, case: EvalCase, loo: bool, variant: str | None) -> CaseResult | None:
         async with self._sem:
             try:
                 self.budget.reserve()
@@ -140,9 +148,10 @@ class Replayer:
                                         frozenset({case.call_id}) if loo else frozenset())
             body = {**case.params, "model": self.route, "messages": [dict(m) for m in case.messages]}
             ctx = RequestContext(call_id=new_id("eval"), user=case.user)
+            route = self._runtime().resolve(self.route)
             try:
-                out, _ = await Pipeline(self.budget.sink, augmenter).chat(self._runtime().resolve(self.route),
-                                                                          body, ctx)
+                out, record = await Pipeline(self.budget.sink, augmenter).chat(
+                    route.pinned(variant) if variant is not None else route, body, ctx)
             except GatewayError as exc:  # a failed replay is a failed answer
                 return CaseResult(case.call_id, case.segment, 0.0, "", exc.message)
             answer = response_text(out)
@@ -151,12 +160,14 @@ class Replayer:
             except BudgetExhausted:
                 return None
             except GatewayError as exc:
-                return CaseResult(case.call_id, case.segment, 0.0, answer, f"metric: {exc.message}")
-            return CaseResult(case.call_id, case.segment, score, answer)
+                return CaseResult(case.call_id, case.segment, 0.0, answer, f"metric: {exc.message}", record)
+            return CaseResult(case.call_id, case.segment, score, answer, record=record)
 
-    async def run(self, serving: ServingSet, cases: Sequence[EvalCase], *, leave_one_out: bool = True) -> ArmResult:
-        """Replay every case (in order, a few at a time) until done or out of budget."""
-        results = await asyncio.gather(*(self._one(serving, c, leave_one_out) for c in cases))
+    async def run(self, serving: ServingSet, cases: Sequence[EvalCase], *, leave_one_out: bool = True,
+                  variant: str | None = None) -> ArmResult:
+        """Replay every case (in order, a few at a time) until done or out of budget; `variant`
+        pins the route to one variant instead of letting its policy choose."""
+        results = await asyncio.gather(*(self._one(serving, c, leave_one_out, variant) for c in cases))
         kept = tuple(r for r in results if r is not None)
         return ArmResult(kept, len(kept) == len(cases))
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from gateway.augment import Augmenter, ServingSet
 from gateway.background import cancel_and_wait
+from gateway.route_policy import online_learning
 from gateway.serving import ServingLoader
 from learners.artifacts import ArtifactRegistry
 from learners.cycle import CycleDeps, LearningCycle, LearnReport
@@ -167,7 +168,9 @@ class LearningLoop:
                 await self.loader.refresh(route)
             report.rollout = decisions + report.rollout
             if rs.policy.kind == "learned":  # the routing learner shares the cycle (learners/routing.py)
-                report.policy = await self.gw.routing.learn(route)
+                n = online_learning(rs.policy.params()).replays
+                replays = await cycle.routing_replays(n, self.gw.routing.embed_many)
+                report.policy = await self.gw.routing.learn(route, replays)
             for c in report.candidates:
                 log.info("route %s: %s %s %s: %s", route, c.kind, c.version, c.outcome, c.reason)
             return report

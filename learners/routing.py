@@ -4,9 +4,10 @@ One cycle for a route (`learn_policy`):
 1. the newest `limit` answered calls with their feedback become examples, prompts re-embedded
    (learners/routing_data.py), split by time: the first `train_share` to train, the rest held out;
 2. a fresh policy with the live policy's configuration is trained on the training part (and the
-   replays), in time order, exactly as online learning would have seen it;
+   older `train_share` of the replays, learners/routing_replay.py), in time order, exactly as
+   online learning would have seen it;
 3. candidate and live policy are scored on the held-out part by inverse-propensity estimates
-   with the logged choice probabilities, and on the replays (learners/routing_eval.py);
+   with the logged choice probabilities, and on the newer replays (learners/routing_eval.py);
 4. the verdict decides: an accepted candidate is refit on every example and saved as a `policy`
    artifact that goes to canary (or straight to promoted when the canary share is 0); a refused
    one is saved and marked rejected, with the reason. The note is the diff: "share to cheap
@@ -136,8 +137,9 @@ async def learn_policy(
         return LearnResult(route, "skipped", f"{rated} rated calls < {min_rated}")
     cut = int(len(examples) * train_share)
     train, held_out = examples[:cut], examples[cut:]
-    trial = fit_policy(current, train, replays)
-    ev = evaluate(current, trial, held_out, replays, max_quality_drop=max_quality_drop,
+    rcut = int(len(replays) * train_share)  # replays are split too: a trial is never scored on what it saw
+    trial = fit_policy(current, train, replays[:rcut])
+    ev = evaluate(current, trial, held_out, replays[rcut:], max_quality_drop=max_quality_drop,
                   min_effective_n=min_effective_n)
     candidate = fit_policy(current, examples, replays) if ev.verdict.accepted else trial
     summary = summarise_change(current, candidate, [e.features for e in held_out])

@@ -126,6 +126,16 @@ def threaded(embedder: Embedder, batch: int = 256) -> EmbedMany:
     return embed_many
 
 
+async def embed_calls(calls: Sequence[CallRecord], embed_many: EmbedMany) -> tuple[list[Any], list[Any]]:
+    """Each stored call's question embedding, and its nearest injected example's (None without
+    one), embedded as the index embedded it (its input): `features_of_call`'s two vectors."""
+    embeddings = list(await embed_many([call_text(c) for c in calls]))
+    firsts = [shots[0][0] if (shots := injected_examples(c)) else None for c in calls]
+    texts = [t for t in firsts if t is not None]
+    vectors = iter(await embed_many(texts) if texts else [])
+    return embeddings, [next(vectors) if t is not None else None for t in firsts]
+
+
 def build_examples(
     calls: Sequence[CallRecord],
     feedback: Sequence[FeedbackRecord],
@@ -176,11 +186,6 @@ async def load_examples(
     feedback: list[FeedbackRecord] = []
     for i in range(0, len(ids), 500):
         feedback += await store.list_feedback(call_ids=ids[i : i + 500])
-    embeddings = await embed_many([call_text(c) for c in calls])
-    # the nearest injected example of each call, embedded like the index embedded it (its input)
-    firsts = [shots[0][0] if (shots := injected_examples(c)) else None for c in calls]
-    texts = [t for t in firsts if t is not None]
-    vectors = iter(await embed_many(texts) if texts else [])
-    nearest = [next(vectors) if t is not None else None for t in firsts]
+    embeddings, nearest = await embed_calls(calls, embed_many)
     return build_examples(calls, feedback, embeddings, nearest=nearest, metric=metric, unrated=unrated,
                           unrated_after_s=unrated_after_s, now=now)

@@ -48,14 +48,16 @@ def test_the_newest_row_that_says_something_wins() -> None:
 
 
 def test_policy_table() -> None:
-    params = policy_params({"unrated": "ok", "unrated_after_s": 60, "pins": {"user:ann": "a", "key:vip": "b",
-                                                                              "bob": "a"}}, learn=False)
+    params = policy_params({"unrated": "ok", "unrated_after_s": 60, "replays": 8,
+                            "pins": {"user:ann": "a", "key:vip": "b", "bob": "a"}}, learn=False)
     assert params == {"pins": [{"variant": "a", "user": "ann"}, {"variant": "b", "key_id": "vip"},
                                {"variant": "a", "user": "bob"}], "frozen": True}
     assert online_learning({"unrated": "ok", "unrated_after_s": 60}).unrated_after_s == 60.0
-    assert online_learning({}).unrated == "ignore"
-    for bad in ({"unrated": "maybe"}, {"unrated_after_s": -1}, {"unrated_after_s": True}):
-        with pytest.raises(ValueError):
+    assert online_learning({}).unrated == "ignore" and online_learning({}).replays == 0
+    assert online_learning({"replays": 8}).replays == 8
+    for bad in ({"unrated": "maybe"}, {"unrated_after_s": -1}, {"unrated_after_s": True}, {"replays": -1},
+                {"replays": 2.5}, {"replays": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             online_learning(bad)
     with pytest.raises(ValueError, match="pins"):
         policy_params({"pins": {"group:x": "a"}})
