@@ -2,9 +2,9 @@
 
 The request path and the policy learner must featurise a request the same way, so both use
 `gateway.messages.query_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
-embedder: the store keeps text, not vectors. Stored prompts are the ones sent upstream (after
-the template and retrieval), so `prompt_chars` of a re-featurised call can be somewhat larger
-than on the request path; the embedding, of the last user message, is the same.
+embedder: the store keeps text, not vectors. Stored prompts are the ones sent upstream, so what
+the template and retrieval added is taken out again (`learners.dataset.client_messages`) before
+counting: a re-featurised call has the Features the router saw.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from gateway.messages import query_text
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord
-from learners.dataset import injected_examples
+from learners.dataset import client_messages, injected_examples
 from learners.embeddings import Embedder
 from learners.quality import call_quality
 from policies.base import Features
@@ -74,13 +74,15 @@ def call_text(rec: CallRecord) -> str:
 
 
 def features_of_call(rec: CallRecord, embedding: Any, nearest: Any = None) -> Features:
-    """The Features the request path computed for `rec` (up to the template, see the module doc).
+    """The Features the request path computed for `rec` (see the module doc).
 
     `nearest` is the embedding of the nearest injected example's input (None without one): its
     cosine with the question's `embedding` is the memory score the request path saw.
     """
     req = rec.request if isinstance(rec.request, dict) else {}
-    chars, n = prompt_facts(req.get("messages"))
+    # the request path counts the client's messages, before the template and retrieval add theirs
+    sent = client_messages(rec)
+    chars, n = prompt_facts(sent if sent is not None else req.get("messages"))
     score = agreement = 0.0
     shots = injected_examples(rec)
     if shots and embedding is not None and nearest is not None:

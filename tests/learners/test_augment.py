@@ -127,6 +127,7 @@ async def test_memory_facts_reach_the_router_and_the_learner_recomputes_them_fro
     f = features_of_call(rec, await embed(query_text(msgs)), await embed(nearest_input))
     assert f.memory_score == pytest.approx(aug.memory_score, abs=1e-5)
     assert f.memory_agreement == aug.memory_agreement
+    assert (f.prompt_chars, f.n_messages) == (len("play jazz music"), 1)  # the client's message, not the shots
     # and a call served without retrieval has no memory
     plain = CallRecord(id="y", route="bot", variant="a", model="a", request={"messages": msgs})
     assert features_of_call(plain, await embed("play jazz music")).memory_score == 0.0
