@@ -121,7 +121,8 @@ class LearningCycle:
         self.replayer.metric = build_metric(
             self.cfg.metric, field=self.cfg.metric_field, embed=embed,
             judge=(lambda p: self.replayer.ask(judge_route, p)) if judge_route else None)
-        self.cases: tuple[EvalCase, ...] = ds.heldout[-MAX_CASES:]
+        self.heldout = ds.heldout
+        self.cases: tuple[EvalCase, ...] = ds.heldout[-self._cases_per_arm():]
         states = await self.d.registry.all_states(self.route)
         kinds: tuple[ArtifactKind, ...] = ("index", "template")
         for kind in kinds:
@@ -141,13 +142,22 @@ class LearningCycle:
         (learners/routing_replay.py), from a budget of their own (n calls per variant, and the
         run's cost limit); their calls and cost are added to the report."""
         variants = [v.name for v in self.rs.variant_list()]
-        if n <= 0 or not self.cases or len(variants) < 2:
+        if n <= 0 or not self.heldout or len(variants) < 2:
             return []
         replayer = self.replayer.spending(Budget(n * len(variants), self.cfg.max_eval_cost_usd))
-        replays = await replay_variants(replayer, self.d.current(self.route), self.cases, variants, embed_many, n=n)
+        replays = await replay_variants(replayer, self.d.current(self.route), self.heldout, variants, embed_many,
+                                        n=n)
         self.report.eval_calls += replayer.budget.calls
         self.report.eval_cost_usd = round(self.report.eval_cost_usd + replayer.budget.cost_usd, 6)
         return replays
+
+    def _cases_per_arm(self) -> int:
+        """Held-out cases replayed per arm: the newest that let every arm this cycle may replay
+        (current, the index candidate, each template trial; a judge doubles the calls) fit in the
+        budget. Otherwise the first arms spend it all and no candidate has paired cases left."""
+        arms = 3 + self.cfg.demo_trials + (1 if self.cfg.optimizer_route else 0)
+        calls_per_case = 2 if self.cfg.metric == "judge" else 1
+        return max(self.cfg.min_samples, min(MAX_CASES, self.budget.max_calls // (arms * calls_per_case)))
 
     async def _arm(self, serving: ServingSet) -> ArmResult:
         return await self.replayer.run(serving, self.cases, leave_one_out=True)

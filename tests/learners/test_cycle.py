@@ -82,3 +82,15 @@ def test_the_evaluation_budget_bounds_a_run(make_gateway: Any, fake_upstream: st
     assert all(x["outcome"] == "rejected" for x in report["candidates"] if x["kind"] == "index")
     index = next(x for x in report["candidates"] if x["kind"] == "index")
     assert "evaluation budget spent" in index["reason"]
+
+
+def test_a_small_budget_is_shared_so_the_candidate_still_has_paired_cases(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    # ~9 held-out cases, 10 calls: replaying them all for current would leave the index candidate
+    # one case; the cycle cuts the cases so both arms replay the same ones
+    c = Client(make_gateway(config(fake_upstream, tmp_path, max_eval_calls=10)).url)
+    correct_everything(c)
+    report = c.learn()
+    index = next(x for x in report["candidates"] if x["kind"] == "index")
+    assert index["evaluation"]["n"] >= 2 and "budget spent" not in index["reason"], index
+    assert report["eval_calls"] <= 10
