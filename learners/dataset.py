@@ -71,6 +71,7 @@ class LoggedCall:
     segment: str | None = None  # request metadata segment/label, else the key name
     template_version: str | None = None
     index_version: str | None = None
+    variant: str | None = None  # the route variant that answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class EvalCase:
     params: dict[str, Any]
     segment: str | None = None
     user: str | None = None
+    variant: str | None = None  # the variant that answered it; replays are pinned to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +197,7 @@ def logged_call(rec: CallRecord) -> LoggedCall | None:
         id=rec.id, created_at=rec.created_at, messages=tuple(msgs), question=question,
         answer=response_text(rec.response).strip(), params=params, user=rec.user, key_id=rec.key_id,
         segment=_segment(req, rec.key_id), template_version=rec.template_version,
-        index_version=rec.index_version,
+        index_version=rec.index_version, variant=rec.variant,
     )
 
 
@@ -287,7 +289,7 @@ def curate(
     live = {e.id for e in examples}
     held = {e.source_call_id for e in examples if in_heldout(e.source_call_id, config.seed, config.heldout_share)}
     cases = tuple(
-        EvalCase(e.source_call_id, c.messages, c.question, e.output, c.params, c.segment, c.user)
+        EvalCase(e.source_call_id, c.messages, c.question, e.output, c.params, c.segment, c.user, c.variant)
         for e in examples if e.source_call_id in held for c in (logged[e.source_call_id],)
     )
     stats = DatasetStats(calls=len(logged), feedback=len(feedback), negative=counts["negative"],

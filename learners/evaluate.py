@@ -1,8 +1,11 @@
 """Offline evaluation: replay held-out logged calls through current vs candidate, then gate.
 
-Replays go through the same `Pipeline` and providers as live traffic (policy, retries, fallbacks),
-with an augmenter pinned to the artifacts under test and a sink that counts cost and discards
-the records, so evaluation calls never pollute the traffic data the learners read. A candidate
+Replays go through the same `Pipeline` and providers as live traffic (retries, provider calls),
+pinned to the variant that answered the logged call (so current and candidate are compared on the
+same model, not on whatever a routing policy's exploration picked each time; a variant no longer
+configured leaves the choice to the policy), with an augmenter pinned to the artifacts under
+test and a sink that counts cost and discards the records, so evaluation calls never pollute the
+traffic data the learners read. A candidate
 index is scored leave-one-out: a replayed call never sees the example taken from itself.
 
 The gate: the candidate must score at least `margin` above current on at least `min_samples`
@@ -149,9 +152,11 @@ class Replayer:
             body = {**case.params, "model": self.route, "messages": [dict(m) for m in case.messages]}
             ctx = RequestContext(call_id=new_id("eval"), user=case.user)
             route = self._runtime().resolve(self.route)
+            pin = variant or case.variant
+            if pin is not None and pin in route.targets:
+                route = route.pinned(pin)
             try:
-                out, record = await Pipeline(self.budget.sink, augmenter).chat(
-                    route.pinned(variant) if variant is not None else route, body, ctx)
+                out, record = await Pipeline(self.budget.sink, augmenter).chat(route, body, ctx)
             except GatewayError as exc:  # a failed replay is a failed answer
                 return CaseResult(case.call_id, case.segment, 0.0, "", exc.message)
             answer = response_text(out)
@@ -165,8 +170,8 @@ class Replayer:
 
     async def run(self, serving: ServingSet, cases: Sequence[EvalCase], *, leave_one_out: bool = True,
                   variant: str | None = None) -> ArmResult:
-        """Replay every case (in order, a few at a time) until done or out of budget; `variant`
-        pins the route to one variant instead of letting its policy choose."""
+        """Replay every case (in order, a few at a time) until done or out of budget, each on the
+        variant that answered it, or on `variant` for all."""
         results = await asyncio.gather(*(self._one(serving, c, leave_one_out, variant) for c in cases))
         kept = tuple(r for r in results if r is not None)
         return ArmResult(kept, len(kept) == len(cases))

@@ -1,12 +1,19 @@
-"""The offline gate and the evaluation budget."""
+"""The offline gate, the evaluation budget, and what a replay runs on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gateway.settings import LearnerSettings
+from gateway.augment import ServingSet
+from gateway.runtime import build_runtime
+from gateway.settings import LearnerSettings, RetrievalSettings, parse_settings
 from gateway.store.records import CallRecord
-from learners.evaluate import ArmResult, Budget, BudgetExhausted, CaseResult, gate
+from learners.dataset import EvalCase
+from learners.evaluate import ArmResult, Budget, BudgetExhausted, CaseResult, Replayer, gate
+from learners.metrics import build_metric
+from tests.routing.conftest import HARD, routing_config
 
 CFG = LearnerSettings(min_samples=4, min_slice_samples=2, tolerance=0.1, margin=0.0)
 
@@ -67,3 +74,20 @@ def test_budget_counts_calls_and_cost() -> None:
     unlimited_cost.reserve()
     with pytest.raises(BudgetExhausted):
         unlimited_cost.reserve()
+
+
+async def test_replays_are_pinned_to_the_variant_that_answered_the_logged_call(tmp_path: Path) -> None:
+    """A route that picks at random (weighted, not sticky) would give current and candidate
+    different models for the same case; each replay runs on the logged call's variant instead."""
+    cfg = routing_config(tmp_path)
+    cfg["routes"]["smart"]["policy"] = {"kind": "weighted", "weights": {"cheap": 1, "strong": 1}, "sticky": False}
+    runtime = build_runtime(parse_settings(cfg))
+    replayer = Replayer(lambda: runtime, "smart", build_metric("exact"), Budget(100), RetrievalSettings(), None)
+    question = f"Solve the {HARD} of x"  # the cheap fake fails it, the strong one echoes it
+    cases = [EvalCase(f"c{i}", ({"role": "user", "content": question},), question, f"You said: {question}", {},
+                      variant="cheap" if i % 2 else "strong") for i in range(16)]
+    arm = await replayer.run(ServingSet(), cases)
+    assert [r.score for r in arm.results] == [0.0 if i % 2 else 1.0 for i in range(16)]
+    assert all(r.record is not None and r.record.variant == c.variant for r, c in zip(arm.results, cases, strict=True))
+    everything_strong = await replayer.run(ServingSet(), cases, variant="strong")
+    assert {r.score for r in everything_strong.results} == {1.0}
