@@ -8,14 +8,13 @@ feedback per route, which is what wakes the learners.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.pricing import PriceMap
 from gateway.settings import PrivacySettings
-from gateway.store.records import CallRecord, FeedbackRecord
+from gateway.store.records import CallRecord, FeedbackRecord, evolve
 
 if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber
@@ -60,7 +59,7 @@ class Capture:
                 self._submit_feedback(self.scrub_feedback(fb))
                 self._notify(fb)
         if rec.no_log:
-            return dataclasses.replace(rec, request=None, response=None, error=_no_text(rec.error))
+            return evolve(rec, request=None, response=None, error=_no_text(rec.error))
         if self._privacy().store_raw:
             return rec
         return self.scrubber.scrub_call(rec)
@@ -70,7 +69,7 @@ class Capture:
         model = rec.request.get("model") if isinstance(rec.request, dict) else None
         cost = self.prices.cost(model if isinstance(model, str) else rec.model, rec.prompt_tokens,
                                 rec.completion_tokens)
-        return rec if cost is None else dataclasses.replace(rec, cost_usd=cost)
+        return rec if cost is None else evolve(rec, cost_usd=cost)
 
     def scrub_feedback(self, fb: FeedbackRecord) -> FeedbackRecord:
         return fb if self._privacy().store_raw else self.scrubber.scrub_feedback(fb)

@@ -4,7 +4,6 @@ feedback records alike."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from collections.abc import Callable, Collection, Iterable, Sequence
 
@@ -12,7 +11,7 @@ from gateway.privacy.findings import Finding, PiiType, redact, resolve_overlaps
 from gateway.privacy.names import DEFAULT_LOCALES, NameDetector
 from gateway.privacy.patterns import Run, digit_runs, find_cards, find_emails, find_ibans, find_ips
 from gateway.privacy.phones import DEFAULT_REGIONS, PhoneDetector
-from gateway.store.records import JSON, CallRecord, FeedbackRecord
+from gateway.store.records import JSON, CallRecord, FeedbackRecord, evolve
 
 Detector = Callable[[str], list[Finding]]
 _NumericDetector = Callable[[str, list[Run]], list[Finding]]
@@ -85,8 +84,9 @@ class Scrubber:
         found: list[Finding] = []
         if self._numeric:
             runs = digit_runs(text)  # once, shared by every number-shaped detector
-            for numeric in self._numeric:
-                found.extend(numeric(text, runs))
+            if runs or ":" in text:  # no digit run: only an IPv6 address (colons) can be there
+                for numeric in self._numeric:
+                    found.extend(numeric(text, runs))
         for detect in self._textual:
             found.extend(detect(text))
         if not found:
@@ -119,20 +119,20 @@ class Scrubber:
         Metadata (user, key_id, session_id, route, ...) is kept: those are identifiers the gateway
         needs for stickiness and signals, and stay out of learned artifacts.
         """
-        return dataclasses.replace(
+        return evolve(
             rec,
             request=self.scrub_json(rec.request),
             response=self.scrub_json(rec.response),
             error=None if rec.error is None else self.scrub(rec.error),
             attempts=[
-                a if a.error is None else dataclasses.replace(a, error=self.scrub(a.error))
+                a if a.error is None else evolve(a, error=self.scrub(a.error))
                 for a in rec.attempts
             ],
         )
 
     def scrub_feedback(self, fb: FeedbackRecord) -> FeedbackRecord:
         """A copy of `fb` with correction, correction_diff and comment scrubbed."""
-        return dataclasses.replace(
+        return evolve(
             fb,
             correction=None if fb.correction is None else self.scrub(fb.correction),
             correction_diff=None if fb.correction_diff is None else self.scrub(fb.correction_diff),
@@ -141,16 +141,34 @@ class Scrubber:
 
     def _walk(self, value: JSON, key: str | None) -> JSON:
         if isinstance(value, str):
-            if key in _STRUCTURAL_KEYS or _is_blob(value):
-                return value
-            if key == "arguments":
-                return self._scrub_arguments(value)
-            return self.scrub(value)
+            return self._scrub_value(value, key)
         if isinstance(value, dict):
-            return {k: self._walk(v, k) for k, v in value.items()}
+            return self._walk_dict(value)
         if isinstance(value, list):
             return [self._walk(v, key) for v in value]
         return value
+
+    def _walk_dict(self, value: dict[str, JSON]) -> dict[str, JSON]:
+        # Scalars are handled inline: a call's request and response are mostly short dicts of
+        # ids, numbers and flags, and a recursive call per value was a third of a call's scrub.
+        out: dict[str, JSON] = {}
+        for k, v in value.items():
+            if isinstance(v, str):
+                out[k] = v if k in _STRUCTURAL_KEYS else self._scrub_value(v, k)
+            elif isinstance(v, dict):
+                out[k] = self._walk_dict(v)
+            elif isinstance(v, list):
+                out[k] = [self._walk(x, k) for x in v]
+            else:
+                out[k] = v
+        return out
+
+    def _scrub_value(self, value: str, key: str | None) -> str:
+        if key in _STRUCTURAL_KEYS or _is_blob(value):
+            return value
+        if key == "arguments":
+            return self._scrub_arguments(value)
+        return self.scrub(value)
 
     def _scrub_arguments(self, arguments: str) -> str:
         try:

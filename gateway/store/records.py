@@ -8,10 +8,12 @@ Timestamps are unix seconds (float, UTC).
 
 from __future__ import annotations
 
+import operator
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 JSON = Any  # a value that json/orjson can serialise
 
@@ -19,6 +21,24 @@ FeedbackSignal = Literal["used", "copied", "edited", "regenerated", "rephrased",
 FeedbackSource = Literal["user", "inferred"]
 ArtifactKind = Literal["template", "index", "policy"]
 ArtifactState = Literal["candidate", "canary", "promoted", "rolled_back", "rejected"]
+
+
+_R = TypeVar("_R")
+_GETTERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def evolve(record: _R, **changes: Any) -> _R:
+    """`dataclasses.replace` for these records at under half its cost: the writer copies every call
+    it scrubs, and `replace` walks `fields()` on each copy."""
+    cls = type(record)
+    cached = _GETTERS.get(cls)
+    if cached is None:
+        names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        cached = _GETTERS[cls] = (names, operator.attrgetter(*names))
+    names, values = cached
+    kwargs = dict(zip(names, values(record), strict=True))
+    kwargs.update(changes)
+    return cls(**kwargs)
 
 
 def new_id(prefix: str) -> str:
