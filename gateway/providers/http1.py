@@ -57,7 +57,19 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body."""
-        return b"".join([chunk async for chunk in self.iter_chunks()])
+        # Not built on iter_chunks: an async generator per response costs more than the rest of this.
+        conn, parts = self._conn, []
+        while True:
+            while conn.chunks:
+                parts.append(conn.take())
+            if conn.done:
+                break
+            if conn.error is not None:
+                raise conn.error
+            conn.wakeup = asyncio.get_running_loop().create_future()
+            await conn.wakeup
+        data = b"".join(parts)
+        return data if self._inflate is None else self._inflate.decompress(data) + self._inflate.flush()
 
     async def iter_chunks(self, read_timeout: float | None = None) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; `read_timeout` bounds each wait for more."""
