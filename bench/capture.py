@@ -41,6 +41,7 @@ import asyncpg
 import orjson
 
 from bench.loadgen import Service, cpu_s, free_port, make_session, run_load, spawn, wait_http
+from bench.overhead import body_for, user_prompt
 from gateway.capture import Capture
 from gateway.settings import PrivacySettings
 from gateway.store import open_store, sqlite_path
@@ -52,8 +53,6 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_CPU_US = 150.0
 TARGET_P99_MS = 1.0
 ISOLATED_BATCHES = (16, 64)
-PROMPT = ("Summarise this support ticket in one sentence: the customer cannot log in after resetting "
-          "the password, the reset e-mail arrived twice, and the second link says it has expired already.")
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,8 @@ def write_config(path: Path, store_url: str, spill: Path, upstream: Service, rou
     path.write_text("\n".join(lines))
 
 
-def body(route: str) -> bytes:
-    return orjson.dumps({"model": route, "messages": [
-        {"role": "system", "content": "You are a concise support assistant."},
-        {"role": "user", "content": PROMPT}]})
+def body(route: str) -> list[bytes]:
+    return [orjson.dumps(b) for b in body_for(route, stream=False)]
 
 
 async def writer_stats(session: aiohttp.ClientSession, gw: Service) -> dict[str, int]:
@@ -259,18 +256,18 @@ def summary(name: str, runs: list[Run], requests: int, isolated: dict[int, tuple
 
 def sample_calls(n: int) -> list[CallRecord]:
     """Calls shaped like the ones the benchmark's requests produce."""
-    answer = "You said: " + PROMPT
     return [CallRecord(
         id=new_id("chatcmpl"), route="isolated", variant="m", model="m", policy_reason="static",
         request={"model": "fake-0", "messages": [
             {"role": "system", "content": "You are a concise support assistant."},
-            {"role": "user", "content": PROMPT}]},
+            {"role": "user", "content": user_prompt(i)}]},
         response={"id": "x", "object": "chat.completion", "created": 0, "model": "fake-0", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            {"index": 0, "message": {"role": "assistant", "content": "You said: " + user_prompt(i)},
+             "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 48, "completion_tokens": 33, "total_tokens": 81}},
         prompt_tokens=48, completion_tokens=33, cost_usd=0.00003, latency_ms=2.0,
         attempts=[Attempt(model="m", provider="up", status=200, error=None, latency_ms=1.5)],
-    ) for _ in range(n)]
+    ) for i in range(n)]
 
 
 async def isolated_cost(url: str, spill: Path, n: int = 3000, batch: int = 16) -> tuple[float, float]:

@@ -103,13 +103,17 @@ async def run_load(
 ) -> LoadResult:
     """POST `body` (JSON-able, or bytes sent as-is) to `url` `requests` times, `concurrency` at a time.
 
+    A list of bodies is sent in turn (request i gets `body[i % len(body)]`), so that a server
+    that caches by content sees as many distinct requests as the list holds.
+
     With `stream`, each response is consumed chunk by chunk as it arrives (the body must ask
     the server to stream). A given `session` is reused (and left open); otherwise one is
     made and closed. Never raises for a failed request: failures are counted in `statuses`.
     """
     if requests < 0 or concurrency < 1:
         raise ValueError("requests must be >= 0 and concurrency >= 1")
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    bodies = body if isinstance(body, list) else [body]
+    datas = [b if isinstance(b, bytes) else orjson.dumps(b) for b in bodies]
     hdrs = {"content-type": "application/json", **(headers or {})}
     own = session is None
     sess = session if session is not None else make_session(concurrency, timeout_s)
@@ -120,7 +124,8 @@ async def run_load(
     ticket = itertools.count()
     clock = time.perf_counter
 
-    async def one() -> None:
+    async def one(i: int) -> None:
+        data = datas[i % len(datas)]
         start = clock()
         first = math.nan
         status = TRANSPORT_ERROR
@@ -146,8 +151,8 @@ async def run_load(
         statuses[status] += 1
 
     async def worker() -> None:
-        while next(ticket) < requests:
-            await one()
+        while (i := next(ticket)) < requests:
+            await one(i)
 
     began = clock()
     try:

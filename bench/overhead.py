@@ -54,7 +54,9 @@ TARGET_STARTUP_S = 3.0
 # ~30 words: the fake upstream echoes them back, a word per stream chunk
 PROMPT = ("Summarise this support ticket in one sentence: the customer cannot log in after resetting "
           "the password, the reset e-mail arrived twice, and the second link says it has expired already.")
-STREAM_CHUNKS = len(("You said: " + PROMPT).split(" ")) + 3  # + the role, finish and usage chunks
+# more than the gateway's scrub cache holds (512): no user message is ever served from it
+DISTINCT_PROMPTS = 1000
+STREAM_CHUNKS = len(("You said: Ticket 00000. " + PROMPT).split(" ")) + 3  # + the role, finish and usage chunks
 CONTEXT = """For scale (CPU per proxied request, measured earlier on this machine with a fake upstream):
   bare starlette pass-through, aiohttp client ~500 us | same with httpx 1,700-4,500 us
   litellm.acompletion ~7,800 us | LiteLLM proxy ~15,000 us | TensorZero (Rust) ~350 us"""
@@ -197,17 +199,27 @@ def start_gateway(config: Path, tmp: Path, tag: str) -> tuple[Service, float]:
 # -- measuring ----------------------------------------------------------------------------------
 
 
-def body_for(model: str, stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": [
-        {"role": "system", "content": "You are a concise support assistant."},
-        {"role": "user", "content": PROMPT}]}
-    if stream:
-        # the gateway always asks its upstream for usage; ask for it on every path, so they match
-        body.update(stream=True, stream_options={"include_usage": True})
-    return body
+def user_prompt(i: int) -> str:
+    """The i-th distinct user message (of DISTINCT_PROMPTS)."""
+    return f"Ticket {i % DISTINCT_PROMPTS:05d}. {PROMPT}"
 
 
-async def measure(url: str, body: dict[str, Any], *, n: int, warmup: int, concurrency: int, stream: bool,
+def body_for(model: str, stream: bool) -> list[dict[str, Any]]:
+    """DISTINCT_PROMPTS request bodies that differ in their user message (ticket numbers), as an
+    app's traffic does: the gateway caches scrubbed texts, and one repeated prompt would be free."""
+    bodies = []
+    for i in range(DISTINCT_PROMPTS):
+        body: dict[str, Any] = {"model": model, "messages": [
+            {"role": "system", "content": "You are a concise support assistant."},
+            {"role": "user", "content": user_prompt(i)}]}
+        if stream:
+            # the gateway always asks its upstream for usage; ask for it on every path, so they match
+            body.update(stream=True, stream_options={"include_usage": True})
+        bodies.append(body)
+    return bodies
+
+
+async def measure(url: str, body: list[dict[str, Any]], *, n: int, warmup: int, concurrency: int, stream: bool,
                   upstream: Service, proxy: Service | None) -> Side:
     """Warm up, then one bounded run with CPU read around it."""
     async with make_session(concurrency) as session:

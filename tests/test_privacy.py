@@ -274,3 +274,21 @@ class _FakeAnalyzer:
 def test_presidio_adapter_plugs_in_as_extra_detector() -> None:
     s = Scrubber(types={"PERSON", "EMAIL"}, extra_detectors=[PresidioPersons(_FakeAnalyzer())])
     assert s.scrub("Zorg said hi to Xy") == "<PERSON> said hi to Xy"  # low-score result dropped
+
+
+def test_a_repeated_text_is_scrubbed_once_and_the_cache_is_bounded() -> None:
+    seen: list[str] = []
+
+    def spy(text: str) -> list[Finding]:
+        seen.append(text)
+        return []
+
+    s = Scrubber(extra_detectors=[spy])
+    system = "You are a helpful assistant. Escalate to bob@example.com."
+    for _ in range(3):  # a system prompt, on every call of an app
+        assert s.scrub(system) == "You are a helpful assistant. Escalate to <EMAIL>."
+    assert seen == [system]
+    for i in range(600):  # more distinct texts than the cache holds push it out
+        s.scrub(f"Ticket {i:05d}: the printer is on fire again.")
+    s.scrub(system)
+    assert seen.count(system) == 2
