@@ -309,6 +309,12 @@ def summary(cells: list[Cell], startup: list[float], idle_rss: float, loaded_rss
     out.append(f"gateway CPU per non-streaming request: median {statistics.median(cpu):.0f} us, worst "
                f"{max(cpu):.0f} us (delay {worst.delay_ms} ms, conc {worst.concurrency}); "
                f"target <= {TARGET_CPU_US:.0f} us in every cell: {verdict(max(cpu) <= TARGET_CPU_US)}")
+    # At one request per 50 ms a wake-up of the event loop costs more than the request's own work:
+    # no Python proxy on this set-up (the floor) gets under the target there.
+    reachable = [c for c in plain if (c.floor.proxy_cpu_us or 0.0) <= TARGET_CPU_US]
+    met = sum(c.gateway_cpu_us <= TARGET_CPU_US for c in reachable)
+    out.append(f"  in the {len(reachable)} cells where the bare floor itself is under {TARGET_CPU_US:.0f} us: met in "
+               f"{met}: {verdict(bool(reachable) and met == len(reachable))}")
     out.append(f"  of which above the floor (the gateway's own work): median "
                f"{statistics.median(c.above_floor_cpu_us for c in plain):.0f} us; floor itself median "
                f"{statistics.median(c.floor.proxy_cpu_us or 0.0 for c in plain):.0f} us")
