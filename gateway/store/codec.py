@@ -156,9 +156,11 @@ class CallRows:
     refs: list[tuple[str, str]]  # (call_id, hash)
 
 
-def call_rows(calls: Sequence[CallRecord]) -> CallRows:
-    """Rows for a batch of calls. A `no_log` call keeps its metadata but no request/response."""
-    out = CallRows([], [], {}, [])
+def call_rows(calls: Sequence[CallRecord], out: CallRows | None = None) -> CallRows:
+    """Rows for a batch of calls (added to `out` when given). A `no_log` call keeps its metadata
+    but no request/response."""
+    if out is None:
+        out = CallRows([], [], {}, [])
     for c in calls:
         request: JSON = None
         response: JSON = None
