@@ -225,7 +225,7 @@ class Pipeline:
         decision, record, messages = await self._plan(route, body, ctx)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        async def attempt(target: Target, timeout: float) -> tuple[AsyncIterator[Body], Body]:
+        async def attempt(target: Target, timeout: float) -> tuple[AsyncIterator[list[Body]], list[Body]]:
             upstream = self._upstream_body(target, body, messages)
             # Always ask for usage: the call log needs tokens and cost even when the client does not.
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -250,24 +250,27 @@ class Pipeline:
         return self._relay(it, first, target, record, ctx, wants_usage), record
 
     async def _relay(
-        self, it: AsyncIterator[Body], first: Body, target: Target, record: CallRecord,
+        self, it: AsyncIterator[list[Body]], first: list[Body], target: Target, record: CallRecord,
         ctx: RequestContext, wants_usage: bool,
     ) -> AsyncIterator[bytes]:
         asm = StreamAssembler()
-        chunk: Body | None = first
+        group: list[Body] | None = first
         try:
-            while chunk is not None:
-                asm.add(chunk)
-                if record.ttft_ms is None and asm.saw_content:
-                    record.ttft_ms = (time.perf_counter() - ctx.started) * 1000
-                if not wants_usage and "usage" in chunk:
-                    if not chunk.get("choices"):
-                        chunk = await _next(it)
-                        continue
-                    del chunk["usage"]
-                chunk["id"] = ctx.call_id
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-                chunk = await _next(it)
+            while group is not None:
+                events = []
+                for chunk in group:
+                    asm.add(chunk)
+                    if record.ttft_ms is None and asm.saw_content:
+                        record.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+                    if not wants_usage and "usage" in chunk:
+                        if not chunk.get("choices"):
+                            continue
+                        del chunk["usage"]
+                    chunk["id"] = ctx.call_id
+                    events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if events:  # what arrived together leaves together: one write, not one per token
+                    yield b"".join(events)
+                group = await _next(it)
             yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
             err = to_gateway_error(exc)
@@ -306,14 +309,14 @@ class Pipeline:
         return resp.body, record
 
 
-async def _next(it: AsyncIterator[Body]) -> Body | None:
+async def _next(it: AsyncIterator[list[Body]]) -> list[Body] | None:
     try:
         return await it.__anext__()
     except StopAsyncIteration:
         return None
 
 
-async def _aclose(it: AsyncIterator[Body]) -> None:
+async def _aclose(it: AsyncIterator[Any]) -> None:
     close = getattr(it, "aclose", None)
     if close is not None:
         # closing a broken upstream stream must not mask the real error

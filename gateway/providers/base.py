@@ -67,8 +67,10 @@ class Provider(Protocol):
         """A non-streaming chat completion; raises UpstreamError."""
         ...
 
-    def chat_stream(self, call: UpstreamCall) -> AsyncIterator[Body]:
-        """Streamed chat completion chunks (OpenAI `chat.completion.chunk` dicts).
+    def chat_stream(self, call: UpstreamCall) -> AsyncIterator[list[Body]]:
+        """Streamed chat completion chunks (OpenAI `chat.completion.chunk` dicts), in order, grouped
+        by what arrived together (never an empty group): the gateway relays a group in one write,
+        where one write per chunk cost a system call per token.
 
         Raises UpstreamError before the first chunk (the pipeline may fall back) or
         mid-stream (the pipeline ends the client's stream with an error event).

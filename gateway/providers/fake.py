@@ -254,10 +254,10 @@ class FakeProvider:
         await self._behave()
         return UpstreamResponse(self.engine.complete(call.body), {})
 
-    async def chat_stream(self, call: UpstreamCall) -> AsyncIterator[Body]:
+    async def chat_stream(self, call: UpstreamCall) -> AsyncIterator[list[Body]]:
         await self._behave()
         for chunk in self.engine.chunks(call.body):
-            yield chunk
+            yield [chunk]
 
     async def embeddings(self, call: UpstreamCall) -> UpstreamResponse:
         await self._behave()

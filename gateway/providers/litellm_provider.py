@@ -159,8 +159,9 @@ class LiteLLMProvider:
         hidden = getattr(response, "_hidden_params", None) or {}
         return UpstreamResponse(_completion(response.model_dump()), _forwarded(hidden))
 
-    async def chat_stream(self, call: UpstreamCall) -> AsyncIterator[Body]:
-        """Streamed `chat.completion.chunk` dicts; a last chunk with `usage` when include_usage was asked."""
+    async def chat_stream(self, call: UpstreamCall) -> AsyncIterator[list[Body]]:
+        """Streamed `chat.completion.chunk` dicts, one per group; a last chunk with `usage` when
+        include_usage was asked."""
         kwargs = self._kwargs(call.body, _CHAT_FIELDS, call.timeout_s)
         try:
             stream = await self._litellm.acompletion(stream=True, _skip_mcp_handler=True, **kwargs)
@@ -168,7 +169,7 @@ class LiteLLMProvider:
             raise self._error(exc, call.timeout_s) from exc
         try:
             async for chunk in stream:
-                yield _chunk(chunk.model_dump())
+                yield [_chunk(chunk.model_dump())]
         except Exception as exc:
             raise self._error(exc, call.timeout_s) from exc
         finally:

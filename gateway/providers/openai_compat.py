@@ -135,7 +135,7 @@ class OpenAICompatProvider:
     async def embeddings(self, call: UpstreamCall) -> UpstreamResponse:
         return await self._post("embeddings", call)
 
-    async def chat_stream(self, call: UpstreamCall) -> AsyncIterator[Body]:
+    async def chat_stream(self, call: UpstreamCall) -> AsyncIterator[list[Body]]:
         # No total timeout for a stream: the budget applies to the wait for each piece.
         finished = False
         try:
@@ -148,6 +148,8 @@ class OpenAICompatProvider:
                 async for data in resp.iter_chunks(read_timeout=call.timeout_s):
                     lines = (pending + data).split(b"\n")
                     pending = lines.pop()
+                    group: list[Body] = []
+                    broken: Exception | None = None
                     for line in lines:
                         if not line.startswith(b"data:"):
                             continue
@@ -155,7 +157,15 @@ class OpenAICompatProvider:
                         if payload == b"[DONE]":
                             finished = True
                             break
-                        yield _chunk(payload)
+                        try:
+                            group.append(_chunk(payload))
+                        except (UpstreamError, orjson.JSONDecodeError) as exc:
+                            broken = exc  # the chunks before it still reach the client
+                            break
+                    if group:
+                        yield group
+                    if broken is not None:
+                        raise broken
                     if finished:
                         break
                 if finished and not resp.complete:

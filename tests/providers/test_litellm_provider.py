@@ -164,7 +164,7 @@ async def test_streamed_tool_use_becomes_openai_chunks(provider: LiteLLMProvider
     route = mock.post(ANTHROPIC).mock(return_value=httpx.Response(
         200, content=sse(STREAM_EVENTS), headers={"content-type": "text/event-stream"}))
     body = chat_body(tools=[WEATHER_TOOL], stream=True, stream_options={"include_usage": True})
-    chunks = [c async for c in provider.chat_stream(call(body))]
+    chunks = [c async for group in provider.chat_stream(call(body)) for c in group]
 
     assert json.loads(route.calls.last.request.content)["stream"] is True
     for chunk in chunks:
@@ -190,7 +190,7 @@ async def test_stream_without_include_usage_has_no_usage(provider: LiteLLMProvid
                                                          mock: respx.MockRouter) -> None:
     mock.post(ANTHROPIC).mock(return_value=httpx.Response(
         200, content=sse(STREAM_EVENTS), headers={"content-type": "text/event-stream"}))
-    chunks = [c async for c in provider.chat_stream(call(chat_body(stream=True)))]
+    chunks = [c async for group in provider.chat_stream(call(chat_body(stream=True))) for c in group]
     assert chunks and all("usage" not in c for c in chunks)
 
 
@@ -277,8 +277,8 @@ async def test_mid_stream_error_event_raises(provider: LiteLLMProvider, mock: re
         200, content=sse(events), headers={"content-type": "text/event-stream"}))
     got: list[dict[str, Any]] = []
     with pytest.raises(UpstreamError) as caught:
-        async for chunk in provider.chat_stream(call(chat_body(stream=True))):
-            got.append(chunk)
+        async for group in provider.chat_stream(call(chat_body(stream=True))):
+            got.extend(group)
     assert got, "the error came after the first chunk"
     assert caught.value.retryable
 
@@ -289,7 +289,7 @@ async def test_stream_closed_early_releases_the_upstream(provider: LiteLLMProvid
         200, content=sse(STREAM_EVENTS), headers={"content-type": "text/event-stream"}))
     chunks = provider.chat_stream(call(chat_body(stream=True)))
     first = await anext(chunks)
-    assert first["choices"][0]["delta"]["content"] == "Checking"
+    assert first[0]["choices"][0]["delta"]["content"] == "Checking"
     await chunks.aclose()  # type: ignore[attr-defined]
 
 
