@@ -60,8 +60,8 @@ class Response:
         # Not built on iter_chunks: an async generator per response costs more than the rest of this.
         conn, parts = self._conn, []
         while True:
-            while conn.chunks:
-                parts.append(conn.take())
+            if conn.chunks:
+                parts.append(conn.take_all())
             if conn.done:
                 break
             if conn.error is not None:
@@ -76,7 +76,9 @@ class Response:
         conn = self._conn
         while True:
             if conn.chunks:
-                data = conn.take()
+                # Everything buffered at once: llhttp hands over each piece of a chunked body
+                # separately, and a consumer per piece would pay per token what it could per read.
+                data = conn.take_all()
                 yield self._inflate.decompress(data) if self._inflate is not None else data
                 continue
             if conn.done:
@@ -167,10 +169,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # -- helpers -------------------------------------------------------------------------------
-    def take(self) -> bytes:
-        data = self.chunks.popleft()
-        self.buffered -= len(data)
-        if self._paused and self.buffered <= _PAUSE_BYTES // 2 and self.transport is not None:
+    def take_all(self) -> bytes:
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         return data
