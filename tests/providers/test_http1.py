@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -268,3 +269,13 @@ async def test_https_verifies_the_upstream_certificate(tls_files: tuple[Path, Pa
             assert await resp.read() == b"/v1/chat/completions hi"
         with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
             await Pool(url, headers={}).post("x", b"", timeout=5)  # default context: self-signed refused
+
+
+async def test_upstream_sockets_have_nagle_off() -> None:
+    """A stream's small SSE events must not wait for ACKs (DESIGN: ~40 ms stalls with Nagle on)."""
+    async with serving(keep_alive_echo) as (url, _):
+        pool = Pool(url, headers={})
+        async with pool.posting("x", b"", timeout=5) as resp:
+            sock = resp._conn.transport.get_extra_info("socket") if resp._conn.transport else None
+            assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            await resp.read()
