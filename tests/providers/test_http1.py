@@ -29,6 +29,14 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[bytes, bytes]:
+    """Read one request, answer it with `body`; returns the request's (head, body)."""
+    request = await read_request(reader)
+    writer.write(reply(body))
+    await writer.drain()
+    return request
+
+
 def reply(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
     lines = [f"HTTP/1.1 {status}", f"content-length: {len(body)}", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -79,10 +87,7 @@ async def test_request_carries_host_and_configured_headers() -> None:
     seen: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head, _ = await read_request(reader)
-        seen.append(head)
-        writer.write(reply(b"{}"))
-        await writer.drain()
+        seen.append((await answer(reader, writer, b"{}"))[0])
 
     async with serving(handler) as (url, _):
         pool = Pool(url, headers={"authorization": "Bearer k", "content-type": "application/json"})
@@ -156,10 +161,7 @@ async def test_keep_alive_race_is_retried_on_a_new_connection() -> None:
     requests: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _, body = await read_request(reader)
-        requests.append(body)
-        writer.write(reply(b"ok"))
-        await writer.drain()
+        requests.append((await answer(reader, writer, b"ok"))[1])
         # no `connection: close`: the client pools it; then it is closed under the client's feet
         await asyncio.sleep(0.05)
         writer.transport.abort()
