@@ -69,6 +69,10 @@ def placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
+class DuplicateRows(Exception):
+    """`Conn.append_many` met a row whose key exists."""
+
+
 class Conn(Protocol):
     """One connection inside a transaction, as the shared query code sees it.
 
@@ -83,6 +87,12 @@ class Conn(Protocol):
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], on_conflict: str
     ) -> None:
         """Insert `rows` (tuples in `columns` order) into `table`; `on_conflict` is its ON CONFLICT clause."""
+        ...
+
+    async def append_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert `rows` that should all be new, by the backend's fastest path. Raises
+        `DuplicateRows` (the transaction is then void) when one exists; the caller redoes the
+        transaction with `insert_many` and its ON CONFLICT clauses."""
         ...
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:

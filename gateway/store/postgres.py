@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.store.dialect import POSTGRES, Row
+from gateway.store.dialect import POSTGRES, DuplicateRows, Row
 from gateway.store.sql import SqlStore
 
 CONNECT_TIMEOUT_S = 5.0
@@ -56,6 +56,13 @@ class _Conn:
         arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(columns, 1))
         sql = f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {on_conflict}"
         await self._con.execute(sql, *(list(col) for col in zip(*rows, strict=True)))
+
+    async def append_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Binary COPY: no per-row ON CONFLICT arbitration and no array round trip through unnest."""
+        try:
+            await self._con.copy_records_to_table(table, records=rows, columns=columns)
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateRows(str(exc)) from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._con.fetch(POSTGRES.sql(sql), *args))

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from gateway.store import codec, migrations
-from gateway.store.dialect import Conn, Dialect, placeholders
+from gateway.store.dialect import Conn, Dialect, DuplicateRows, placeholders
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord, Transition
 
 log = logging.getLogger(__name__)
@@ -73,19 +73,31 @@ class SqlStore(ABC):
             codec.call_rows(calls[start:start + _ENCODE_SLICE], rows)
             if start + _ENCODE_SLICE < len(calls):
                 await asyncio.sleep(0)  # a batch of hundreds must not stall the live requests on this loop
-        d = self.dialect
-        async with self._write() as conn:
-            if rows.blobs:
-                # Sorted: PostgreSQL row locks are then always taken in the same order.
-                await conn.insert_many("blobs", ("hash", "text"), sorted(rows.blobs.items()),
-                                       f"ON CONFLICT (hash) {d.blob_conflict}")
-            await conn.insert_many("calls", codec.CALL_COLUMNS, rows.calls, "ON CONFLICT (id) DO NOTHING")
-            if rows.attempts:
-                await conn.insert_many("attempts", codec.ATTEMPT_COLUMNS, rows.attempts,
-                                       "ON CONFLICT (call_id, seq) DO NOTHING")
-            if rows.refs:
-                await conn.insert_many("call_blobs", ("call_id", "hash"), rows.refs,
-                                       "ON CONFLICT (call_id, hash) DO NOTHING")
+        try:
+            async with self._write() as conn:
+                await self._insert_call_rows(conn, rows, fresh=True)
+        except DuplicateRows:  # a re-ingested spill file, or a batch retried after a lost commit
+            async with self._write() as conn:
+                await self._insert_call_rows(conn, rows, fresh=False)
+
+    async def _insert_call_rows(self, conn: Conn, rows: codec.CallRows, *, fresh: bool) -> None:
+        """`fresh`: the calls are assumed new (PostgreSQL then COPYs them, ~40 % cheaper on both
+        sides than INSERT); otherwise calls that exist are skipped with their attempts and refs."""
+        if rows.blobs:
+            # Blobs repeat across calls by design, so they always go through ON CONFLICT; sorted so
+            # that PostgreSQL row locks are always taken in the same order.
+            await conn.insert_many("blobs", ("hash", "text"), sorted(rows.blobs.items()),
+                                   f"ON CONFLICT (hash) {self.dialect.blob_conflict}")
+        tables = (("calls", codec.CALL_COLUMNS, rows.calls, "(id)"),
+                  ("attempts", codec.ATTEMPT_COLUMNS, rows.attempts, "(call_id, seq)"),
+                  ("call_blobs", ("call_id", "hash"), rows.refs, "(call_id, hash)"))
+        for table, columns, values, key in tables:
+            if not values:
+                continue
+            if fresh:
+                await conn.append_many(table, columns, values)
+            else:
+                await conn.insert_many(table, columns, values, f"ON CONFLICT {key} DO NOTHING")
 
     async def _hydrate(self, conn: Conn, calls: list[CallRecord]) -> list[CallRecord]:
         """Attach attempts and restore blob texts for calls read from the calls table."""

@@ -42,6 +42,10 @@ class _Conn:
     ) -> None:
         await self._db.executemany(insert_values_sql(table, tuple(columns), on_conflict), rows)
 
+    async def append_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        # SQLite has no faster bulk path than executemany; DO NOTHING keeps it from ever raising.
+        await self._db.executemany(insert_values_sql(table, tuple(columns), "ON CONFLICT DO NOTHING"), rows)
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._db.execute_fetchall(sql, args))
 
