@@ -41,7 +41,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench.loadgen import Service, cpu_s, free_port, make_session, run_load, spawn, wait_http
+from bench.loadgen import Service, cpu_s, free_port, make_session, processes_cpu_s, run_load, spawn, wait_http
 from bench.overhead import body_for, user_prompt
 from gateway.capture import Capture
 from gateway.settings import PrivacySettings
@@ -72,6 +72,7 @@ class Run:
     drain_s: float = 0.0  # load end -> last row stored
     bytes_per_call: float = 0.0
     spilled: int = 0
+    db_cpu_us: float = 0.0  # the local PostgreSQL server's CPU per request over the same span
 
 
 def start_upstream(tmp: Path, delay_ms: int) -> Service:
@@ -170,7 +171,7 @@ async def measure(args: argparse.Namespace, session: aiohttp.ClientSession, gw: 
     bytes0 = await sizes.bytes_used() if logging else 0
     attempts0 = await sizes.store.count_attempts()
     spilled0 = (await writer_stats(session, gw))["spilled"]
-    cpu0, t0 = cpu_s(gw.pid), time.perf_counter()
+    db0, cpu0, t0 = processes_cpu_s("postgres"), cpu_s(gw.pid), time.perf_counter()
     res = await run_load(url, body(route), requests=args.requests, concurrency=args.concurrency, session=session)
     t_end = time.perf_counter()
     rows = 0
@@ -179,21 +180,23 @@ async def measure(args: argparse.Namespace, session: aiohttp.ClientSession, gw: 
         while (rows := await sizes.store.count_calls(route=route)) < args.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
     t_rows = time.perf_counter()
-    cpu1 = cpu_s(gw.pid)
+    cpu1, db_us = cpu_s(gw.pid), (processes_cpu_s("postgres") - db0) * 1e6 / args.requests
     if not logging:
         return Run(False, res.rps, res.percentile_ms(50), res.percentile_ms(99),
-                   (cpu1 - cpu0) * 1e6 / args.requests, res.failed, rows=await sizes.store.count_calls(route=route))
+                   (cpu1 - cpu0) * 1e6 / args.requests, res.failed, rows=await sizes.store.count_calls(route=route),
+                   db_cpu_us=db_us)
     await drained(session, gw)
     attempts = await sizes.store.count_attempts() - attempts0
     return Run(True, res.rps, res.percentile_ms(50), res.percentile_ms(99), (cpu1 - cpu0) * 1e6 / args.requests,
                res.failed, rows=rows, attempts_ok=attempts == rows, rows_per_s=rows / (t_rows - t0),
                drain_s=t_rows - t_end, bytes_per_call=(await sizes.bytes_used() - bytes0) / max(rows, 1),
-               spilled=(await writer_stats(session, gw))["spilled"] - spilled0)
+               spilled=(await writer_stats(session, gw))["spilled"] - spilled0, db_cpu_us=db_us)
 
 
 def row(r: Run, requests: int) -> str:
     base = (f"  logging {'on ' if r.logging else 'off'} | {r.rps:7.0f} req/s  p50 {r.p50_ms:6.2f} ms  "
-            f"p99 {r.p99_ms:6.2f} ms | gateway CPU {r.cpu_us:6.0f} us/req | failed {r.failed}")
+            f"p99 {r.p99_ms:6.2f} ms | gateway CPU {r.cpu_us:6.0f} us/req | PostgreSQL server CPU "
+            f"{r.db_cpu_us:4.0f} us/req | failed {r.failed}")
     if not r.logging:
         return base + f" | rows {r.rows} (expected 0)"
     exact = "exact" if r.rows == requests and r.attempts_ok else "MISMATCH"
@@ -239,6 +242,7 @@ def summary(name: str, runs: list[Run], requests: int, isolated: dict[int, tuple
     off = [r for r in runs if not r.logging]
     cpu = statistics.median(r.cpu_us for r in on) - statistics.median(r.cpu_us for r in off)
     p99 = statistics.median(r.p99_ms for r in on) - statistics.median(r.p99_ms for r in off)
+    db = statistics.median(r.db_cpu_us for r in on) - statistics.median(r.db_cpu_us for r in off)
     exact = all(r.rows == requests and r.attempts_ok for r in on) and all(r.rows == 0 for r in off)
     return [
         f"{name}: rows exactly {requests} per logged run with all attempts, none when off: "
@@ -248,6 +252,8 @@ def summary(name: str, runs: list[Run], requests: int, isolated: dict[int, tuple
         f"{name}: logging adds {cpu:.0f} us CPU/request (target <= {TARGET_CPU_US:.0f}): "
         f"{'PASS' if cpu <= TARGET_CPU_US else 'MISS'}; "
         f"adds {p99:.2f} ms p99 (target <= {TARGET_P99_MS:.0f}): {'PASS' if p99 <= TARGET_P99_MS else 'MISS'}",
+        *([f"{name}: and {db:.0f} us of PostgreSQL server CPU per logged call, on the same two cores"]
+          if name == "postgres" else []),
         *(f"{name}: isolated, through a CallWriter in this process, batches of {b} (a 50 ms flush window at "
           f"~{b * 20} req/s): {total:.0f} us CPU per call, of which the capture hook (signals, price, scrub) "
           f"{prep:.0f} us (target <= {TARGET_CPU_US:.0f}): {'PASS' if total <= TARGET_CPU_US else 'MISS'}"

@@ -248,6 +248,23 @@ def cpu_s(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def processes_cpu_s(command: str) -> float:
+    """CPU seconds of every visible process whose command name starts with `command` (e.g. the
+    local PostgreSQL server's backends); 0.0 when there is none."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm", encoding="utf-8", errors="replace") as f:
+                if not f.read().startswith(command):
+                    continue
+            total += cpu_s(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return total
+
+
 def idle_cpu_ms_per_s(pid: int, seconds: float) -> float:
     """CPU a process burns while nobody calls it, in ms per second of wall time."""
     before, t0 = cpu_s(pid), time.perf_counter()
