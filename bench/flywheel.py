@@ -45,6 +45,7 @@ import httpx
 from bench.flywheel_plot import ArmRun, totals_table, window_table, write_chart
 from bench.loadgen import Service, free_port, spawn, wait_http
 from bench.real.bigbench import Item, TaskInfo, load_task, load_task_info
+from bench.real.cache import ResponseCache
 from bench.real.intent_fewshot import extract_label
 from bench.real.serve import LlamaServer, serve_model
 
@@ -54,6 +55,7 @@ ADMIN_ENV = "FLYWHEEL_BENCH_ADMIN_KEY"
 # $/Mtok (input, output): strong costs 20x cheap
 PRICES: dict[str, tuple[float, float]] = {"cheap": (0.05, 0.10), "strong": (1.0, 2.0)}
 LLAMA_KEYS = {"cheap": "smollm2", "strong": "qwen-coder"}
+CACHE = ROOT / "bench" / ".cache" / "responses.sqlite"  # --cache
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,13 @@ def seed_template(info: TaskInfo) -> str:
     return info.task_prefix.strip() + " Answer with the intent name only.\n"
 
 
-def write_config(tmp: Path, args: argparse.Namespace, servers: dict[str, LlamaServer], port: int) -> Path:
-    """The bench's config.toml (in the kept temp dir)."""
+def write_config(tmp: Path, args: argparse.Namespace, servers: dict[str, LlamaServer], urls: dict[str, str],
+                 port: int) -> Path:
+    """The bench's config.toml (in the kept temp dir); `urls`: each model's OpenAI base URL."""
     models = ""
     for m, srv in servers.items():
         i, o = PRICES[m]
-        models += (f'[providers.{m}p]\nkind = "openai"\nbase_url = "{srv.base_url}"\ntimeout_s = 300\n'
+        models += (f'[providers.{m}p]\nkind = "openai"\nbase_url = "{urls[m]}"\ntimeout_s = 300\n'
                    f'[models.{m}]\nprovider = "{m}p"\nname = "{srv.alias}"\n'
                    f"price = {{ input_per_mtok = {i}, output_per_mtok = {o} }}\n"
                    f"params = {{ temperature = 0.0, max_tokens = 12 }}\n\n")
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-cheap", type=float, default=0.85, help="routing: cold-start P(cheap ok)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", action="store_true",
+                    help=f"answer repeated model requests from {CACHE} (re-runs; latencies then not the model's)")
     args = ap.parse_args(argv)
     # SIGTERM (e.g. from a job runner) unwinds like an error, so the servers below are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -313,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     admin_key = secrets.token_hex(16)
     started = time.perf_counter()
     gateway: Service | None = None
+    caches: dict[str, ResponseCache] = {}
     try:
         for srv in servers.values():
             srv.start()
+        if args.cache:
+            caches = {m: ResponseCache(srv.base_url, CACHE).__enter__() for m, srv in servers.items()}
+        urls = {m: caches[m].base_url if m in caches else srv.base_url for m, srv in servers.items()}
         port = free_port()
-        config = write_config(tmp, args, servers, port)
+        config = write_config(tmp, args, servers, urls, port)
         gateway = start_gateway(config, port, tmp, admin_key)
         print(settings_text(args, arms, len(items), config), flush=True)
         users = Users(gateway.url, admin_key, args.seed, args.correct_share)
@@ -329,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if gateway is not None:
             gateway.stop()
+        for cache in caches.values():
+            cache.__exit__(None, None, None)
         for srv in servers.values():
             srv.stop()
     took = time.perf_counter() - started
@@ -339,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
              + (" (routing)" if args.routing else " (SmolLM2-135M)"))
     write_chart(order, args.window, chart, title)
     checks = verdicts(runs, args.routing)
+    if caches:
+        hits, misses = sum(c.hits for c in caches.values()), sum(c.misses for c in caches.values())
+        checks.append(f"response cache {CACHE.name}: {hits} hits, {misses} misses "
+                      "(the latencies of hits are not the model's)")
     diff_cmd = f"flywheel --config {config} prompts diff intents"
     md = "\n\n".join([
         f"# {title}", settings_text(args, arms, len(items), config),
