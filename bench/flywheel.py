@@ -91,7 +91,8 @@ def write_config(tmp: Path, args: argparse.Namespace, servers: dict[str, LlamaSe
                   f"min_quality = {args.min_quality}\nexplore = {args.explore}\n"
                   f"decay = {args.decay}\ndims = {args.dims}\nreplays = {args.replays}\n"
                   f"prior_quality = {{ cheap = {args.prior_cheap}, strong = 0.95 }}\n"
-                  "prior_cost = { cheap = 1, strong = 20 }\n\n"
+                  "prior_cost = { cheap = 1, strong = 20 }\n"
+                  + ('[routes.intents.escalate]\nto = "strong"\n' if args.escalate else "") + "\n"
                   f'[routes.intents-cheap]\nvariants = ["cheap"]\npolicy = {{ kind = "static" }}\n{common}\n'
                   f'[routes.intents-strong]\nvariants = ["strong"]\npolicy = {{ kind = "static" }}\n{common}')
     else:
@@ -144,17 +145,16 @@ class Users:
         self.correct_share = correct_share
         self.feedback = {"up": 0, "correction": 0, "down": 0, "regenerated": 0}
 
-    def ask(self, route: str, item: Item, user: str) -> tuple[str, str, float, int, int, str]:
-        """(call id, answer, latency s, prompt tokens, completion tokens, variant)."""
+    def ask(self, route: str, item: Item, user: str) -> tuple[str, str, float, float, str]:
+        """(call id, answer, latency s, cost in $ as the gateway reports it, variant)."""
         started = time.perf_counter()
         raw = self.client.chat.completions.with_raw_response.create(
             model=route, messages=[{"role": "user", "content": item.input}], user=user)
         latency = time.perf_counter() - started
         chat = raw.parse()
-        usage = chat.usage
+        # the gateway's figure: an escalated call also paid for the answer it did not use
         return (chat.id, chat.choices[0].message.content or "", latency,
-                usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
-                raw.headers.get("x-flywheel-variant", ""))
+                float(raw.headers.get("x-flywheel-cost-usd", "0")), raw.headers.get("x-flywheel-variant", ""))
 
     def react(self, call_id: str, right: bool, gold: str, user: str) -> None:
         """Thumbs-up if right; else a correction (correct_share) or a thumbs-down / regeneration."""
@@ -178,23 +178,17 @@ class Users:
         return out
 
 
-def call_cost(variant: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """Dollars for one call at the configured prices."""
-    i, o = PRICES[variant]
-    return (prompt_tokens * i + completion_tokens * o) / 1e6
-
-
 def run_arm(users: Users, arm: Arm, stream: Sequence[Item], args: argparse.Namespace) -> ArmRun:
     """Stream every item through the arm's route, with feedback, learning every --learn-every calls."""
     run = ArmRun(arm.name)
     started = time.perf_counter()
     for i, item in enumerate(stream):
         user = f"user-{i % 50}"
-        call_id, answer, latency, pin, pout, variant = users.ask(arm.route, item, user)
+        call_id, answer, latency, cost, variant = users.ask(arm.route, item, user)
         variant = variant or "cheap"
         right = extract_label(answer, item.choices or []) == item.target
         run.correct.append(right)
-        run.cost_usd.append(call_cost(variant, pin, pout))
+        run.cost_usd.append(cost)
         run.latency_s.append(latency)
         run.variant.append(variant)
         users.react(call_id, right, item.target, user)
@@ -245,7 +239,9 @@ def settings_text(args: argparse.Namespace, arms: Sequence[Arm], n_items: int, c
         f"{args.max_eval_calls}; demo_trials {args.demo_trials}; max_demos 4; min_samples 5",
         *([f"- routing: learned policy, floor mode min_quality {args.min_quality}, explore {args.explore}, "
            f"decay {args.decay}, dims {args.dims}, replays {args.replays} per cycle, quality_metric any, "
-           f"prior_quality cheap {args.prior_cheap} / strong 0.95"] if args.routing else []),
+           f"prior_quality cheap {args.prior_cheap} / strong 0.95"
+           + ("; escalate to strong when the answer disagrees with memory" if args.escalate else "")]
+          if args.routing else []),
         f"- arms: {', '.join(f'{a.name} = route {a.route} (learns: {a.learns})' for a in arms)}",
         f"- config: {config}",
     ])
@@ -293,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior-cheap", type=float, default=0.85, help="routing: cold-start P(cheap ok)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--escalate", action="store_true",
+                    help="routing: re-ask the strong model when the answer disagrees with the route's memory")
     ap.add_argument("--cache", action="store_true",
                     help=f"answer repeated model requests from {CACHE} (re-runs; latencies then not the model's)")
     args = ap.parse_args(argv)

@@ -30,7 +30,7 @@ from gateway.providers.base import Body
 from gateway.settings import RetrievalSettings, Settings
 from gateway.templating import CompiledTemplate, TemplateError, standard_variables
 from learners.examples import ExampleIndex, with_few_shot
-from policies.featurise import memory_agreement
+from policies.featurise import memory_agreement, memory_answer
 
 log = logging.getLogger("flywheel.augment")
 
@@ -105,6 +105,7 @@ async def apply(
     template_version = index_version = None
     retrieved: tuple[str, ...] = ()
     score = agreement = 0.0
+    answer: str | None = None
     if serving.template is not None:
         try:
             system = serving.template.compiled.render(variables or standard_variables(route))
@@ -129,8 +130,9 @@ async def apply(
                 retrieved = tuple(e.id for e, _ in hits)
                 if hits:
                     score, agreement = hits[0][1], memory_agreement(e.output for e, _ in hits)
+                    answer = memory_answer(e.output for e, _ in hits)
     return Augmentation(out, template_version, index_version, retrieved, "; ".join(notes),
-                        memory_score=score, memory_agreement=agreement)
+                        memory_score=score, memory_agreement=agreement, memory_answer=answer)
 
 
 class Augmenter:

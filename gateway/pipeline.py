@@ -51,6 +51,7 @@ class Augmentation:
     reason: str = ""
     memory_score: float = 0.0  # nearest retrieved example's similarity (Features.memory_score)
     memory_agreement: float = 0.0  # Features.memory_agreement
+    memory_answer: str | None = None  # what most retrieved examples answer, casefolded (RouteRuntime.escalate_to)
 
 
 class Augmenter(Protocol):
@@ -96,8 +97,25 @@ def to_gateway_error(exc: UpstreamError) -> GatewayError:
 
 
 def identity_headers(record: CallRecord) -> dict[str, str]:
-    """The headers every chat/embeddings response carries."""
-    return {"x-flywheel-call-id": record.id, "x-flywheel-route": record.route, "x-flywheel-variant": record.variant}
+    """The headers every chat/embeddings response carries (the cost once known: not on streams)."""
+    headers = {"x-flywheel-call-id": record.id, "x-flywheel-route": record.route, "x-flywheel-variant": record.variant}
+    if record.cost_usd is not None:  # everything the call cost, escalations included (cf. x-litellm-response-cost)
+        headers["x-flywheel-cost-usd"] = f"{record.cost_usd:.8g}"
+    return headers
+
+
+def disagrees(body: Body, memory: str | None) -> bool:
+    """Whether a one-choice text answer differs from `memory` (casefolded; None: nothing to compare)."""
+    if memory is None:
+        return False
+    choices = body.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return False
+    message = choices[0].get("message")
+    if not isinstance(message, dict) or message.get("tool_calls"):
+        return False
+    content = message.get("content")
+    return isinstance(content, str) and content.strip().casefold() != memory
 
 
 def _falls_back(exc: UpstreamError) -> bool:
@@ -116,7 +134,8 @@ class Pipeline:
     # -- shared steps ---------------------------------------------------------------------
     async def _plan(
         self, route: RouteRuntime, body: Body, ctx: RequestContext
-    ) -> tuple[Decision, CallRecord, list[Body]]:
+    ) -> tuple[Decision, CallRecord, list[Body], str | None]:
+        """The decision, the call's record, the messages to send and the memory's answer (if any)."""
         messages: list[Body] = body["messages"]
         # augmentation first: what retrieval found is evidence for the router (Features.memory_*)
         aug = None
@@ -140,7 +159,7 @@ class Pipeline:
             record.retrieved_ids = list(aug.retrieved_ids)
             if aug.reason:
                 record.policy_reason += f"; {aug.reason}"
-        return decision, record, messages
+        return decision, record, messages, aug.memory_answer if aug is not None else None
 
     @staticmethod
     def _upstream_body(target: Target, body: Body, messages: list[Body] | None) -> Body:
@@ -173,13 +192,18 @@ class Pipeline:
         assert last is not None
         raise last
 
-    def _finish(self, record: CallRecord, ctx: RequestContext, target: Target | None, usage: Body | None) -> None:
+    def _finish(
+        self, record: CallRecord, ctx: RequestContext, target: Target | None, usage: Body | None,
+        spent_usd: float = 0.0,
+    ) -> None:
+        """Complete and log the record; `spent_usd`: what answers that were not used cost."""
         record.latency_ms = (time.perf_counter() - ctx.started) * 1000
         if usage:
             record.prompt_tokens = usage.get("prompt_tokens")
             record.completion_tokens = usage.get("completion_tokens")
             if target is not None:
-                record.cost_usd = target.cost(record.prompt_tokens, record.completion_tokens)
+                cost = target.cost(record.prompt_tokens, record.completion_tokens)
+                record.cost_usd = None if cost is None else cost + spent_usd
         if self.router is not None:
             self.router.finished(record)
         self.sink(record)
@@ -195,7 +219,7 @@ class Pipeline:
     # -- chat, not streamed -----------------------------------------------------------------
     async def chat(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
         """A non-streamed chat completion; raises GatewayError after logging the failure."""
-        decision, record, messages = await self._plan(route, body, ctx)
+        decision, record, messages, memory = await self._plan(route, body, ctx)
 
         async def attempt(target: Target, timeout: float) -> UpstreamResponse:
             upstream = self._upstream_body(target, body, messages)
@@ -206,11 +230,23 @@ class Pipeline:
             target, resp = await self._over_targets(route, decision.order, record, attempt)
         except UpstreamError as exc:
             raise self._fail(record, ctx, exc) from None
+        spent = 0.0
+        if route.escalate_to is not None and target.variant != route.escalate_to and disagrees(resp.body, memory):
+            usage = resp.body.get("usage") or {}
+            spent = target.cost(usage.get("prompt_tokens"), usage.get("completion_tokens")) or 0.0
+            first = target.variant
+            try:
+                target, resp = await self._over_targets(route, (route.escalate_to,), record, attempt)
+            except UpstreamError as exc:  # the first answer is still an answer: serve it
+                record.variant, record.model, spent = first, target.model, 0.0
+                record.policy_reason += f"; escalation to {route.escalate_to} failed ({exc.status or 'no response'})"
+            else:
+                record.policy_reason += f"; {first}'s answer disagreed with memory: escalated to {target.variant}"
         out = resp.body
         out["id"] = ctx.call_id
         record.response = out
         record.ttft_ms = None
-        self._finish(record, ctx, target, out.get("usage"))
+        self._finish(record, ctx, target, out.get("usage"), spent)
         return out, record
 
     # -- chat, streamed --------------------------------------------------------------------
@@ -222,7 +258,7 @@ class Pipeline:
         Raises GatewayError when no variant produced a first chunk; after that, a broken
         upstream ends the client's stream with an error event instead of a clean end.
         """
-        decision, record, messages = await self._plan(route, body, ctx)
+        decision, record, messages, _ = await self._plan(route, body, ctx)  # streams are not escalated
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def attempt(target: Target, timeout: float) -> tuple[AsyncIterator[list[Body]], list[Body]]:

@@ -48,13 +48,14 @@ class RouteRuntime:
     policy: Policy
     retries: RetrySettings
     settings: RouteSettings | None  # None for a configured model used directly (pass-through)
+    escalate_to: str | None = None  # variant that re-answers what memory disagrees with (settings.escalate)
 
     def pinned(self, variant: str) -> RouteRuntime:
         """This route with every request sent to `variant` and no fallback (evaluation replays:
         an answer from another variant would be scored as this one's)."""
         if variant not in self.targets:
             raise ValueError(f"route {self.name!r} has no variant {variant!r}")
-        return replace(self, policy=StaticPolicy(variant))
+        return replace(self, policy=StaticPolicy(variant), escalate_to=None)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def _route_runtime(name: str, rs: RouteSettings, settings: Settings, providers: 
                                     previous=previous.policy if previous is not None else None)
     except ValueError as exc:
         raise ConfigError("config", [f"routes.{name}.policy: {exc}"]) from None
-    return RouteRuntime(name, targets, policy, rs.retries or settings.retries, rs)
+    return RouteRuntime(name, targets, policy, rs.retries or settings.retries, rs,
+                        escalate_to=rs.escalate.to if rs.escalate is not None else None)
 
 
 def build_runtime(

@@ -104,6 +104,16 @@ class RetrievalSettings(_Strict):
     min_score: float = Field(0.3, ge=-1, le=1)
 
 
+class EscalateSettings(_Strict):
+    """Re-ask a non-streamed answer from variant `to` when it disagrees with the route's memory: the
+    answer the examples retrieval injected mostly give (exact text, case and outer space aside).
+    Meant for routes whose answers are labels or short extractions; a free-text route would
+    escalate nearly every call."""
+
+    to: str
+    when: Literal["memory_disagrees"] = "memory_disagrees"
+
+
 class RouteSettings(_Strict):
     variants: list[Annotated[str, Field(min_length=1)] | VariantSettings] = Field(min_length=1)
     policy: PolicySettings = PolicySettings()
@@ -113,6 +123,7 @@ class RouteSettings(_Strict):
     retrieval: RetrievalSettings | None = None
     params: dict[str, Any] = {}
     learn: bool = True  # an admin can freeze learning for a route
+    escalate: EscalateSettings | None = None
 
     def variant_list(self) -> list[VariantSettings]:
         return [VariantSettings(name=v, model=v) if isinstance(v, str) else v for v in self.variants]
@@ -232,6 +243,8 @@ def _cross_check(s: Settings) -> list[str]:
         for i, fb in enumerate(r.fallbacks):
             if fb not in names and fb not in s.models:
                 problems.append(f"routes.{rname}.fallbacks[{i}]: unknown model or variant '{fb}'")
+        if r.escalate is not None and r.escalate.to not in names:
+            problems.append(f"routes.{rname}.escalate.to: '{r.escalate.to}' is not a variant of this route")
         weights = r.policy.params().get("weights")
         if r.policy.kind == "weighted":
             if not isinstance(weights, dict) or not weights:

@@ -37,6 +37,16 @@ def memory_agreement(answers: Iterable[str]) -> float:
     return sum(a == norm[0] for a in norm) / len(norm) if norm else 0.0
 
 
+def memory_answer(answers: Iterable[str]) -> str | None:
+    """The answer most of `answers` (nearest example first) give, ignoring case and outer space;
+    a tie goes to the one nearer the question. None when there are none."""
+    counts: dict[str, int] = {}
+    for a in answers:
+        key = a.strip().casefold()
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None  # max keeps the first of equals
+
+
 def projection_matrix(dims: int, input_dim: int, seed: int) -> Vector:
     """A (dims, input_dim) matrix of ±1 entries, deterministic in (dims, input_dim, seed)."""
     n_bits = dims * input_dim

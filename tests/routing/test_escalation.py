@@ -1,0 +1,121 @@
+"""`[routes.X] escalate = { to = "strong" }`: a non-streamed answer that disagrees with what the
+route's memory answers is re-asked from the stronger variant, and the call costs both answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.pipeline import Augmentation, Pipeline, RequestContext, disagrees
+from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.providers.fake import FakeProvider
+from gateway.runtime import RouteRuntime, Target
+from gateway.settings import ConfigError, Price, RetrySettings, RouteSettings, parse_settings
+from gateway.store.records import CallRecord
+from policies.featurise import memory_answer
+from policies.static import StaticPolicy
+
+QUESTION = "Utterance: play some jazz"
+
+
+class Memory:
+    """An augmenter whose retrieved examples mostly answer `answer` (None: nothing retrieved)."""
+
+    def __init__(self, answer: str | None) -> None:
+        self.answer = answer
+
+    async def augment(self, route: str, messages: list[Body], ctx: RequestContext) -> Augmentation:
+        return Augmentation(list(messages), memory_answer=self.answer)
+
+
+class Down:
+    """A provider that always fails with a 503."""
+
+    name = "down"
+
+    async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        raise UpstreamError("overloaded", status=503)
+
+
+def target(variant: str, provider: Any, price: float) -> Target:
+    return Target(variant, variant, provider, f"{variant}-1", {}, Price(input_per_mtok=price, output_per_mtok=price))
+
+
+def route(cheap_reply: str, *, strong: Any = None, escalate_to: str | None = "strong") -> RouteRuntime:
+    targets = {"cheap": target("cheap", FakeProvider("c", replies={"jazz": cheap_reply}), 1.0),
+               "strong": target("strong", strong or FakeProvider("s", replies={"jazz": "PlayMusic"}), 20.0)}
+    return RouteRuntime("intents", targets, StaticPolicy("cheap"), RetrySettings(attempts=1, initial_delay_s=0),
+                        RouteSettings(variants=["cheap", "strong"]), escalate_to=escalate_to)
+
+
+async def ask(rt: RouteRuntime, memory: str | None) -> tuple[Body, CallRecord]:
+    logged: list[CallRecord] = []
+    pipeline = Pipeline(logged.append, Memory(memory))
+    out, record = await pipeline.chat(rt, {"model": "intents", "messages": [{"role": "user", "content": QUESTION}]},
+                                      RequestContext("call-1"))
+    assert logged == [record]
+    return out, record
+
+
+def answer(out: Body) -> str:
+    return str(out["choices"][0]["message"]["content"])
+
+
+async def test_an_answer_memory_disagrees_with_is_reanswered_by_the_strong_variant_and_both_are_paid() -> None:
+    out, record = await ask(route("GetWeather"), memory="playmusic")
+    assert answer(out) == "PlayMusic" and out["id"] == "call-1"
+    assert (record.variant, record.model) == ("strong", "strong")
+    assert [(a.model, a.status) for a in record.attempts] == [("cheap", 200), ("strong", 200)]
+    assert "cheap's answer disagreed with memory: escalated to strong" in record.policy_reason
+    prompt, completion = out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"]
+    strong_cost = (prompt + completion) * 20.0 / 1e6
+    assert record.cost_usd is not None and record.cost_usd > strong_cost  # the cheap answer is paid for too
+
+
+@pytest.mark.parametrize("memory", ["playmusic", None])
+async def test_an_agreeing_answer_or_no_memory_is_served_as_it_is(memory: str | None) -> None:
+    out, record = await ask(route(" playmusic\n"), memory=memory)
+    assert answer(out).strip() == "playmusic" and record.variant == "cheap"
+    assert [a.model for a in record.attempts] == ["cheap"]
+
+
+async def test_without_the_setting_nothing_is_escalated() -> None:
+    _, record = await ask(route("GetWeather", escalate_to=None), memory="playmusic")
+    assert record.variant == "cheap" and len(record.attempts) == 1
+
+
+async def test_a_failed_escalation_serves_the_first_answer() -> None:
+    out, record = await ask(route("GetWeather", strong=Down()), memory="playmusic")
+    assert answer(out) == "GetWeather" and (record.variant, record.model) == ("cheap", "cheap")
+    assert [(a.model, a.status) for a in record.attempts] == [("cheap", 200), ("strong", 503)]
+    assert "escalation to strong failed (503)" in record.policy_reason
+
+
+async def test_evaluation_replays_pinned_to_a_variant_never_escalate() -> None:
+    _, record = await ask(route("GetWeather").pinned("cheap"), memory="playmusic")
+    assert record.variant == "cheap" and len(record.attempts) == 1
+
+
+def test_only_single_text_answers_are_compared() -> None:
+    text = {"choices": [{"message": {"role": "assistant", "content": "GetWeather"}}]}
+    tools = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]}}]}
+    two = {"choices": [text["choices"][0], text["choices"][0]]}
+    assert disagrees(text, "playmusic") and not disagrees(text, "getweather")
+    assert not disagrees(tools, "playmusic") and not disagrees(two, "playmusic") and not disagrees({}, "x")
+
+
+def test_memory_answer_is_the_majority_and_a_tie_goes_to_the_nearest() -> None:
+    assert memory_answer(["PlayMusic", "GetWeather", "playmusic "]) == "playmusic"
+    assert memory_answer(["GetWeather", "PlayMusic"]) == "getweather"
+    assert memory_answer([]) is None
+
+
+def test_config_names_an_escalation_target_that_is_not_a_variant() -> None:
+    cfg: dict[str, Any] = {
+        "providers": {"f": {"kind": "fake"}},
+        "models": {"a": {"provider": "f", "name": "a"}},
+        "routes": {"r": {"variants": ["a"], "escalate": {"to": "b"}}},
+    }
+    with pytest.raises(ConfigError, match=r"routes\.r\.escalate\.to: 'b' is not a variant of this route"):
+        parse_settings(cfg)
