@@ -7,7 +7,8 @@ each judged by the simulated users: for every request both outcomes are known. T
 stream through a fresh `LearnedPolicy` with the settings given: it chooses per request (Features as
 the request path computed them for the cheap-only arm: same question, that arm's memory), learns
 online from the outcome of the variant it chose, and every `--learn-every` calls from `--replays`
-earlier requests judged on both variants (the learning cycle's replays). It prints accuracy and
+earlier requests judged on both variants (the learning cycle's replays); `--escalate` re-answers a
+cheap answer that disagreed with its memory by the strong one's outcome, paying both. It prints accuracy and
 serving cost relative to strong-only, over the whole pass and its second half, averaged over
 `--trials` exploration seeds, next to what the run's own learned-routing arm measured.
 
@@ -27,9 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.pipeline import disagrees
 from gateway.store import open_store
+from learners.dataset import injected_examples
 from learners.embeddings import load_embedder
-from learners.routing_data import Example, load_examples, threaded
+from learners.routing_data import Example, load_examples, recent_calls, threaded
+from policies.featurise import memory_answer
 from policies.learned import LearnedPolicy
 
 ROUTES = {"routed": "intents", "cheap": "intents-cheap", "strong": "intents-strong"}
@@ -70,8 +74,10 @@ def relative(correct: Sequence[float], cost: Sequence[float], strong: Sequence[E
 
 
 def simulate(cheap: Sequence[Example], strong: Sequence[Example], s: Settings, *, learn_every: int,
-             replays: int, seed: int) -> Result:
-    """One pass of the stream through a fresh policy (see the module doc)."""
+             replays: int, seed: int, agrees: Sequence[bool] | None = None) -> Result:
+    """One pass of the stream through a fresh policy (see the module doc). With `agrees` (per
+    request: did the cheap answer match the memory's?), a cheap answer that did not is escalated:
+    the strong outcome counts, both answers are paid, and the policy learns it as strong's."""
     rng = random.Random(seed)
     policy = LearnedPolicy(["cheap", "strong"], min_quality=s.min_quality, explore=s.explore, decay=s.decay,
                            dims=s.dims, prior_strength=s.prior_strength,
@@ -83,8 +89,12 @@ def simulate(cheap: Sequence[Example], strong: Sequence[Example], s: Settings, *
     for i in range(len(cheap)):
         variant = policy.choose(cheap[i].features).variant
         ex = arms[variant][i]
+        paid = ex.cost
+        if variant == "cheap" and agrees is not None and not agrees[i]:
+            variant, ex = "strong", strong[i]
+            paid += ex.cost
         correct.append(ex.quality or 0.0)
-        cost.append(ex.cost)
+        cost.append(paid)
         if ex.quality is not None:
             policy.update(ex.features, variant, ex.quality, ex.cost)
         if (i + 1) % learn_every == 0:
@@ -107,13 +117,18 @@ def show(label: str, r: Result, met: Result | None = None) -> str:
             f"{r.cost_2nd:6.1%} {ok}{share}")
 
 
-async def load(data_dir: Path) -> dict[str, list[Example]]:
+async def load(data_dir: Path) -> tuple[dict[str, list[Example]], list[bool]]:
+    """Each arm's examples, and per request whether the cheap-only arm's answer matched its memory."""
     store = open_store(f"sqlite:///{data_dir / 'flywheel.db'}")
     embed = threaded(load_embedder("minilm"))
     try:
-        return {k: await load_examples(store, route, embed, metric="any") for k, route in ROUTES.items()}
+        examples = {k: await load_examples(store, route, embed, metric="any") for k, route in ROUTES.items()}
+        calls = await recent_calls(store, ROUTES["cheap"], since=None, limit=5000)
     finally:
         await store.close()
+    agrees = [not disagrees(c.response, memory_answer(out for _, out in injected_examples(c)))
+              if isinstance(c.response, dict) else True for c in calls]
+    return examples, agrees
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replays", type=int, default=20)
     ap.add_argument("--trials", type=int, default=20, help="exploration seeds per setting")
     ap.add_argument("--grid", action="store_true", help="min_quality x dims x prior_strength grid")
+    ap.add_argument("--escalate", action="store_true", help="as with the route's `escalate = { to = \"strong\" }`")
     args = ap.parse_args(argv)
-    ex = asyncio.run(load(args.data_dir))
+    ex, agrees = asyncio.run(load(args.data_dir))
     n = min(len(ex["cheap"]), len(ex["strong"]))
     if n < 2 or len(ex["cheap"]) != len(ex["strong"]):
         raise SystemExit(f"need both baseline arms complete and equal: cheap {len(ex['cheap'])}, "
@@ -138,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         print(show("the run's own learned routing", relative([e.quality or 0.0 for e in routed],
                                                                [e.cost for e in routed], strong)))
     grid = ([Settings(min_quality=q, dims=d, prior_strength=p)
-             for q, d, p in itertools.product((0.75, 0.8, 0.85), (0, 4, 16), (2.0, 8.0, 32.0))]
+             for q, d, p in itertools.product((0.5, 0.6, 0.7, 0.75, 0.8, 0.85), (0, 4, 16), (2.0, 8.0, 32.0))]
             if args.grid else [Settings()])
     for s in grid:
-        results = [simulate(cheap, strong, s, learn_every=args.learn_every, replays=args.replays, seed=t)
-                   for t in range(args.trials)]
+        results = [simulate(cheap, strong, s, learn_every=args.learn_every, replays=args.replays, seed=t,
+                            agrees=agrees if args.escalate else None) for t in range(args.trials)]
         met = sum(r.quality_2nd >= 0.97 and r.cost_2nd <= 0.5 for r in results) / len(results)
         print(show(s.label(), mean_result(results), Result(met, 0, 0, 0)), flush=True)
     return 0
