@@ -24,6 +24,7 @@ from gateway.runtime import RouteRuntime, Target
 from gateway.store.records import CallRecord
 from gateway.stream_assembly import StreamAssembler
 from policies.base import Decision, Features
+from policies.featurise import same_answer_key
 
 Sink = Callable[[CallRecord], None]
 
@@ -115,7 +116,7 @@ def disagrees(body: Body, memory: str | None) -> bool:
     if not isinstance(message, dict) or message.get("tool_calls"):
         return False
     content = message.get("content")
-    return isinstance(content, str) and content.strip().casefold() != memory
+    return isinstance(content, str) and same_answer_key(content) != memory
 
 
 def _falls_back(exc: UpstreamError) -> bool:
@@ -232,22 +233,29 @@ class Pipeline:
             raise self._fail(record, ctx, exc) from None
         spent = 0.0
         if route.escalate_to is not None and target.variant != route.escalate_to and disagrees(resp.body, memory):
-            usage = resp.body.get("usage") or {}
-            spent = target.cost(usage.get("prompt_tokens"), usage.get("completion_tokens")) or 0.0
-            first = target.variant
-            try:
-                target, resp = await self._over_targets(route, (route.escalate_to,), record, attempt)
-            except UpstreamError as exc:  # the first answer is still an answer: serve it
-                record.variant, record.model, spent = first, target.model, 0.0
-                record.policy_reason += f"; escalation to {route.escalate_to} failed ({exc.status or 'no response'})"
-            else:
-                record.policy_reason += f"; {first}'s answer disagreed with memory: escalated to {target.variant}"
+            target, resp, spent = await self._escalate(route, route.escalate_to, record, target, resp, attempt)
         out = resp.body
         out["id"] = ctx.call_id
         record.response = out
         record.ttft_ms = None
         self._finish(record, ctx, target, out.get("usage"), spent)
         return out, record
+
+    async def _escalate(
+        self, route: RouteRuntime, to: str, record: CallRecord, first: Target, answer: UpstreamResponse,
+        attempt: Callable[[Target, float], Awaitable[UpstreamResponse]],
+    ) -> tuple[Target, UpstreamResponse, float]:
+        """Re-ask variant `to`; returns the answer to serve and what the unused one cost. If `to`
+        fails, the first answer is still an answer: it is served, and nothing was wasted."""
+        try:
+            target, resp = await self._over_targets(route, (to,), record, attempt)
+        except UpstreamError as exc:
+            record.variant, record.model = first.variant, first.model  # _over_targets moved them to `to`
+            record.policy_reason += f"; escalation to {to} failed ({exc.status or 'no response'})"
+            return first, answer, 0.0
+        record.policy_reason += f"; {first.variant}'s answer disagreed with memory: escalated to {to}"
+        usage = answer.body.get("usage") or {}
+        return target, resp, first.cost(usage.get("prompt_tokens"), usage.get("completion_tokens")) or 0.0
 
     # -- chat, streamed --------------------------------------------------------------------
     async def chat_stream(

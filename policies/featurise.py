@@ -29,11 +29,16 @@ _LEN_CENTRE = 6.0
 _LEN_SCALE = 2.0
 
 
+def same_answer_key(answer: str) -> str:
+    """What two answers must share to count as the same: text, case and outer space aside."""
+    return answer.strip().casefold()
+
+
 def memory_agreement(answers: Iterable[str]) -> float:
     """Share of `answers` (nearest example first) equal to the first, ignoring case and outer space.
 
     0.0 when there are none: no memory is no evidence, the same as retrieval being off."""
-    norm = [a.strip().casefold() for a in answers]
+    norm = [same_answer_key(a) for a in answers]
     return sum(a == norm[0] for a in norm) / len(norm) if norm else 0.0
 
 
@@ -42,7 +47,7 @@ def memory_answer(answers: Iterable[str]) -> str | None:
     a tie goes to the one nearer the question. None when there are none."""
     counts: dict[str, int] = {}
     for a in answers:
-        key = a.strip().casefold()
+        key = same_answer_key(a)
         counts[key] = counts.get(key, 0) + 1
     return max(counts, key=counts.__getitem__) if counts else None  # max keeps the first of equals
 
