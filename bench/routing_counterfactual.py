@@ -8,7 +8,8 @@ stream through a fresh `LearnedPolicy` with the settings given: it chooses per r
 the request path computed them for the cheap-only arm: same question, that arm's memory), learns
 online from the outcome of the variant it chose, and every `--learn-every` calls from `--replays`
 earlier requests judged on both variants (the learning cycle's replays); `--escalate` re-answers a
-cheap answer that disagreed with its memory by the strong one's outcome, paying both. It prints accuracy and
+cheap answer that disagreed with its memory by the strong one's outcome, paying both, and learns what the
+strong answer says about the cheap one (`--untaught`: it does not). It prints accuracy and
 serving cost relative to strong-only, over the whole pass and its second half, averaged over
 `--trials` exploration seeds, next to what the run's own learned-routing arm measured.
 
@@ -28,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.pipeline import disagrees
+from gateway.pipeline import answer_key, disagrees
 from gateway.store import open_store
 from learners.dataset import injected_examples
 from learners.embeddings import load_embedder
-from learners.routing_data import Example, load_examples, recent_calls, threaded
+from learners.routing_data import Example, escalated_quality, load_examples, recent_calls, threaded
 from policies.featurise import memory_answer
 from policies.learned import LearnedPolicy
 
@@ -74,10 +75,12 @@ def relative(correct: Sequence[float], cost: Sequence[float], strong: Sequence[E
 
 
 def simulate(cheap: Sequence[Example], strong: Sequence[Example], s: Settings, *, learn_every: int,
-             replays: int, seed: int, agrees: Sequence[bool] | None = None) -> Result:
-    """One pass of the stream through a fresh policy (see the module doc). With `agrees` (per
-    request: did the cheap answer match the memory's?), a cheap answer that did not is escalated:
-    the strong outcome counts, both answers are paid, and the policy learns it as strong's."""
+             replays: int, seed: int, escalation: Sequence[Escalated] | None = None,
+             teach: bool = True) -> Result:
+    """One pass of the stream through a fresh policy (see the module doc). With `escalation`, a
+    cheap answer that disagreed with its memory is escalated: the strong outcome counts, both
+    answers are paid, and the policy learns strong's outcome and, when `teach`, what it implies
+    for cheap (`learners.routing_data.escalated_quality`), as the gateway does."""
     rng = random.Random(seed)
     policy = LearnedPolicy(["cheap", "strong"], min_quality=s.min_quality, explore=s.explore, decay=s.decay,
                            dims=s.dims, prior_strength=s.prior_strength,
@@ -90,9 +93,12 @@ def simulate(cheap: Sequence[Example], strong: Sequence[Example], s: Settings, *
         variant = policy.choose(cheap[i].features).variant
         ex = arms[variant][i]
         paid = ex.cost
-        if variant == "cheap" and agrees is not None and not agrees[i]:
+        if variant == "cheap" and escalation is not None and not escalation[i].agrees:
             variant, ex = "strong", strong[i]
             paid += ex.cost
+            q = None if ex.quality is None else escalated_quality(ex.quality, escalation[i].same_answer)
+            if teach and q is not None:
+                policy.update(cheap[i].features, "cheap", q, cheap[i].cost)
         correct.append(ex.quality or 0.0)
         cost.append(paid)
         if ex.quality is not None:
@@ -117,18 +123,32 @@ def show(label: str, r: Result, met: Result | None = None) -> str:
             f"{r.cost_2nd:6.1%} {ok}{share}")
 
 
-async def load(data_dir: Path) -> tuple[dict[str, list[Example]], list[bool]]:
-    """Each arm's examples, and per request whether the cheap-only arm's answer matched its memory."""
+@dataclass(frozen=True)
+class Escalated:
+    """Per request: did the cheap-only arm's answer match its memory, and the strong-only arm's answer?"""
+
+    agrees: bool
+    same_answer: bool
+
+
+async def load(data_dir: Path) -> tuple[dict[str, list[Example]], list[Escalated]]:
+    """Each arm's served examples, and per request what escalation would have seen."""
     store = open_store(f"sqlite:///{data_dir / 'flywheel.db'}")
     embed = threaded(load_embedder("minilm"))
     try:
-        examples = {k: await load_examples(store, route, embed, metric="any") for k, route in ROUTES.items()}
-        calls = await recent_calls(store, ROUTES["cheap"], since=None, limit=5000)
+        examples = {k: [e for e in await load_examples(store, route, embed, metric="any") if e.served]
+                    for k, route in ROUTES.items()}
+        cheap = await recent_calls(store, ROUTES["cheap"], since=None, limit=5000)
+        strong = await recent_calls(store, ROUTES["strong"], since=None, limit=5000)
     finally:
         await store.close()
-    agrees = [not disagrees(c.response, memory_answer(out for _, out in injected_examples(c)))
-              if isinstance(c.response, dict) else True for c in calls]
-    return examples, agrees
+    out = []
+    for c, s in zip(cheap, strong, strict=False):
+        memory = memory_answer(out for _, out in injected_examples(c))
+        answers = [answer_key(r.response) if isinstance(r.response, dict) else None for r in (c, s)]
+        out.append(Escalated(agrees=not disagrees(c.response, memory) if isinstance(c.response, dict) else True,
+                             same_answer=answers[0] is not None and answers[0] == answers[1]))
+    return examples, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20, help="exploration seeds per setting")
     ap.add_argument("--grid", action="store_true", help="min_quality x dims x prior_strength grid")
     ap.add_argument("--escalate", action="store_true", help="as with the route's `escalate = { to = \"strong\" }`")
+    ap.add_argument("--untaught", action="store_true", help="with --escalate: learn escalated calls as strong's only")
     args = ap.parse_args(argv)
-    ex, agrees = asyncio.run(load(args.data_dir))
+    ex, escalation = asyncio.run(load(args.data_dir))
     n = min(len(ex["cheap"]), len(ex["strong"]))
     if n < 2 or len(ex["cheap"]) != len(ex["strong"]):
         raise SystemExit(f"need both baseline arms complete and equal: cheap {len(ex['cheap'])}, "
@@ -158,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.grid else [Settings()])
     for s in grid:
         results = [simulate(cheap, strong, s, learn_every=args.learn_every, replays=args.replays, seed=t,
-                            agrees=agrees if args.escalate else None) for t in range(args.trials)]
+                            escalation=escalation if args.escalate else None, teach=not args.untaught)
+                   for t in range(args.trials)]
         met = sum(r.quality_2nd >= 0.97 and r.cost_2nd <= 0.5 for r in results) / len(results)
         print(show(s.label(), mean_result(results), Result(met, 0, 0, 0)), flush=True)
     return 0

@@ -48,12 +48,12 @@ from gateway.route_policy import OnlineLearning, online_learning
 from gateway.runtime import RouteRuntime, Runtime
 from gateway.serving import EmbedderHolder
 from gateway.store.base import Store
-from gateway.store.records import CallRecord, FeedbackRecord
+from gateway.store.records import CallRecord, Escalation, FeedbackRecord
 from learners.artifacts import ArtifactRegistry
 from learners.embeddings import EmbedderBusy
 from learners.quality import feedback_quality
 from learners.routing import LearnResult, fit_policy, learn_policy
-from learners.routing_data import Replay, load_examples, threaded
+from learners.routing_data import Replay, call_outcomes, load_examples, threaded
 from policies.base import Decision, Features
 from policies.carry import carry_state
 from policies.learned import LearnedPolicy
@@ -68,7 +68,8 @@ class _Seen:
     route: str
     features: Features
     variant: str | None = None  # the variant that answered; None until the call ended with a 200
-    cost: float = 0.0
+    cost: float | None = None
+    escalation: Escalation | None = None
     ended: float = 0.0
     learned: bool = False
 
@@ -150,7 +151,8 @@ class LearnedRouting:
         seen = self._memory.get(record.id)
         if seen is None or record.status != 200:
             return
-        seen.variant, seen.cost, seen.ended = record.variant, record.cost_usd or 0.0, self._clock()
+        seen.variant, seen.cost, seen.ended = record.variant, record.cost_usd, self._clock()
+        seen.escalation = record.escalation
         queue = self._unrated.setdefault(seen.route, deque(maxlen=self._memory_size))
         queue.append((record.id, seen))
 
@@ -186,11 +188,14 @@ class LearnedRouting:
         if policy is None or seen.variant not in policy.variants:
             return False
         assert seen.variant is not None
-        if not policy.update(seen.features, seen.variant, quality, seen.cost):
-            return False  # frozen
         canary = self.versions.canaries.get(seen.route)
-        if canary is not None and seen.variant in canary.policy.variants:
-            canary.policy.update(seen.features, seen.variant, quality, seen.cost)
+        for variant, q, cost in call_outcomes(seen.variant, seen.cost, seen.escalation, quality):
+            if q is None or variant not in policy.variants:
+                continue
+            if not policy.update(seen.features, variant, q, cost):
+                return False  # frozen
+            if canary is not None and variant in canary.policy.variants:
+                canary.policy.update(seen.features, variant, q, cost)
         seen.learned = True
         return True
 

@@ -21,7 +21,7 @@ from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFa
 from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
 from gateway.retry import call_with_retries
 from gateway.runtime import RouteRuntime, Target
-from gateway.store.records import CallRecord
+from gateway.store.records import CallRecord, Escalation
 from gateway.stream_assembly import StreamAssembler
 from policies.base import Decision, Features
 from policies.featurise import same_answer_key
@@ -105,18 +105,24 @@ def identity_headers(record: CallRecord) -> dict[str, str]:
     return headers
 
 
+def answer_key(body: Body) -> str | None:
+    """`same_answer_key` of a one-choice text answer; None for anything else (tool calls, n > 1)."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    if not isinstance(message, dict) or message.get("tool_calls"):
+        return None
+    content = message.get("content")
+    return same_answer_key(content) if isinstance(content, str) else None
+
+
 def disagrees(body: Body, memory: str | None) -> bool:
     """Whether a one-choice text answer differs from `memory` (casefolded; None: nothing to compare)."""
     if memory is None:
         return False
-    choices = body.get("choices")
-    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
-        return False
-    message = choices[0].get("message")
-    if not isinstance(message, dict) or message.get("tool_calls"):
-        return False
-    content = message.get("content")
-    return isinstance(content, str) and same_answer_key(content) != memory
+    key = answer_key(body)
+    return key is not None and key != memory
 
 
 def _falls_back(exc: UpstreamError) -> bool:
@@ -253,9 +259,13 @@ class Pipeline:
             record.variant, record.model = first.variant, first.model  # _over_targets moved them to `to`
             record.policy_reason += f"; escalation to {to} failed ({exc.status or 'no response'})"
             return first, answer, 0.0
-        record.policy_reason += f"; {first.variant}'s answer disagreed with memory: escalated to {to}"
+        same = answer_key(answer.body) == answer_key(resp.body)
+        record.policy_reason += (f"; {first.variant}'s answer disagreed with memory: escalated to {to}, "
+                                 f"which answered {'the same' if same else 'differently'}")
         usage = answer.body.get("usage") or {}
-        return target, resp, first.cost(usage.get("prompt_tokens"), usage.get("completion_tokens")) or 0.0
+        spent = first.cost(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        record.escalation = Escalation(first.variant, first.model, spent, same)
+        return target, resp, spent or 0.0
 
     # -- chat, streamed --------------------------------------------------------------------
     async def chat_stream(

@@ -9,7 +9,9 @@ Definitions (per window, per variant = the variant that answered):
 - success: answered (status 200) and not judged bad (quality, when known, >= 0.5);
 - cost per call: cost_usd summed over all the variant's calls (failures included) / calls;
 - cost per successful call: the same sum / successes, what one good answer really costs;
-- p50 latency: median latency_ms of the answered calls.
+- p50 latency: median latency_ms of the answered calls;
+- escalated: the variant's calls that re-answered another variant's answer (`escalate`), whose
+  cost (both answers) counts here.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class VariantFigures:
     cost_per_call: float | None
     cost_per_success: float | None
     p50_latency_ms: float | None
+    escalated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +84,12 @@ class _Acc:
     errors: int = 0
     cost: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    escalated: int = 0
 
     def add(self, call: CallRecord, quality: float | None) -> None:
         self.calls += 1
         self.cost += call.cost_usd or 0.0
+        self.escalated += call.escalation is not None
         if quality is not None:
             self.rated += 1
             self.quality_sum += quality
@@ -102,6 +107,7 @@ class _Acc:
             errors=self.errors, cost_usd=self.cost, cost_per_call=self.cost / self.calls if self.calls else None,
             cost_per_success=self.cost / self.successes if self.successes else None,
             p50_latency_ms=statistics.median(self.latencies) if self.latencies else None,
+            escalated=self.escalated,
         )
 
 
@@ -191,7 +197,7 @@ def _money(x: float | None) -> str:
 def format_report(report: RouteReport) -> str:
     """A plain-text table: one block per window, one row per variant, then the whole period."""
     head = (f"{'variant':<16} {'calls':>6} {'share':>6} {'rated':>6} {'quality':>7} {'success':>7} "
-            f"{'$/call':>10} {'$/success':>10} {'p50 ms':>8}")
+            f"{'$/call':>10} {'$/success':>10} {'p50 ms':>8} {'escalated':>9}")
     lines = [f"route {report.route}: {len(report.windows)} windows of {report.window_s:g} s, "
              f"quality by {report.metric!r} feedback"]
 
@@ -204,7 +210,7 @@ def format_report(report: RouteReport) -> str:
             ok = "-" if not v.calls else f"{v.successes / v.calls:.1%}"
             p50 = "-" if v.p50_latency_ms is None else f"{v.p50_latency_ms:.1f}"
             lines.append(f"{v.variant:<16} {v.calls:>6} {v.share:>6.1%} {v.rated:>6} {q:>7} {ok:>7} "
-                         f"{_money(v.cost_per_call):>10} {_money(v.cost_per_success):>10} {p50:>8}")
+                         f"{_money(v.cost_per_call):>10} {_money(v.cost_per_success):>10} {p50:>8} {v.escalated:>9}")
 
     for w in report.windows:
         if w.calls:

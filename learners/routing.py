@@ -152,7 +152,7 @@ async def learn_policy(
                     f"metric {current.quality_metric}, unrated {unrated})",
         parent=current_version,
         data_window=(examples[0].at, examples[-1].at),
-        evidence_call_ids=tuple(e.call_id for e in examples if e.quality is not None)[-1000:],
+        evidence_call_ids=tuple(dict.fromkeys(e.call_id for e in examples if e.quality is not None))[-1000:],
         note=summary,
     )
     figures = {**ev.figures(), "refit_on_all": ev.verdict.accepted}

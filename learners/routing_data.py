@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.messages import query_text
 from gateway.store.base import Store
-from gateway.store.records import CallRecord, FeedbackRecord
+from gateway.store.records import CallRecord, Escalation, FeedbackRecord
 from learners.dataset import client_messages, injected_examples
 from learners.embeddings import Embedder
 from learners.quality import call_quality
@@ -51,6 +51,7 @@ class Example:
     propensity: float | None  # P(variant) under the logging policy; None when unusable (fallback)
     policy_version: str | None
     implicit: bool = False  # quality came from the "unrated counts as ok" rule
+    served: bool = True  # False: an escalated answer nobody saw, judged by the served one (`escalated_quality`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,29 @@ def features_of_call(rec: CallRecord, embedding: Any, nearest: Any = None) -> Fe
     return Features(route=rec.route, user=rec.user, key_id=rec.key_id, prompt_chars=chars, n_messages=n,
                     has_tools=bool(req.get("tools")), embedding=embedding, memory_score=score,
                     memory_agreement=agreement)
+
+
+def escalated_quality(served_quality: float, same_answer: bool) -> float | None:
+    """What the served answer's quality says about the escalated, unused one (`Escalation`): the
+    same answer scores the same; a different one was wrong if the served one was right (a label or
+    extraction route, which escalation is for, has one right answer); otherwise nothing is known."""
+    if same_answer:
+        return served_quality
+    return 0.0 if served_quality >= 1.0 else None
+
+
+def call_outcomes(
+    variant: str, cost_usd: float | None, esc: Escalation | None, quality: float | None
+) -> list[tuple[str, float | None, float]]:
+    """(variant, quality, cost) for each answer a call (served by `variant`, costing `cost_usd` in
+    all) paid for, the served one first: an escalated call also teaches the router what its decided
+    variant would have scored."""
+    total = cost_usd or 0.0
+    if esc is None:
+        return [(variant, quality, total)]
+    spent = esc.cost_usd or 0.0
+    unused = None if quality is None else escalated_quality(quality, esc.same_answer)
+    return [(variant, quality, max(total - spent, 0.0)), (esc.variant, unused, spent)]
 
 
 def _propensity(rec: CallRecord) -> float | None:
@@ -160,11 +184,18 @@ def build_examples(
     for rec, emb, near_emb in zip(calls, embeddings, near, strict=True):
         q = call_quality(by_call.get(rec.id, ()), metric)
         implicit = q is None and unrated == "ok" and now - rec.created_at >= unrated_after_s
+        features = features_of_call(rec, emb, near_emb)
+        served, *unused = call_outcomes(rec.variant, rec.cost_usd, rec.escalation, 1.0 if implicit else q)
         out.append(Example(
-            call_id=rec.id, at=rec.created_at, features=features_of_call(rec, emb, near_emb), variant=rec.variant,
-            quality=1.0 if implicit else q, cost=rec.cost_usd or 0.0, propensity=_propensity(rec),
-            policy_version=rec.policy_version, implicit=implicit,
+            call_id=rec.id, at=rec.created_at, features=features, variant=served[0], quality=served[1],
+            cost=served[2], propensity=None if unused else _propensity(rec), policy_version=rec.policy_version,
+            implicit=implicit,
         ))
+        # the escalated answer is the decided variant's outcome: the logged probability is its own
+        out.extend(Example(
+            call_id=rec.id, at=rec.created_at, features=features, variant=variant, quality=quality, cost=cost,
+            propensity=rec.choice_probability, policy_version=rec.policy_version, implicit=implicit, served=False,
+        ) for variant, quality, cost in unused)
     return out
 
 

@@ -24,6 +24,7 @@ from gateway.store.records import (
     CallRecord,
     FeedbackRecord,
     Transition,
+    escalation_from_json,
 )
 
 BLOB_MIN_CHARS = 200
@@ -35,7 +36,7 @@ CALL_COLUMNS = (
     "id", "route", "variant", "model", "endpoint", "created_at", "key_id", "user_id", "session_id",
     "template_version", "index_version", "policy_version", "policy_reason", "choice_probability",
     "request", "response", "status", "error", "prompt_tokens", "completion_tokens", "cost_usd",
-    "latency_ms", "ttft_ms", "stream", "no_log", "retrieved_ids",
+    "latency_ms", "ttft_ms", "stream", "no_log", "retrieved_ids", "escalation",
 )  # fmt: skip
 ATTEMPT_COLUMNS = ("call_id", "seq", "model", "provider", "status", "error", "latency_ms", "started_at")
 FEEDBACK_COLUMNS = (
@@ -176,7 +177,7 @@ def call_rows(calls: Sequence[CallRecord], out: CallRows | None = None) -> CallR
             _opt_float(c.choice_probability), dumps(request), dumps(response), int(c.status), c.error,
             _opt_int(c.prompt_tokens), _opt_int(c.completion_tokens), _opt_float(c.cost_usd),
             float(c.latency_ms), _opt_float(c.ttft_ms), int(c.stream), int(c.no_log),
-            dumps(list(c.retrieved_ids)),
+            dumps(list(c.retrieved_ids)), dumps(c.escalation),
         ))  # fmt: skip
         for seq, a in enumerate(c.attempts):
             out.attempts.append((
@@ -195,6 +196,7 @@ def call_from_row(row: Row) -> CallRecord:
         response=loads(row[15]), status=row[16], error=row[17], prompt_tokens=row[18],
         completion_tokens=row[19], cost_usd=row[20], latency_ms=row[21], ttft_ms=row[22],
         stream=bool(row[23]), no_log=bool(row[24]), retrieved_ids=loads(row[25]) or [],
+        escalation=escalation_from_json(loads(row[26])),
     )  # fmt: skip
 
 

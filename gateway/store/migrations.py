@@ -144,6 +144,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("003_feedback", _FEEDBACK),
     ("004_artifacts_and_transitions", _ARTIFACTS),
     ("005_indices", _INDICES),
+    ("006_calls_escalation", "ALTER TABLE calls ADD COLUMN escalation TEXT"),
 )
 
 _LEDGER = (

@@ -77,6 +77,28 @@ class Attempt:
     started_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A cheaper variant's answer that memory disagreed with and a stronger one re-answered
+    (`[routes.X] escalate`): it was paid for, never served. No text is kept, only whether the
+    served answer said the same, which is what the router learns the cheaper variant's outcome from."""
+
+    variant: str
+    model: str
+    cost_usd: float | None  # what the unused answer cost (included in the call's cost_usd)
+    same_answer: bool  # the served answer equals it, case and outer space aside
+
+
+def escalation_from_json(value: JSON) -> Escalation | None:
+    """An Escalation from its JSON object (store column, spill line); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, Escalation):
+        return value
+    return Escalation(variant=value["variant"], model=value["model"], cost_usd=value.get("cost_usd"),
+                      same_answer=bool(value["same_answer"]))
+
+
 @dataclass(slots=True)
 class CallRecord:
     """Everything the gateway knows about one request, as it will be stored."""
@@ -108,6 +130,7 @@ class CallRecord:
     no_log: bool = False  # store metadata only: request/response text is dropped
     attempts: list[Attempt] = field(default_factory=list)
     retrieved_ids: list[str] = field(default_factory=list)  # example ids injected by retrieval
+    escalation: Escalation | None = None  # set when the decided variant's answer was re-asked
 
 
 @dataclass(slots=True)

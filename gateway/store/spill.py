@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from gateway.store.records import Attempt, CallRecord, FeedbackRecord
+from gateway.store.records import Attempt, CallRecord, FeedbackRecord, escalation_from_json
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def decode(line: bytes) -> Spillable:
                 Attempt(**{k: v for k, v in a.items() if k in _ATTEMPT_FIELDS})
                 for a in args.get("attempts", [])
             ]
+            args["escalation"] = escalation_from_json(args.get("escalation"))
             return CallRecord(**args)
         if obj["kind"] == "feedback":
             return FeedbackRecord(**{k: v for k, v in data.items() if k in _FEEDBACK_FIELDS})

@@ -67,10 +67,20 @@ async def test_an_answer_memory_disagrees_with_is_reanswered_by_the_strong_varia
     assert answer(out) == "PlayMusic" and out["id"] == "call-1"
     assert (record.variant, record.model) == ("strong", "strong")
     assert [(a.model, a.status) for a in record.attempts] == [("cheap", 200), ("strong", 200)]
-    assert "cheap's answer disagreed with memory: escalated to strong" in record.policy_reason
+    assert "cheap's answer disagreed with memory: escalated to strong, which answered differently" in (
+        record.policy_reason)
     prompt, completion = out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"]
     strong_cost = (prompt + completion) * 20.0 / 1e6
     assert record.cost_usd is not None and record.cost_usd > strong_cost  # the cheap answer is paid for too
+    esc = record.escalation
+    assert esc is not None and (esc.variant, esc.model, esc.same_answer) == ("cheap", "cheap", False)
+    assert esc.cost_usd is not None and record.cost_usd == pytest.approx(strong_cost + esc.cost_usd)
+
+
+async def test_an_escalation_notes_when_the_stronger_variant_said_the_same() -> None:
+    _, record = await ask(route(" PLAYMUSIC"), memory="getweather")
+    assert record.variant == "strong" and record.escalation is not None and record.escalation.same_answer
+    assert record.policy_reason.endswith("escalated to strong, which answered the same")
 
 
 @pytest.mark.parametrize("memory", ["playmusic", None])
@@ -89,7 +99,7 @@ async def test_a_failed_escalation_serves_the_first_answer() -> None:
     out, record = await ask(route("GetWeather", strong=Down()), memory="playmusic")
     assert answer(out) == "GetWeather" and (record.variant, record.model) == ("cheap", "cheap")
     assert [(a.model, a.status) for a in record.attempts] == [("cheap", 200), ("strong", 503)]
-    assert "escalation to strong failed (503)" in record.policy_reason
+    assert "escalation to strong failed (503)" in record.policy_reason and record.escalation is None
 
 
 async def test_evaluation_replays_pinned_to_a_variant_never_escalate() -> None:

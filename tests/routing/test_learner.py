@@ -16,11 +16,11 @@ from gateway.learned_routing import LearnedRouting
 from gateway.runtime import build_runtime
 from gateway.settings import parse_settings
 from gateway.store import open_store
-from gateway.store.records import CallRecord, FeedbackRecord
+from gateway.store.records import CallRecord, Escalation, FeedbackRecord
 from learners.artifacts import ArtifactRegistry, Manifest
 from learners.embeddings import HashingEmbedder
 from learners.routing import evaluate, fit_policy, learn_policy
-from learners.routing_data import Example, Outcome, Replay, threaded
+from learners.routing_data import Example, Outcome, Replay, build_examples, threaded
 from learners.routing_eval import estimate_ips, estimate_replay, judge
 from learners.routing_rollout import check_policy_canary
 from policies import Features, LearnedPolicy
@@ -100,6 +100,29 @@ def test_verdict_prefers_cheaper_at_equal_quality_and_refuses_a_quality_drop() -
     thin = evaluate(current, trained, logged[2000:2010])
     assert not thin.verdict.accepted and "not enough evidence" in thin.verdict.reason
     assert not judge(ev.current, ev.current).accepted  # no better on anything
+
+
+def escalated_call(cid: str, *, same_answer: bool) -> CallRecord:
+    """A call the policy sent to cheap (p=0.9) whose answer strong re-answered; 0.021 paid in all."""
+    return CallRecord(cid, "smart", STRONG, STRONG, choice_probability=0.9, cost_usd=0.021,
+                      request={"messages": [{"role": "user", "content": "play jazz"}]},
+                      escalation=Escalation(CHEAP, CHEAP, cost_usd=0.001, same_answer=same_answer))
+
+
+@pytest.mark.parametrize(("same", "rating", "cheap_quality"), [
+    (False, 1, 0.0),  # strong was right and said something else: cheap's answer was wrong
+    (False, -1, None),  # both may be wrong: nothing is known about cheap's
+    (True, 1, 1.0), (True, -1, 0.0),  # the same answer scores the same
+])
+def test_an_escalated_call_teaches_what_the_unused_answer_would_have_scored(
+    same: bool, rating: int, cheap_quality: float | None
+) -> None:
+    rec = escalated_call("c1", same_answer=same)
+    served, unused = build_examples([rec], [FeedbackRecord("c1", rating=rating)], [None], metric="rating")
+    assert (served.variant, served.served, served.quality) == (STRONG, True, float(rating > 0))
+    assert served.cost == pytest.approx(0.02) and served.propensity is None  # not the decided variant
+    assert (unused.variant, unused.served, unused.quality) == (CHEAP, False, cheap_quality)
+    assert unused.cost == pytest.approx(0.001) and unused.propensity == 0.9  # the logged decision was cheap's
 
 
 async def seed(url: str, n: int = 400) -> None:

@@ -13,7 +13,7 @@ import pytest
 from gateway.cli import main
 from gateway.route_report import RouteReport, build_report, format_report, parse_duration
 from gateway.store import open_store
-from gateway.store.records import CallRecord, FeedbackRecord
+from gateway.store.records import CallRecord, Escalation, FeedbackRecord
 from tests.routing.conftest import routing_config, write_config
 
 H = 3600.0
@@ -34,6 +34,7 @@ def seed(end: float) -> tuple[list[CallRecord], list[FeedbackRecord]]:
         call(5, w2, "cheap", None, 5, status=502), call(6, w2 + 1, "strong", 0.02, 90),
         call(7, w2 + 2, "strong", 0.02, 110),
     ]
+    calls[-1].escalation = Escalation("cheap", "cheap", cost_usd=0.001, same_answer=False)  # strong re-answered
     feedback = [
         FeedbackRecord("c1", rating=1, created_at=w1 + 100), FeedbackRecord("c2", rating=-1, created_at=w1 + 100),
         FeedbackRecord("c2", rating=1, created_at=w1 + 200),  # the newest row wins: c2 is good after all
@@ -66,6 +67,7 @@ def test_report_figures() -> None:
     assert strong2.cost_per_success == pytest.approx(0.04) and strong2.p50_latency_ms == 100
     total_strong = f[(2, "strong")]
     assert total_strong.calls == 3 and total_strong.cost_per_call == pytest.approx(0.02)
+    assert (total_strong.escalated, f[(2, "cheap")].escalated) == (1, 0)
     # under "rating" the score says nothing: c6 counts as unrated and successful
     by_rating = figures(build_report("smart", calls, fb, start=end - 2 * H, end=end, window_s=H, metric="rating"))
     assert by_rating[(1, "strong")].rated == 0 and by_rating[(1, "strong")].successes == 2

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.augment import LoadedIndex, RouteServing, ServingSet
 from gateway.learned_routing import LearnedRouting
+from gateway.store.records import Escalation
 from learners.embeddings import HashingEmbedder
 from learners.examples import Example, ExampleIndex
 from policies import Features, LearnedPolicy
@@ -76,6 +77,22 @@ def test_feedback_updates_the_live_policy(make_gateway: Any, tmp_path: Path) -> 
     feedback(gw, r.headers["x-flywheel-call-id"], rating=1)  # a second row about the same call
     wait_for(lambda: routing(gw).stats.ignored == 1, what="the repeated row to be ignored")
     assert live(gw).updates == 1
+
+
+def test_feedback_on_an_escalated_call_also_teaches_the_variant_it_replaced(
+    make_gateway: Any, tmp_path: Path
+) -> None:
+    gw = make_gateway(routing_config(tmp_path, prior_quality=EASY_PRIORS))
+    r = chat(gw, "smart", "play some jazz")
+    assert r.headers["x-flywheel-variant"] == "cheap"
+    seen = routing(gw)._memory[r.headers["x-flywheel-call-id"]]
+    # as the pipeline remembers a call whose cheap answer strong re-answered differently
+    seen.variant, seen.escalation = "strong", Escalation("cheap", "cheap", cost_usd=0.0, same_answer=False)
+    before = live(gw).predict(seen.features)
+    feedback(gw, r.headers["x-flywheel-call-id"], rating=1)
+    wait_for(lambda: live(gw).updates == 2, what="both online updates")
+    after = live(gw).predict(seen.features)
+    assert after["strong"] > before["strong"] and after["cheap"] < before["cheap"]
 
 
 def test_unknown_calls_and_silent_feedback_do_not_update(make_gateway: Any, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.store import codec, migrations, open_store
 from gateway.store.dialect import Conn, Dialect
-from gateway.store.records import ArtifactRecord, Attempt, CallRecord, Transition
+from gateway.store.records import ArtifactRecord, Attempt, CallRecord, Escalation, Transition
 from gateway.store.sql import SqlStore
 from tests.store.factories import SYSTEM_5K, T0, make_call, make_feedback
 
@@ -51,6 +51,7 @@ async def test_call_round_trip_with_every_field(store: SqlStore) -> None:
             Attempt("large", "vllm", status=502, error="bad gateway", latency_ms=3.0, started_at=T0 + 8),
         ],
         retrieved_ids=["ex-1", "ex-7"],
+        escalation=Escalation("small", "small", cost_usd=2.5e-7, same_answer=False),
     )
     await store.insert_calls([call])
     assert await store.get_call("chatcmpl-full") == call

@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.store.records import CallRecord, FeedbackRecord
-from gateway.store.spill import SpillFile, encode
+from gateway.store.records import CallRecord, Escalation, FeedbackRecord
+from gateway.store.spill import SpillFile, decode, encode
 from gateway.store.sql import SqlStore
 from gateway.store.writer import CallWriter
 from tests.store.factories import SYSTEM_5K, make_call, make_feedback
@@ -262,3 +262,9 @@ async def test_submit_never_raises(store: SqlStore, tmp_path: Path) -> None:
     writer.submit_feedback(None)  # type: ignore[arg-type]
     await writer.start()
     await writer.stop()
+
+
+def test_a_spill_line_decodes_to_the_record_it_encodes() -> None:
+    call = make_call(5, escalation=Escalation("small", "small", cost_usd=1e-7, same_answer=True))
+    fb = make_feedback(call.id)
+    assert decode(encode(call)) == call and decode(encode(fb)) == fb
