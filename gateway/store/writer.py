@@ -71,6 +71,7 @@ class CallWriter:
         self._stats = WriterStats()
         self._nonempty = asyncio.Event()
         self._full = asyncio.Event()  # a whole batch is waiting (or flush/stop asked)
+        self._flushes = 0  # flush() calls waiting: write what is queued without the flush_ms wait
         self._overflow_ready = asyncio.Event()
         self._file_lock = asyncio.Lock()  # appends vs. claiming the spill file
         self._reingest_lock = asyncio.Lock()
@@ -172,8 +173,12 @@ class CallWriter:
         """Wait until everything submitted so far is written (or spilled). For tests and tools."""
         if not self._tasks or self._closing:
             raise RuntimeError("CallWriter.flush() needs a running writer")
+        self._flushes += 1
         self._full.set()
-        await self._queue.join()
+        try:
+            await self._queue.join()
+        finally:
+            self._flushes -= 1
         while self._overflow or self._spilling:
             await asyncio.sleep(0.005)
 
@@ -193,7 +198,7 @@ class CallWriter:
                 self._nonempty.clear()
                 await self._nonempty.wait()
                 continue
-            if self._queue.qsize() < self._batch_size and not self._closing:
+            if self._queue.qsize() < self._batch_size and not self._closing and not self._flushes:
                 self._full.clear()  # give more rows flush_ms to arrive, unless a batch fills first
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._flush_s)

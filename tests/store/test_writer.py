@@ -88,6 +88,17 @@ async def test_pending_until_written(store: SqlStore, tmp_path: Path) -> None:
     await writer.stop()
 
 
+async def test_flush_writes_at_once_instead_of_waiting_for_the_window(store: SqlStore, tmp_path: Path) -> None:
+    writer = CallWriter(store, tmp_path / "spill.jsonl", flush_ms=600_000, prepare=lambda c: c)
+    await writer.start()
+    for i in range(3):  # the next rows arrive while the drain loop is still finishing the last batch
+        for j in range(16):
+            writer.submit_call(make_call(16 * i + j))
+        await asyncio.wait_for(writer.flush(), 10)
+    assert await store.count_calls() == 48
+    await writer.stop()
+
+
 async def test_queue_full_spills_and_next_start_reingests(store: SqlStore, tmp_path: Path) -> None:
     spill = tmp_path / "spill.jsonl"
     writer = CallWriter(store, spill, max_queue=10, retry_s=3600)
