@@ -132,7 +132,7 @@ async def learn_policy(
     settings = learner or LearnerSettings()
     examples = await load_examples(store, route, embed_many, metric=current.quality_metric, unrated=unrated,
                                    unrated_after_s=unrated_after_s, limit=limit)
-    rated = sum(e.quality is not None for e in examples)
+    rated = sum(e.quality is not None for e in examples if e.served)
     if rated < min_rated:
         return LearnResult(route, "skipped", f"{rated} rated calls < {min_rated}")
     cut = int(len(examples) * train_share)
@@ -142,7 +142,7 @@ async def learn_policy(
     ev = evaluate(current, trial, held_out, replays[rcut:], max_quality_drop=max_quality_drop,
                   min_effective_n=min_effective_n)
     candidate = fit_policy(current, examples, replays) if ev.verdict.accepted else trial
-    summary = summarise_change(current, candidate, [e.features for e in held_out])
+    summary = summarise_change(current, candidate, [e.features for e in held_out if e.served])
     tail = describe(ev.verdict.quality_delta, ev.verdict.cost_ratio)
     if tail:
         summary = f"{summary}; {tail}"
