@@ -91,10 +91,12 @@ def start_gateway(config: Path, tmp: Path, tag: str) -> tuple[Service, float]:
     return svc, wait_http(svc, "/healthz")
 
 
-def write_config(path: Path, store_url: str, spill: Path, upstream: Service, rounds: int, logging: bool) -> None:
+def write_config(path: Path, store_url: str, spill: Path, upstream: Service, rounds: int, logging: bool,
+                 flush_ms: int | None = None) -> None:
     routes = ["warm", "probe", "bench-off", *(f"bench-on-{r}" for r in range(rounds))]
+    window = [] if flush_ms is None else [f"flush_ms = {flush_ms}"]
     lines = ["[server]", "reload_interval_s = 0.2", "", "[store]", f'url = "{store_url}"', f'spill_path = "{spill}"',
-             f"log_calls = {'true' if logging else 'false'}", "", "[learners]", "enabled = false", "",
+             *window, f"log_calls = {'true' if logging else 'false'}", "", "[learners]", "enabled = false", "",
              "[providers.up]", 'kind = "openai"', f'base_url = "http://127.0.0.1:{upstream.port}/v1"', "",
              "[models.m]", 'provider = "up"', 'name = "fake-0"',
              "price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }", ""]
@@ -209,7 +211,7 @@ async def bench_backend(args: argparse.Namespace, name: str, url: str, tmp: Path
     config = tmp / f"{name}.toml"
 
     def write(on: bool) -> None:
-        write_config(config, url, tmp / f"{name}-spill.jsonl", upstream, args.rounds, on)
+        write_config(config, url, tmp / f"{name}-spill.jsonl", upstream, args.rounds, on, args.flush_ms)
 
     write(False)
     gw, startup = start_gateway(config, tmp, name)
@@ -369,6 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="upstream latency; at 0 ms the gateway is saturated and any CPU logging adds shows in "
                         "p99 in proportion, at ~100 ms (64 in flight) it is not, and p99 shows the stalls")
     p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--flush-ms", type=int, default=None, help="the gateway's [store] flush_ms (default: its own)")
     p.add_argument("--rounds", type=int, default=3, help="off/on pairs per backend (medians are compared)")
     p.add_argument("--backends", type=lambda s: s.split(","), default=["sqlite", "postgres"])
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
