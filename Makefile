@@ -5,12 +5,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install lint bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/node/package-lock.json
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first: a bare torch requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# the openai npm SDK for tests/gateway/test_node_sdk.py (skipped where there is no npm)
+	if command -v npm >/dev/null; then npm ci --prefix tests/node --no-audit --no-fund --silent; fi
 	touch $(STAMP)
 
 install: $(STAMP)
