@@ -1,5 +1,5 @@
 """Clients other than the openai SDK, pointed at the gateway with only a base URL changed:
-langchain-openai, pydantic-ai and the `llm` CLI, each against a real fake upstream (gateway/
+langchain-openai, pydantic-ai, instructor and the `llm` CLI, each against a real fake upstream (gateway/
 providers/fake_server.py), with their own parsing of answers, streams, tool calls and structured
 output."""
 
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import instructor
+import openai
 import pytest
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
@@ -94,6 +96,15 @@ async def test_pydantic_ai_streams_text(gw: Any) -> None:
     async with pydantic_agent(gw).run_stream("hello there") as run:
         pieces = [delta async for delta in run.stream_text(delta=True, debounce_by=None)]
     assert "".join(pieces) == "You said: hello there" and len(pieces) > 1
+
+
+# (not Mode.JSON: it puts the schema in the prompt, which the fake upstream does not read)
+@pytest.mark.parametrize("mode", [instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA])
+def test_instructor_extracts_a_model(gw: Any, mode: instructor.Mode) -> None:
+    client = instructor.from_openai(openai.OpenAI(base_url=gw.v1, api_key="anything", max_retries=0), mode=mode)
+    city, completion = client.chat.completions.create_with_completion(
+        model="bot", response_model=City, max_retries=0, messages=[{"role": "user", "content": "Describe Paris"}])
+    assert isinstance(city, City) and completion.id.startswith("chatcmpl-")
 
 
 def test_llm_cli_through_extra_openai_models(gw: Any, tmp_path: Path) -> None:
