@@ -1,7 +1,7 @@
 """Clients other than the openai SDK, pointed at the gateway with only a base URL changed:
-langchain-openai, pydantic-ai, instructor and the `llm` CLI, each against a real fake upstream (gateway/
-providers/fake_server.py), with their own parsing of answers, streams, tool calls and structured
-output."""
+langchain-openai, llama-index's OpenAILike, pydantic-ai, instructor and the `llm` CLI, each
+against a real fake upstream (gateway/providers/fake_server.py), with their own parsing of
+answers, streams, tool calls and structured output."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pytest
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+from llama_index.core.llms import ChatMessage
+from llama_index.llms.openai_like import OpenAILike
 from pydantic import BaseModel
 from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
@@ -77,6 +79,15 @@ def test_langchain_embeddings(gw: Any) -> None:
     vectors = emb.embed_documents(["first text", "second text"])
     assert len(vectors) == 2 and len(vectors[0]) > 0 and vectors[0] != vectors[1]
     assert emb.embed_query("first text") == pytest.approx(vectors[0])
+
+
+def test_llama_index_openai_like_chat_complete_and_stream(gw: Any) -> None:
+    llm = OpenAILike(model="bot", api_base=gw.v1, api_key="anything", is_chat_model=True, max_retries=0)
+    assert llm.complete("hello there").text == "You said: hello there"
+    reply = llm.chat([ChatMessage(role="user", content="hello there")])
+    assert reply.message.content == "You said: hello there"
+    pieces = [r.delta for r in llm.stream_chat([ChatMessage(role="user", content="hello there")])]
+    assert "".join(p or "" for p in pieces) == "You said: hello there" and len(pieces) > 1
 
 
 def pydantic_agent(gw: Any, **kw: Any) -> Agent[None, Any]:
