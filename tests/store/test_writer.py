@@ -89,13 +89,17 @@ async def test_pending_until_written(store: SqlStore, tmp_path: Path) -> None:
 
 
 async def test_flush_writes_at_once_instead_of_waiting_for_the_window(store: SqlStore, tmp_path: Path) -> None:
-    writer = CallWriter(store, tmp_path / "spill.jsonl", flush_ms=600_000, prepare=lambda c: c)
+    writer = CallWriter(store, tmp_path / "spill.jsonl", flush_ms=600_000)
     await writer.start()
-    for i in range(3):  # the next rows arrive while the drain loop is still finishing the last batch
-        for j in range(16):
-            writer.submit_call(make_call(16 * i + j))
-        await asyncio.wait_for(writer.flush(), 10)
-    assert await store.count_calls() == 48
+    await asyncio.sleep(0.01)  # the drain loop now waits for rows
+
+    async def submit_and_flush() -> None:
+        writer.submit_call(make_call(1))
+        # awaited in this task, flush() runs before the drain loop wakes up to the new row
+        await writer.flush()
+
+    await asyncio.wait_for(submit_and_flush(), 10)
+    assert await store.count_calls() == 1
     await writer.stop()
 
 
