@@ -93,8 +93,6 @@ def escalation_from_json(value: JSON) -> Escalation | None:
     """An Escalation from its JSON object (store column, spill line); None stays None."""
     if value is None:
         return None
-    if isinstance(value, Escalation):
-        return value
     return Escalation(variant=value["variant"], model=value["model"], cost_usd=value.get("cost_usd"),
                       same_answer=bool(value["same_answer"]))
 
