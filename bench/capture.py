@@ -86,10 +86,10 @@ class Run:
     latencies_ms: tuple[float, ...] = ()  # every request's, for the p99 pooled over rounds
 
 
-def start_upstream(tmp: Path, delay_ms: int) -> Service:
+def start_upstream(tmp: Path, delay_ms: int, jitter_ms: int = 0) -> Service:
     port = free_port()
-    svc = spawn(["-m", "gateway.providers.fake_server", "--port", str(port), "--delay-ms", str(delay_ms)], port=port,
-                log_path=tmp / "upstream.log", cwd=REPO)
+    svc = spawn(["-m", "gateway.providers.fake_server", "--port", str(port), "--delay-ms", str(delay_ms),
+                 "--jitter-ms", str(jitter_ms)], port=port, log_path=tmp / "upstream.log", cwd=REPO)
     wait_http(svc, "/v1/models")
     return svc
 
@@ -357,7 +357,7 @@ async def main_async(args: argparse.Namespace) -> None:
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="flywheel-bench-capture-") as tmpdir:
         tmp = Path(tmpdir)
-        upstream = start_upstream(tmp, args.delay_ms)
+        upstream = start_upstream(tmp, args.delay_ms, args.jitter_ms)
         try:
             for name in args.backends:
                 if name == "sqlite":
@@ -387,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delay-ms", type=int, default=0,
                    help="upstream latency; at 0 ms the gateway is saturated and any CPU logging adds shows in "
                         "p99 in proportion, at ~100 ms (64 in flight) it is not, and p99 shows the stalls")
+    p.add_argument("--jitter-ms", type=int, default=0, help="spread the upstream latency over delay ± this")
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--flush-ms", type=int, default=None, help="the gateway's [store] flush_ms (default: its own)")
     p.add_argument("--rounds", type=int, default=3, help="off/on pairs per backend (medians are compared)")

@@ -13,13 +13,17 @@ connection before answering), `break_after` (stream: drop the connection after N
 
 aiohttp.web rather than an ASGI app: it can abort the transport, which is what a reset is.
 
-    python -m gateway.providers.fake_server --port 9100 [--delay-ms 50]
+    python -m gateway.providers.fake_server --port 9100 [--delay-ms 50] [--jitter-ms 25]
+
+`--jitter-ms J` spreads each delay uniformly over delay ± J (seeded, so runs repeat): real
+upstreams never answer in lock-step, and a fixed delay keeps a closed-loop load arriving in bursts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 from collections import defaultdict, deque
 from typing import Any
 
@@ -32,9 +36,12 @@ Step = dict[str, Any]
 
 
 class FakeUpstream:
-    def __init__(self, delay_ms: float = 0.0, chunk_delay_ms: float = 0.0) -> None:
+    def __init__(self, delay_ms: float = 0.0, chunk_delay_ms: float = 0.0, jitter_ms: float = 0.0,
+                 seed: int = 0) -> None:
         self.engine = FakeEngine()
         self.delay_s = delay_ms / 1000
+        self.jitter_s = min(jitter_ms, delay_ms) / 1000
+        self._random = random.Random(seed)
         self.chunk_delay_s = chunk_delay_ms / 1000
         self.scripts: dict[str, deque[Step]] = defaultdict(deque)
         self.received: dict[str, deque[Any]] = defaultdict(lambda: deque(maxlen=100))
@@ -71,7 +78,7 @@ class FakeUpstream:
         self.received[model].append(body)
         queue = self.scripts.get(model)
         step = queue.popleft() if queue else {}
-        delay = step.get("delay_s", self.delay_s)
+        delay = step.get("delay_s") if "delay_s" in step else self._delay()
         if delay:
             await asyncio.sleep(delay)
         if step.get("reset"):
@@ -84,6 +91,11 @@ class FakeUpstream:
             return step, web.Response(status=step["status"], body=orjson.dumps(err), headers=headers,
                                       content_type="application/json")
         return step, None
+
+    def _delay(self) -> float:
+        if not self.jitter_s:
+            return self.delay_s
+        return self.delay_s + self._random.uniform(-self.jitter_s, self.jitter_s)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -131,8 +143,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="spread each delay over delay ± this")
+    parser.add_argument("--seed", type=int, default=0, help="for the jitter")
     args = parser.parse_args()
-    upstream = FakeUpstream(args.delay_ms, args.chunk_delay_ms)
+    upstream = FakeUpstream(args.delay_ms, args.chunk_delay_ms, args.jitter_ms, args.seed)
     web.run_app(upstream.app(), host=args.host, port=args.port, print=None, access_log=None, shutdown_timeout=0.5)
 
 
