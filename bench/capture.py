@@ -2,11 +2,13 @@
 
 Run from the repository root:
 
-    python -m bench.capture [--requests 5000] [--concurrency 64] [--delay-ms 0] [--rounds 2]
-                            [--backends sqlite,postgres]
+    python -m bench.capture [--requests 5000] [--concurrency 64] [--delay-ms 100] [--jitter-ms 50]
+                            [--rounds 3] [--backends sqlite,postgres]
 
 For each backend one gateway (`flywheel serve`, one uvicorn worker, scrubbing on as by default,
-learners off) runs in its own process in front of the fake upstream (its own process, 0 ms). A
+learners off) runs in its own process in front of the fake upstream (its own process). The
+upstream answers after 100 ± 50 ms by default, like a fast LLM; `--delay-ms 0 --jitter-ms 0`
+saturates the gateway instead (see "Saturation" below). A
 bounded load of `--requests` chat completions at `--concurrency` is sent with logging off, then
 on (`[store] log_calls`, switched by editing config.toml: the gateway reloads it), `--rounds`
 times alternately, all in the same gateway process. A logged run lasts until the writer has
@@ -14,9 +16,16 @@ stored its rows; it then checks that exactly `--requests` call rows (one per req
 used once) and all their attempts are stored, and prints the rows/s written (requests -> rows
 stored), the bytes each call added to the store, and the gateway's CPU per request (from
 /proc/PID/stat, the writer's work after the load included) and p99, on vs off.
-Targets: logging adds <= 150 us CPU per request and <= 1 ms p99. On a busy machine the on-off
+Targets: logging adds <= 150 us CPU per request and <= 1 ms p99. p99 is also printed pooled over
+all rounds' requests, next to the spread of the "off" runs' own p99s (the noise). On a busy machine the on-off
 difference of two ~1 ms figures is noisy, so the same cost is also measured in isolation, in this
 process: the capture hook (signals, price, scrubbing) and the store insert, per call.
+
+Saturation: with a 0 ms upstream the gateway's event loop is busy all the time, each request
+waits behind the others' CPU, and p99 grows by roughly concurrency x the CPU added per request
+(64 x 150 us ~ 10 ms at the CPU budget), plus noise of +-10 ms between identical runs. The p99
+budget is meant, and checked, where the gateway is not saturated; at saturation the run shows
+the CPU figure and whether logging adds stalls beyond that proportion.
 
 PostgreSQL: a fresh, uniquely named database on --pg-url's server, dropped afterwards.
 Prints figures only; not a test.
@@ -63,7 +72,7 @@ from gateway.store.writer import CallWriter
 REPO = Path(__file__).resolve().parent.parent
 TARGET_CPU_US = 150.0
 TARGET_P99_MS = 1.0
-ISOLATED_BATCHES = (16, 64)
+ISOLATED_BATCHES = (64, 256)
 
 
 @dataclass(frozen=True)
@@ -273,8 +282,8 @@ def summary(name: str, runs: list[Run], requests: int, isolated: dict[int, tuple
         f"{min(r.p99_ms for r in off):.2f}-{max(r.p99_ms for r in off):.2f} ms (the noise of one run)",
         *([f"{name}: and {db:.0f} us of PostgreSQL server CPU per logged call, on the same two cores"]
           if name == "postgres" else []),
-        *(f"{name}: isolated, through a CallWriter in this process, batches of {b} (a 50 ms flush window at "
-          f"~{b * 20} req/s): {total:.0f} us CPU per call, of which the capture hook (signals, price, scrub) "
+        *(f"{name}: isolated, through a CallWriter in this process, batches of {b} (what the default 1 s window "
+          f"collects at {b} req/s): {total:.0f} us CPU per call, of which the capture hook (signals, price, scrub) "
           f"{prep:.0f} us (target <= {TARGET_CPU_US:.0f}): {'PASS' if total <= TARGET_CPU_US else 'MISS'}"
           for b, (prep, total) in sorted(isolated.items())),
     ]
@@ -296,11 +305,11 @@ def sample_calls(n: int) -> list[CallRecord]:
     ) for i in range(n)]
 
 
-async def isolated_cost(url: str, spill: Path, n: int = 3000, batch: int = 16) -> tuple[float, float]:
+async def isolated_cost(url: str, spill: Path, n: int = 3000, batch: int = 64) -> tuple[float, float]:
     """(prepare, writer) CPU us per call, measured in this process through a real CallWriter: the
     capture hook alone (signals, price, scrubbing), and everything (queue, hook, codec, driver and,
-    for SQLite, the database engine) with batches of `batch` rows, what a 50 ms flush window
-    collects at ~300 requests/s. Less noisy on a busy machine than the difference of two
+    for SQLite, the database engine) with batches of `batch` rows, what the default 1 s flush window
+    collects at `batch` requests/s. Less noisy on a busy machine than the difference of two
     end-to-end runs."""
     privacy = PrivacySettings()  # scrubbing on, as by default
     capture = Capture(lambda: privacy, lambda fb: None)
@@ -384,10 +393,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--delay-ms", type=int, default=0,
+    p.add_argument("--delay-ms", type=int, default=100,
                    help="upstream latency; at 0 ms the gateway is saturated and any CPU logging adds shows in "
                         "p99 in proportion, at ~100 ms (64 in flight) it is not, and p99 shows the stalls")
-    p.add_argument("--jitter-ms", type=int, default=0, help="spread the upstream latency over delay ± this")
+    p.add_argument("--jitter-ms", type=int, default=50, help="spread the upstream latency over delay ± this")
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--flush-ms", type=int, default=None, help="the gateway's [store] flush_ms (default: its own)")
     p.add_argument("--rounds", type=int, default=3, help="off/on pairs per backend (medians are compared)")

@@ -44,7 +44,8 @@ def decode(line: bytes) -> Spillable:
         obj = orjson.loads(line)
         data: dict[str, Any] = obj["record"]
         if obj["kind"] == "call":
-            args = {k: v for k, v in data.items() if k in _CALL_FIELDS}
+            # a line this version wrote (the writer's queue) has exactly its fields: no filtering
+            args = data if data.keys() == _CALL_FIELDS else {k: v for k, v in data.items() if k in _CALL_FIELDS}
             args["attempts"] = [
                 Attempt(**{k: v for k, v in a.items() if k in _ATTEMPT_FIELDS})
                 for a in args.get("attempts", [])

@@ -1,17 +1,17 @@
 """The batched writer between the request path and the store.
 
 `submit_call` / `submit_feedback` never block and never raise: they put the record on a
-bounded queue, encoded as its spill line. A queue of live records kept thousands of small dicts
-and lists alive for up to `flush_ms`: the garbage collector promoted them through every
-generation and its full passes, which walk them all, stalled the event loop for 5-25 ms several
-times a second under load. Bytes are not tracked by the collector. A background task drains it in batches (`batch_size` rows, or whatever
-arrived within `flush_ms`), runs the `prepare` hook (the privacy scrubber) on each call,
-inserts, then calls `on_written`. Nothing is dropped silently: when the queue is full, or
-an insert fails, rows go to the spill file (spill.py), already prepared; on `start()` and
-every `retry_s` while running the writer re-ingests spilled rows. After a failed insert,
-batches go straight to the spill file for `retry_s` (no waiting on a dead database per
-batch) until a re-ingest or a later batch succeeds. `stop()` drains the queue: rows are
-written, or spilled if the database is down.
+bounded queue, encoded as its spill line (bytes, which the garbage collector does not track:
+live records kept thousands of dicts and lists alive for up to `flush_ms`, the collector
+promoted them through every generation, and its full passes over them stalled the event loop
+for 5-25 ms several times a second under load). A background task drains the queue in batches
+(`batch_size` rows, or whatever arrived within `flush_ms`), decodes them, runs the `prepare`
+hook (the privacy scrubber) on each call, inserts, then calls `on_written`. Nothing is dropped
+silently: when the queue is full, or an insert fails, rows go to the spill file (spill.py),
+already prepared; on `start()` and every `retry_s` while running the writer re-ingests spilled
+rows. After a failed insert, batches go straight to the spill file for `retry_s` (no waiting on
+a dead database per batch) until a re-ingest or a later batch succeeds. `stop()` drains the
+queue: rows are written, or spilled if the database is down.
 """
 
 from __future__ import annotations
