@@ -78,7 +78,7 @@ class FakeUpstream:
         self.received[model].append(body)
         queue = self.scripts.get(model)
         step = queue.popleft() if queue else {}
-        delay = step.get("delay_s") if "delay_s" in step else self._delay()
+        delay = step["delay_s"] if "delay_s" in step else self._delay()
         if delay:
             await asyncio.sleep(delay)
         if step.get("reset"):

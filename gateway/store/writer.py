@@ -294,7 +294,8 @@ class CallWriter:
         try:
             self._spill.reject([line])
         except Exception:
-            log.critical("call writer: LOST a row (could not write the rejected file): %r", line[:200])
+            # the line is unscrubbed: its size, never its text, goes to the log
+            log.critical("call writer: LOST a row of %d bytes (could not write the rejected file)", len(line))
 
     def _prepared(self, calls: list[CallRecord]) -> list[CallRecord]:
         """Calls through the prepare hook; a call it fails on goes to the rejected file."""
