@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from gateway.store import open_store
-from gateway.store.records import Attempt, CallRecord
+from gateway.store.records import Attempt, CallRecord, new_id
 from gateway.store.writer import CallWriter
 
 SYSTEM = ("You are the support assistant of Example Corp. Answer politely, cite the policy. " * 30)[:2048]
@@ -60,7 +60,7 @@ def make_calls(n: int, seed: int = 7) -> list[CallRecord]:
         created = t0 + i
         calls.append(
             CallRecord(
-                id=f"chatcmpl-{secrets.token_hex(12)}",
+                id=new_id("chatcmpl"),
                 route="support-bot",
                 variant=rng.choice(["small", "large"]),
                 model="small",

@@ -26,21 +26,26 @@ ArtifactState = Literal["candidate", "canary", "promoted", "rolled_back", "rejec
 
 
 _R = TypeVar("_R")
-_GETTERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+_FIELDS: dict[type, tuple[dict[str, int], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 def evolve(record: _R, **changes: Any) -> _R:
-    """`dataclasses.replace` for these records at under half its cost: the writer copies every call
-    it scrubs, and `replace` walks `fields()` on each copy."""
+    """`dataclasses.replace` for these records at under a third of its cost: the writer copies
+    every call it scrubs, `replace` walks `fields()` on each copy, and keyword construction of a
+    29-field record costs twice its positional construction."""
     cls = type(record)
-    cached = _GETTERS.get(cls)
+    cached = _FIELDS.get(cls)
     if cached is None:
         names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
-        cached = _GETTERS[cls] = (names, operator.attrgetter(*names))
-    names, values = cached
-    kwargs = dict(zip(names, values(record), strict=True))
-    kwargs.update(changes)
-    return cls(**kwargs)
+        cached = _FIELDS[cls] = ({n: i for i, n in enumerate(names)}, operator.attrgetter(*names))
+    index, values = cached
+    args = list(values(record))
+    for name, value in changes.items():
+        try:
+            args[index[name]] = value
+        except KeyError:
+            raise TypeError(f"{cls.__name__} has no field {name!r}") from None
+    return cls(*args)
 
 
 _ID_BYTES = 12
@@ -50,10 +55,14 @@ _random_lock = threading.Lock()
 
 
 def new_id(prefix: str) -> str:
-    """A collision-free, unguessable id such as `chatcmpl-1f3a…` (96 random bits).
+    """A collision-free, unguessable id that sorts by creation time, such as
+    `chatcmpl-19ab3c4d5e61f3a…`: 11 hex digits of unix milliseconds, then 96 random bits.
 
-    Call ids authorise feedback on a call, so they come from the OS's CSPRNG, read 4 KiB at a
-    time (one getrandom() per request showed in profiles) and never shared across a fork.
+    Call ids authorise feedback on a call, so the random part comes from the OS's CSPRNG, read
+    4 KiB at a time (one getrandom() per request showed in profiles) and never shared across a
+    fork. The time prefix is for the store: ids are primary keys, and random keys scattered every
+    insert over the whole index (SQLite spent 28 instead of 16 us a row at 25,000 rows, and more
+    as the table grew), while time-ordered ones append at its end.
     """
     global _random_pid
     with _random_lock:  # feedback ids are also made on worker threads
@@ -62,7 +71,7 @@ def new_id(prefix: str) -> str:
             _random_pid = os.getpid()
         chunk = _random_pool[-_ID_BYTES:]
         del _random_pool[-_ID_BYTES:]
-    return f"{prefix}-{chunk.hex()}"
+    return f"{prefix}-{time.time_ns() // 1_000_000:011x}{chunk.hex()}"
 
 
 @dataclass(slots=True)

@@ -8,6 +8,8 @@ import gc
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
+
 from gateway.store.records import CallRecord, Escalation, FeedbackRecord
 from gateway.store.spill import SpillFile, decode, encode
 from gateway.store.sql import SqlStore
@@ -300,3 +302,12 @@ def test_a_spill_line_decodes_to_the_record_it_encodes() -> None:
     call = make_call(5, escalation=Escalation("small", "small", cost_usd=1e-7, same_answer=True))
     fb = make_feedback(call.id)
     assert decode(encode(call)) == call and decode(encode(fb)) == fb
+
+
+def test_a_spill_line_from_another_version_keeps_the_fields_this_one_knows() -> None:
+    call = make_call(6)
+    obj = orjson.loads(encode(call))
+    del obj["record"]["escalation"], obj["record"]["ttft_ms"]  # an older gateway's line
+    obj["record"]["future_column"] = 1  # a newer gateway's line
+    obj["record"]["attempts"][0]["future_flag"] = True
+    assert decode(orjson.dumps(obj)) == call
