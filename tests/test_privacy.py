@@ -12,7 +12,7 @@ import pytest
 from gateway.privacy import Finding, PresidioPersons, Scrubber
 from gateway.privacy.names import DEFAULT_LOCALES
 from gateway.privacy.patterns import iban_valid, luhn_valid
-from gateway.store.records import Attempt, CallRecord, FeedbackRecord
+from gateway.store.records import Attempt, CallRecord, FeedbackRecord, evolve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pii_prompts.jsonl"
 
@@ -239,6 +239,25 @@ def test_scrub_call_handles_empty_and_unparsable(scrubber: Scrubber) -> None:
     assert scrubber.scrub_call(rec).request is None
     args = {"function": {"name": "f", "arguments": '{"to": "bob@example.com"'}}  # cut mid-stream
     assert scrubber.scrub_json(args)["function"]["arguments"] == '{"to": "<EMAIL>"'
+
+
+def test_a_call_without_pii_is_returned_as_it_is_and_its_arguments_keep_their_text(scrubber: Scrubber) -> None:
+    arguments = '{"city":  "Lyon", "days": 3}'  # odd spacing: a re-serialisation would change it
+    clean = CallRecord(
+        id="c", route="r", variant="v", model="m",
+        request={"messages": [{"role": "user", "content": "What is the weather like next week?"}]},
+        response={"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "t", "type": "function", "function": {"name": "weather", "arguments": arguments}}]}}]},
+    )  # fmt: skip
+    assert scrubber.scrub_call(clean) is clean  # nothing copied
+    leaky = evolve(clean, request={"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Mail jane@example.com"}]})  # fmt: skip
+    out = scrubber.scrub_call(leaky)
+    assert out.request["messages"][1]["content"] == "Mail <EMAIL>"
+    assert leaky.request["messages"][1]["content"] == "Mail jane@example.com"  # the input is not modified
+    assert out.request["messages"][0] is leaky.request["messages"][0]  # untouched parts are shared
+    assert out.response is clean.response
 
 
 def test_scrub_feedback(scrubber: Scrubber) -> None:

@@ -107,30 +107,34 @@ class Scrubber:
                 with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted first
                     self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
             self._cache[text] = cached
-        return cached
+        return text if cached == text else cached  # the caller's own object when clean: see scrub_json
 
     def scrub_json(self, value: JSON) -> JSON:
-        """A copy of a JSON value with every user-text string scrubbed; structure, numbers, booleans,
-        keys and identifier fields (role, model, id, name, ...) are left as they are. A tool call's
-        `arguments` (a JSON document inside a string) is scrubbed value by value."""
+        """A JSON value with every user-text string scrubbed; structure, numbers, booleans, keys and
+        identifier fields (role, model, id, name, ...) are left as they are. A tool call's
+        `arguments` (a JSON document inside a string) is scrubbed value by value.
+
+        Copy on write: `value` is never modified, and containers with nothing to scrub are returned
+        as they are (shared with the input), so a call without PII costs a walk and no copies.
+        """
         return self._walk(value, None)
 
     def scrub_call(self, rec: CallRecord) -> CallRecord:
-        """A copy of `rec` with request, response and error texts scrubbed.
+        """`rec` with request, response and error texts scrubbed: a copy, or `rec` itself when
+        nothing needed scrubbing.
 
         Metadata (user, key_id, session_id, route, ...) is kept: those are identifiers the gateway
         needs for stickiness and signals, and stay out of learned artifacts.
         """
-        return evolve(
-            rec,
-            request=self.scrub_json(rec.request),
-            response=self.scrub_json(rec.response),
-            error=None if rec.error is None else self.scrub(rec.error),
-            attempts=[
-                a if a.error is None else evolve(a, error=self.scrub(a.error))
-                for a in rec.attempts
-            ],
-        )
+        request = self.scrub_json(rec.request)
+        response = self.scrub_json(rec.response)
+        error = None if rec.error is None else self.scrub(rec.error)
+        attempts = rec.attempts
+        if any(a.error is not None for a in attempts):
+            attempts = [a if a.error is None else evolve(a, error=self.scrub(a.error)) for a in attempts]
+        if request is rec.request and response is rec.response and error is rec.error and attempts is rec.attempts:
+            return rec
+        return evolve(rec, request=request, response=response, error=error, attempts=attempts)
 
     def scrub_feedback(self, fb: FeedbackRecord) -> FeedbackRecord:
         """A copy of `fb` with correction, correction_diff and comment scrubbed."""
@@ -147,23 +151,40 @@ class Scrubber:
         if isinstance(value, dict):
             return self._walk_dict(value)
         if isinstance(value, list):
-            return [self._walk(v, key) for v in value]
+            return self._walk_list(value, key)
         return value
 
     def _walk_dict(self, value: dict[str, JSON]) -> dict[str, JSON]:
         # Scalars are handled inline: a call's request and response are mostly short dicts of
         # ids, numbers and flags, and a recursive call per value was a third of a call's scrub.
-        out: dict[str, JSON] = {}
+        out: dict[str, JSON] | None = None
         for k, v in value.items():
+            new: JSON
             if isinstance(v, str):
-                out[k] = v if k in _STRUCTURAL_KEYS else self._scrub_value(v, k)
+                if k in _STRUCTURAL_KEYS:
+                    continue
+                new = self._scrub_value(v, k)
             elif isinstance(v, dict):
-                out[k] = self._walk_dict(v)
+                new = self._walk_dict(v)
             elif isinstance(v, list):
-                out[k] = [self._walk(x, k) for x in v]
+                new = self._walk_list(v, k)
             else:
-                out[k] = v
-        return out
+                continue
+            if new is not v:
+                if out is None:
+                    out = dict(value)
+                out[k] = new
+        return value if out is None else out
+
+    def _walk_list(self, value: list[JSON], key: str | None) -> list[JSON]:
+        out: list[JSON] | None = None
+        for i, v in enumerate(value):
+            new = self._walk(v, key)
+            if new is not v:
+                if out is None:
+                    out = list(value)
+                out[i] = new
+        return value if out is None else out
 
     def _scrub_value(self, value: str, key: str | None) -> str:
         if key in _STRUCTURAL_KEYS or _is_blob(value):
@@ -179,7 +200,9 @@ class Scrubber:
             return self.scrub(arguments)
         if not isinstance(parsed, dict | list):
             return self.scrub(arguments)
-        return json.dumps(self._walk(parsed, None), ensure_ascii=False)
+        scrubbed = self._walk(parsed, None)
+        # untouched arguments keep their exact text (spacing, key order, escapes)
+        return arguments if scrubbed is parsed else json.dumps(scrubbed, ensure_ascii=False)
 
 
 def _is_blob(s: str) -> bool:
