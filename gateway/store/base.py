@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.store.codec import CallRows
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord, Transition
 
 
@@ -25,6 +26,11 @@ class Store(Protocol):
 
     async def insert_calls(self, calls: Sequence[CallRecord]) -> None:
         """Insert calls and their attempts in one transaction; ids already stored are skipped."""
+        ...
+
+    async def insert_call_rows(self, rows: CallRows) -> None:
+        """`insert_calls` for calls already turned into rows by `codec.call_rows` (the writer
+        does it call by call, so a batch in flight holds rows, not records)."""
         ...
 
     async def get_call(self, call_id: str) -> CallRecord | None:

@@ -187,6 +187,19 @@ def call_rows(calls: Sequence[CallRecord], out: CallRows | None = None) -> CallR
     return out
 
 
+def calls_from_rows(rows: CallRows) -> list[CallRecord]:
+    """Inverse of `call_rows`: the records a batch of rows was built from (blob texts restored).
+    For the writer's failure path: rows the database did not take go to the spill file."""
+    calls = [call_from_row(r) for r in rows.calls]
+    by_id = {c.id: c for c in calls}
+    for r in rows.attempts:
+        call_id, attempt = attempt_from_row(r)
+        by_id[call_id].attempts.append(attempt)
+    for c in calls:
+        restore(c.request, rows.blobs)
+    return calls
+
+
 def call_from_row(row: Row) -> CallRecord:
     """A CallRecord (without attempts; request still holding blob references) from a calls row."""
     return CallRecord(

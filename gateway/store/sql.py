@@ -73,6 +73,12 @@ class SqlStore(ABC):
             codec.call_rows(calls[start:start + _ENCODE_SLICE], rows)
             if start + _ENCODE_SLICE < len(calls):
                 await asyncio.sleep(0)  # a batch of hundreds must not stall the live requests on this loop
+        await self.insert_call_rows(rows)
+
+    async def insert_call_rows(self, rows: codec.CallRows) -> None:
+        """`insert_calls` for calls already turned into rows by `codec.call_rows`."""
+        if not rows.calls:
+            return
         try:
             async with self._write() as conn:
                 await self._insert_call_rows(conn, rows, fresh=True)

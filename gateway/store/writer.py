@@ -6,7 +6,10 @@ live records kept thousands of dicts and lists alive for up to `flush_ms`, the c
 promoted them through every generation, and its full passes over them stalled the event loop
 for 5-25 ms several times a second under load). A background task drains the queue in batches
 (`batch_size` rows, or whatever arrived within `flush_ms`), decodes them, runs the `prepare`
-hook (the privacy scrubber) on each call, inserts, then calls `on_written`. Nothing is dropped
+hook (the privacy scrubber) on each call and turns it into table rows at once, then inserts.
+A batch in flight so holds rows (tuples of strings and numbers, which the collector stops
+tracking), not records: ~10 containers per call, alive until the insert, had made logging
+trigger 20 times as many collections as serving. Nothing is dropped
 silently: when the queue is full, or an insert fails, rows go to the spill file (spill.py),
 already prepared; on `start()` and every `retry_s` while running the writer re-ingests spilled
 rows. After a failed insert, batches go straight to the spill file for `retry_s` (no waiting on
@@ -19,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gateway.store import codec
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord
 from gateway.store.spill import Spillable, SpillBatch, SpillFile, decode, encode
@@ -30,7 +34,6 @@ from gateway.store.spill import Spillable, SpillBatch, SpillFile, decode, encode
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[CallRecord], CallRecord]
-OnWritten = Callable[[Sequence[CallRecord]], None]
 
 
 @dataclass(slots=True)
@@ -58,7 +61,6 @@ class CallWriter:
         max_queue: int = 10_000,
         retry_s: float = 5.0,
         prepare: Prepare | None = None,
-        on_written: OnWritten | None = None,
     ) -> None:
         """Nothing runs until `await start()`; records submitted before then wait in the queue."""
         self._store = store
@@ -67,7 +69,6 @@ class CallWriter:
         self._flush_s = flush_ms / 1000
         self._retry_s = retry_s
         self._prepare = prepare
-        self._on_written = on_written
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)  # encoded records
         self._overflow: list[bytes] = []  # queue full: waiting for the spill task
         self._pending: set[str] = set()  # call ids submitted and not yet stored
@@ -217,29 +218,33 @@ class CallWriter:
 
     async def _write_batch(self, batch: list[bytes], *, skip_db: bool) -> None:
         """Insert one batch; whatever cannot be inserted is spilled."""
-        calls, feedback = await self._decoded_yielding(batch)
+        try:
+            rows, feedback = await self._rows_yielding(batch)
+        except asyncio.CancelledError:  # stop() timed out on this batch: keep its rows
+            self._spill_now(batch)
+            raise
         unsaved: list[Spillable] = []
         try:
-            if calls and (skip_db or not await self._insert_calls(calls)):
-                unsaved.extend(calls)
+            if rows.calls and (skip_db or not await self._insert_rows(rows)):
+                unsaved.extend(codec.calls_from_rows(rows))
             for i, fb in enumerate(feedback):
                 if skip_db or unsaved or not await self._insert_feedback(fb):
                     unsaved.extend(feedback[i:])
                     break
-            self._stats.written += len(calls) + len(feedback) - len(unsaved)
-        except asyncio.CancelledError:  # stop() timed out on this batch: keep its rows
-            await self._spill_async([*calls, *feedback])
+            self._stats.written += len(rows.calls) + len(feedback) - len(unsaved)
+        except asyncio.CancelledError:
+            await self._spill_async([*codec.calls_from_rows(rows), *feedback])
             raise
         if unsaved:
             await self._spill_async(unsaved)
 
-    async def _insert_calls(self, calls: list[CallRecord]) -> bool:
+    async def _insert_rows(self, rows: codec.CallRows) -> bool:
         try:
-            await self._store.insert_calls(calls)
+            await self._store.insert_call_rows(rows)
         except Exception as e:
             self._db_failed(e)
             return False
-        self._written(calls)
+        self._written(row[0] for row in rows.calls)
         return True
 
     async def _insert_feedback(self, fb: FeedbackRecord) -> bool:
@@ -255,26 +260,22 @@ class CallWriter:
         self._down_until = asyncio.get_running_loop().time() + self._retry_s
         log.warning("call writer: store insert failed (%s: %s); spilling", type(e).__name__, e)
 
-    def _written(self, calls: Sequence[CallRecord]) -> None:
-        self._pending.difference_update(c.id for c in calls)
-        if self._on_written is not None:
-            try:
-                self._on_written(calls)
-            except Exception:
-                log.exception("call writer: on_written hook failed")
+    def _written(self, call_ids: Iterable[str]) -> None:
+        self._pending.difference_update(call_ids)
 
-    async def _decoded_yielding(self, lines: list[bytes]) -> tuple[list[CallRecord], list[FeedbackRecord]]:
-        """`_decoded` in slices: scrubbing costs up to ~1 ms a call, and a batch of hundreds must
-        not stall the live requests that share this event loop."""
-        calls: list[CallRecord] = []
+    async def _rows_yielding(self, lines: list[bytes]) -> tuple[codec.CallRows, list[FeedbackRecord]]:
+        """Queued lines as call rows (decoded, prepared, encoded) and feedback records, in slices:
+        scrubbing costs up to ~1 ms a call, and a batch of hundreds must not stall the live
+        requests that share this event loop."""
+        rows = codec.CallRows([], [], {}, [])
         feedback: list[FeedbackRecord] = []
         for start in range(0, len(lines), 8):
             if start:
                 await asyncio.sleep(0)
-            c, f = self._decoded(lines[start:start + 8])
-            calls += c
-            feedback += f
-        return calls, feedback
+            calls, fb = self._decoded(lines[start:start + 8])
+            codec.call_rows(calls, rows)
+            feedback += fb
+        return rows, feedback
 
     def _decoded(self, lines: Sequence[bytes]) -> tuple[list[CallRecord], list[FeedbackRecord]]:
         """Queued lines as records, calls through the prepare hook; a line that does not decode goes
@@ -412,6 +413,5 @@ class CallWriter:
             async with self._file_lock:
                 await asyncio.to_thread(self._spill.reject, batch.bad_lines)
         self._stats.reingested += len(batch.records)
-        if calls:
-            self._written(calls)
+        self._written(c.id for c in calls)
         return True

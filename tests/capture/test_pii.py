@@ -123,6 +123,7 @@ def test_no_planted_pii_reaches_the_spill_file(gw: RunningGateway, monkeypatch: 
 
     # A database outage: every insert (and re-ingest) fails, so rows go to the spill file.
     monkeypatch.setattr(store, "insert_calls", down)
+    monkeypatch.setattr(store, "insert_call_rows", down)
     monkeypatch.setattr(store, "insert_feedback", down)
     asyncio.run(_send_all(gw.v1, rows, "spill"))
     deadline = time.monotonic() + 60
