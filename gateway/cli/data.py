@@ -150,7 +150,8 @@ def _forget_cmd(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     calls, feedback = asyncio.run(_forget(settings.store.url, args.user))
-    print(f"forgot user {args.user!r}: {calls} calls and {feedback} feedback rows deleted")
+    print(f"forgot user {args.user!r}: {calls} calls and {feedback} feedback rows deleted; "
+          "any made before now that reach the store later (still queued in a gateway, or spilled) are dropped")
     return 0
 
 

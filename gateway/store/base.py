@@ -105,6 +105,8 @@ class Store(Protocol):
         """Delete a user's calls (with attempts) and feedback; returns (calls, feedback) deleted.
 
         Feedback deleted is both the feedback given BY the user and any feedback ON their calls.
+        A tombstone (the user id's hash and the time) makes the store drop that user's calls and
+        feedback made before the forget that arrive later: queued in a running gateway, or spilled.
         """
         ...
 
@@ -112,5 +114,6 @@ class Store(Protocol):
         """Delete calls created before `ts` with their attempts and feedback; returns calls deleted.
 
         Works in batches of `batch` calls, each its own short transaction, so writers interleave.
+        Tombstones of users forgotten before `ts` go too (a call that old is deleted on arrival).
         """
         ...

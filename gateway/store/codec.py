@@ -187,6 +187,23 @@ def call_rows(calls: Sequence[CallRecord], out: CallRows | None = None) -> CallR
     return out
 
 
+def without_calls(rows: CallRows, ids: set[str]) -> CallRows:
+    """`rows` less the calls in `ids`, with their attempts, refs and the blobs only they used."""
+    refs = [r for r in rows.refs if r[0] not in ids]
+    used = {h for _, h in refs}
+    return CallRows(
+        [r for r in rows.calls if r[0] not in ids],
+        [r for r in rows.attempts if r[0] not in ids],
+        {h: text for h, text in rows.blobs.items() if h in used},
+        refs,
+    )
+
+
+def user_hash(user: str) -> str:
+    """How a forgotten user's id is kept: its SHA-256, never the id itself."""
+    return hashlib.sha256(user.encode()).hexdigest()
+
+
 def calls_from_rows(rows: CallRows) -> list[CallRecord]:
     """Inverse of `call_rows`: the records a batch of rows was built from (blob texts restored).
     For the writer's failure path: rows the database did not take go to the spill file."""

@@ -30,6 +30,10 @@ class Dialect:
     blob_conflict: str
     for_update: str  # row-lock suffix for SELECTs that guard a delete
     migration_lock: str | None  # statement serialising concurrent migrate() calls
+    # A forget and a concurrent insert of that user's calls: the insert either commits before
+    # the forget's tombstone (and the forget's delete sees it) or sees the tombstone.
+    forget_lock: str | None  # taken by forget_user while it writes the tombstone
+    insert_lock: str | None  # taken (shared) by a call insert that checks tombstones
 
     def sql(self, text: str) -> str:
         """`text` with its `?` placeholders in this dialect's style."""
@@ -46,6 +50,8 @@ SQLITE = Dialect(
     blob_conflict="DO NOTHING",
     for_update="",
     migration_lock=None,  # BEGIN IMMEDIATE already takes the database write lock
+    forget_lock=None,  # likewise: write transactions never overlap
+    insert_lock=None,
 )
 
 POSTGRES = Dialect(
@@ -55,6 +61,8 @@ POSTGRES = Dialect(
     blob_conflict="DO UPDATE SET hash = excluded.hash",
     for_update=" FOR UPDATE",
     migration_lock="SELECT pg_advisory_xact_lock(7460391)",
+    forget_lock="SELECT pg_advisory_xact_lock(7460392)",
+    insert_lock="SELECT pg_advisory_xact_lock_shared(7460392)",
 )
 
 

@@ -138,6 +138,16 @@ CREATE INDEX artifacts_route_kind_created ON artifacts (route, kind, created_at)
 CREATE INDEX transitions_route_at ON transitions (route, at)
 """
 
+# `flywheel forget` leaves a tombstone: calls of that user made before it, still queued in a
+# running gateway or waiting in its spill file, are dropped when they reach the store. The user
+# id is kept as its SHA-256 only; retention deletes tombstones with the calls of their age.
+_FORGOTTEN = """
+CREATE TABLE forgotten_users (
+    user_hash TEXT PRIMARY KEY,
+    forgotten_at DOUBLE PRECISION NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     ("001_calls_and_attempts", _CALLS),
     ("002_blobs", _BLOBS),
@@ -145,6 +155,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("004_artifacts_and_transitions", _ARTIFACTS),
     ("005_indices", _INDICES),
     ("006_calls_escalation", "ALTER TABLE calls ADD COLUMN escalation TEXT"),
+    ("007_forgotten_users", _FORGOTTEN),
 )
 
 _LEDGER = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -24,6 +25,8 @@ _ENCODE_SLICE = 32  # calls encoded between two yields to the event loop (~0.3 m
 CHUNK = 500  # values per IN list: well under SQLite's and PostgreSQL's parameter limits
 
 _CALL_COLS = ", ".join(codec.CALL_COLUMNS)
+_USER = codec.CALL_COLUMNS.index("user_id")
+_CREATED = codec.CALL_COLUMNS.index("created_at")
 _FB_COLS = ", ".join(codec.FEEDBACK_COLUMNS)
 _FB_COLS_F = ", ".join(f"f.{c}" for c in codec.FEEDBACK_COLUMNS)
 _ART_COLS = ", ".join(codec.ARTIFACT_COLUMNS)
@@ -89,6 +92,7 @@ class SqlStore(ABC):
     async def _insert_call_rows(self, conn: Conn, rows: codec.CallRows, *, fresh: bool) -> None:
         """`fresh`: the calls are assumed new (PostgreSQL then COPYs them, ~40 % cheaper on both
         sides than INSERT); otherwise calls that exist are skipped with their attempts and refs."""
+        rows = await self._without_forgotten(conn, rows)
         if rows.blobs:
             # Blobs repeat across calls by design, so they always go through ON CONFLICT; sorted so
             # that PostgreSQL row locks are always taken in the same order.
@@ -104,6 +108,33 @@ class SqlStore(ABC):
                 await conn.append_many(table, columns, values)
             else:
                 await conn.insert_many(table, columns, values, f"ON CONFLICT {key} DO NOTHING")
+
+    async def _without_forgotten(self, conn: Conn, rows: codec.CallRows) -> codec.CallRows:
+        """`rows` less the calls of users forgotten after those calls were made."""
+        users = {r[_USER]: codec.user_hash(r[_USER]) for r in rows.calls if r[_USER] is not None}
+        if not users:
+            return rows
+        if self.dialect.insert_lock:
+            await conn.fetch(self.dialect.insert_lock)
+        forgotten = await self._forgotten(conn, set(users.values()))
+        if not forgotten:
+            return rows
+        drop = {r[0] for r in rows.calls
+                if r[_USER] is not None and r[_CREATED] <= forgotten.get(users[r[_USER]], -1.0)}
+        if drop:
+            log.info("store: %d calls of forgotten users dropped on arrival", len(drop))
+        return codec.without_calls(rows, drop) if drop else rows
+
+    async def _forgotten(self, conn: Conn, hashes: set[str]) -> dict[str, float]:
+        """user hash -> when that user was forgotten, for those of `hashes` that were."""
+        out: dict[str, float] = {}
+        for chunk in _chunks(sorted(hashes)):
+            for row in await conn.fetch(
+                f"SELECT user_hash, forgotten_at FROM forgotten_users WHERE user_hash IN ({placeholders(len(chunk))})",
+                *chunk,
+            ):
+                out[row[0]] = float(row[1])
+        return out
 
     async def _hydrate(self, conn: Conn, calls: list[CallRecord]) -> list[CallRecord]:
         """Attach attempts and restore blob texts for calls read from the calls table."""
@@ -183,6 +214,13 @@ class SqlStore(ABC):
     async def insert_feedback(self, fb: FeedbackRecord) -> None:
         """Insert one feedback row; a known id is skipped."""
         async with self._write() as conn:
+            if fb.user is not None:
+                if self.dialect.insert_lock:
+                    await conn.fetch(self.dialect.insert_lock)
+                at = (await self._forgotten(conn, {codec.user_hash(fb.user)})).values()
+                if any(fb.created_at <= t for t in at):
+                    log.info("store: feedback of a forgotten user dropped on arrival")
+                    return
             await conn.execute(
                 f"INSERT INTO feedback ({_FB_COLS}) VALUES {_values(len(codec.FEEDBACK_COLUMNS))} "
                 "ON CONFLICT (id) DO NOTHING",
@@ -343,7 +381,17 @@ class SqlStore(ABC):
         return calls, feedback
 
     async def forget_user(self, user: str) -> tuple[int, int]:
-        """Delete a user's calls (+attempts, +feedback on them) and the feedback they gave."""
+        """Delete a user's calls (+attempts, +feedback on them) and the feedback they gave, and
+        leave a tombstone: their calls and feedback made before now that reach the store later
+        (queued in a running gateway, or spilled) are dropped on arrival."""
+        async with self._write() as conn:
+            if self.dialect.forget_lock:
+                await conn.fetch(self.dialect.forget_lock)
+            await conn.execute(
+                "INSERT INTO forgotten_users (user_hash, forgotten_at) VALUES (?, ?) "
+                "ON CONFLICT (user_hash) DO UPDATE SET forgotten_at = excluded.forgotten_at",
+                codec.user_hash(user), time.time(),
+            )  # fmt: skip
         calls = feedback = 0
         while True:
             async with self._write() as conn:
@@ -377,5 +425,9 @@ class SqlStore(ABC):
                 if ids:
                     total += (await self._delete_calls(conn, ids))[0]
             if len(ids) < min(batch, CHUNK):
-                return total
+                break
             await asyncio.sleep(0)  # let the writer's transactions in between batches
+        # A call that old arriving late is deleted by the next pass anyway: its tombstone can go.
+        async with self._write() as conn:
+            await conn.execute("DELETE FROM forgotten_users WHERE forgotten_at < ?", float(ts))
+        return total

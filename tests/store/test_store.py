@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gateway.store import codec, migrations, open_store
@@ -262,6 +264,29 @@ async def test_forget_user_deletes_calls_attempts_feedback_and_private_blobs(sto
     bob_call = await store.get_call(bob[0].id)
     assert bob_call is not None and bob_call.request["messages"][0]["content"] == SYSTEM_5K
     assert await store.forget_user("alice") == (0, 0)
+
+
+async def test_a_forgotten_users_late_calls_and_feedback_are_dropped_on_arrival(store: SqlStore) -> None:
+    # Calls still queued in a running gateway or spilled when `flywheel forget` ran arrive later.
+    assert await store.forget_user("alice") == (0, 0)
+    now = time.time()
+    late = make_call(1, user="alice", system="alice's pasted contract: " + "z" * 500)
+    again = make_call(2, user="alice", created_at=now + 60, system=SYSTEM_5K)  # came back after the forget
+    bob = make_call(3, user="bob", system=SYSTEM_5K)
+    await store.insert_calls([late, again, bob])
+    assert {c.id for c in await store.list_calls()} == {again.id, bob.id}
+    assert await store.count_attempts() == 4
+    assert await scalar(store, "SELECT COUNT(*) FROM blobs") == 1  # alice's private text never landed
+    await store.insert_feedback(make_feedback(bob.id, 1, user="alice"))  # given before the forget
+    await store.insert_feedback(make_feedback(bob.id, 2, user="alice", created_at=now + 61))
+    assert [f.id for f in await store.list_feedback()] == [f"fb-{bob.id}-2"]
+    async with store._read() as conn:
+        tombstones = await conn.fetch("SELECT user_hash FROM forgotten_users")
+    assert [r[0] for r in tombstones] == [codec.user_hash("alice")] != ["alice"]  # not the id itself
+    await store.delete_older_than(now - 10)
+    assert await scalar(store, "SELECT COUNT(*) FROM forgotten_users") == 1  # younger than the cut-off: kept
+    await store.delete_older_than(now + 10)
+    assert await scalar(store, "SELECT COUNT(*) FROM forgotten_users") == 0
 
 
 async def test_delete_older_than_in_batches(store: SqlStore) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,6 +127,19 @@ async def test_a_batch_in_flight_holds_rows_the_garbage_collector_skips(store: S
     await writer.flush()
     assert await store.count_calls() == 501
     assert tracked[1] - tracked[0] < 100  # not ~10 containers per call in the batch
+    await writer.stop()
+
+
+async def test_a_call_queued_when_its_user_is_forgotten_is_not_stored(store: SqlStore, tmp_path: Path) -> None:
+    # `flywheel forget` runs in its own process and cannot flush a running gateway's queue.
+    writer = CallWriter(store, tmp_path / "spill.jsonl", flush_ms=60_000)
+    await writer.start()
+    writer.submit_call(make_call(1, user="alice", created_at=time.time()))
+    writer.submit_call(make_call(2, user="bob", created_at=time.time()))
+    assert await store.forget_user("alice") == (0, 0)  # nothing stored yet: the call is queued
+    await writer.flush()
+    assert [c.user for c in await store.list_calls()] == ["bob"]
+    assert not writer.pending("chatcmpl-000001")
     await writer.stop()
 
 
