@@ -218,11 +218,7 @@ class CallWriter:
 
     async def _write_batch(self, batch: list[bytes], *, skip_db: bool) -> None:
         """Insert one batch; whatever cannot be inserted is spilled."""
-        try:
-            rows, feedback = await self._rows_yielding(batch)
-        except asyncio.CancelledError:  # stop() timed out on this batch: keep its rows
-            self._spill_now(batch)
-            raise
+        rows, feedback = await self._rows_yielding(batch)
         unsaved: list[Spillable] = []
         try:
             if rows.calls and (skip_db or not await self._insert_rows(rows)):
@@ -271,7 +267,12 @@ class CallWriter:
         feedback: list[FeedbackRecord] = []
         for start in range(0, len(lines), 8):
             if start:
-                await asyncio.sleep(0)
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:  # stop() timed out on this batch: keep all of it
+                    self._spill_records_now([*codec.calls_from_rows(rows), *feedback])
+                    self._spill_now(lines[start:])  # prepared once: a second pass would re-infer signals
+                    raise
             calls, fb = self._decoded(lines[start:start + 8])
             codec.call_rows(calls, rows)
             feedback += fb
@@ -326,13 +327,15 @@ class CallWriter:
     def _spill_now(self, lines: list[bytes]) -> None:
         """Spill from synchronous code (after stop): decode and prepare, then append."""
         calls, feedback = self._decoded(lines)
-        rows: list[Spillable] = [*calls, *feedback]
+        self._spill_records_now([*calls, *feedback])
+
+    def _spill_records_now(self, records: list[Spillable]) -> None:
         try:
-            self._spill.append(rows)
+            self._spill.append(records)
         except Exception:
-            self._lost(rows)
+            self._lost(records)
             return
-        self._stats.spilled += len(rows)
+        self._stats.spilled += len(records)
 
     def _lost(self, records: Sequence[Spillable]) -> None:
         ids = [r.id for r in records]

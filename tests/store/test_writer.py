@@ -273,6 +273,31 @@ async def test_stop_timeout_spills_a_hanging_batch(store: SqlStore, tmp_path: Pa
     assert len((tmp_path / "spill.jsonl").read_bytes().splitlines()) == 20
 
 
+async def test_stop_timeout_while_a_batch_is_being_scrubbed_spills_each_row_once(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    prepared: list[str] = []
+
+    def slow_scrub(c: CallRecord) -> CallRecord:
+        time.sleep(0.005)  # 8 calls a slice: ~40 ms between two yields to the event loop
+        prepared.append(c.id)
+        return dataclasses.replace(c, error="scrubbed")
+
+    writer = CallWriter(store, tmp_path / "spill.jsonl", flush_ms=1, prepare=slow_scrub)
+    await writer.start()
+    for i in range(64):
+        writer.submit_call(make_call(i))
+    await asyncio.sleep(0.02)  # the batch is being scrubbed
+    await writer.stop(timeout_s=0.05)
+    assert await store.count_calls() == 0
+    lines = (tmp_path / "spill.jsonl").read_bytes().splitlines()
+    spilled = [decode(line) for line in lines]
+    assert sorted(r.id for r in spilled) == sorted(make_call(i).id for i in range(64))  # each once
+    assert all(isinstance(r, CallRecord) and r.error == "scrubbed" for r in spilled)
+    assert sorted(prepared) == sorted(r.id for r in spilled)  # none scrubbed twice
+    assert writer.stats.spilled == 64
+
+
 async def test_prepare_runs_before_storing_and_its_failures_are_kept_aside(
     store: SqlStore, tmp_path: Path
 ) -> None:
