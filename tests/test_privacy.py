@@ -311,3 +311,17 @@ def test_a_repeated_text_is_scrubbed_once_and_the_cache_is_bounded() -> None:
         s.scrub(f"Ticket {i:05d}: the printer is on fire again.")
     s.scrub(system)
     assert seen.count(system) == 2
+
+
+def test_a_scrubber_without_a_cache_scrubs_every_text_in_full() -> None:
+    seen: list[str] = []
+
+    def spy(text: str) -> list[Finding]:
+        seen.append(text)
+        return []
+
+    s = Scrubber(extra_detectors=[spy], cache_size=0)  # how bench.pii_scrub times the detectors
+    system = "You are a helpful assistant. Escalate to bob@example.com."
+    for _ in range(3):
+        assert s.scrub(system) == "You are a helpful assistant. Escalate to <EMAIL>."
+    assert seen == [system] * 3

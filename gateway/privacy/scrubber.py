@@ -52,10 +52,12 @@ class Scrubber:
         extra_names: Iterable[str] = (),
         common_words: Iterable[str] = (),
         extra_detectors: Sequence[Detector] = (),
+        cache_size: int = _CACHE_SIZE,
     ) -> None:
         """`types`: which PII types to look for; `phone_regions`: countries whose national phone
         formats count; `name_locales`: faker locales for name lists; `extra_names`/`common_words`:
-        site-specific additions; `extra_detectors`: more detectors (e.g. `PresidioPersons`)."""
+        site-specific additions; `extra_detectors`: more detectors (e.g. `PresidioPersons`);
+        `cache_size`: scrubbed texts remembered (0: none, e.g. to time the detectors)."""
         unknown = set(types) - ALL_TYPES
         if unknown:
             raise ValueError(f"unknown PII types: {sorted(unknown)}")
@@ -76,6 +78,7 @@ class Scrubber:
             textual.append(NameDetector(name_locales, extra_names, common_words).find)
         textual.extend(extra_detectors)
         self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
         self._numeric = tuple(numeric)
         self._textual = tuple(textual)
 
@@ -97,13 +100,13 @@ class Scrubber:
 
     def scrub(self, text: str) -> str:
         """`text` with every PII span replaced by `<TYPE>` (e.g. `<EMAIL>`, `<PERSON>`)."""
-        if len(text) < _CACHE_MIN_LEN:
+        if len(text) < _CACHE_MIN_LEN or not self._cache_size:
             return redact(text, self.find(text))
         # Texts repeat across calls (system prompts, templates, retrieved examples): scrub once.
         cached = self._cache.get(text)
         if cached is None:
             cached = redact(text, self.find(text))
-            if len(self._cache) >= _CACHE_SIZE:
+            if len(self._cache) >= self._cache_size:
                 with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted first
                     self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
             self._cache[text] = cached
