@@ -80,6 +80,8 @@ def test_planted_non_pii_is_kept(scrubber: Scrubber) -> None:
         "Claude and Gemini answered; deploy with Docker on Kubernetes from Microsoft Azure.",
         "Tracking 123456 and SKU 998877 shipped; invoice INV-2024-0042 is paid.",
         "Use HTTP/1.1 at 12:30:45 with TLS 1.3 and RFC 9110.",
+        # a valid French number once the trunk 0 is added (01 23 45 67 89), but nobody writes it so
+        "Where is my order 123456789? It shipped on Monday.",
     ],
 )
 def test_non_pii_text_stays_intact(scrubber: Scrubber, text: str) -> None:
@@ -95,6 +97,8 @@ def test_non_pii_text_stays_intact(scrubber: Scrubber, text: str) -> None:
         ("ruf an: 030 901820", "ruf an: <PHONE>"),
         ("appelle le 06 12 34 56 78", "appelle le <PHONE>"),
         ("call 0044 20 7946 0958", "call <PHONE>"),
+        ("call 020 7946 0958", "call <PHONE>"),
+        ("call 1 415 555 2671", "call <PHONE>"),  # NANP's optional 1
         ("card 4111-1111-1111-1111 ok", "card <CARD> ok"),
         ("amex 3782 822463 10005", "amex <CARD>"),
         ("iban GB82 WEST 1234 5698 7654 32, thanks", "iban <IBAN>, thanks"),
@@ -325,3 +329,8 @@ def test_a_scrubber_without_a_cache_scrubs_every_text_in_full() -> None:
     for _ in range(3):
         assert s.scrub(system) == "You are a helpful assistant. Escalate to <EMAIL>."
     assert seen == [system] * 3
+
+
+def test_an_unknown_phone_region_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown phone region 'XX'"):
+        Scrubber(types={"PHONE"}, phone_regions=("US", "XX"))

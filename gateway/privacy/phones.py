@@ -5,7 +5,11 @@ for a scrubber that sees every call. So a cheap regex proposes candidates (7-17 
 usual separators, inside the digit runs the scrubber found once for all number-shaped detectors)
 and only those are parsed and validated, ~0.1 ms each.
 Dates and decimals are rejected before parsing: libphonenumber accepts e.g. `2024-05-01` as a
-valid German number.
+valid German number. A national candidate is parsed for a region only if it is written as that
+region writes its numbers: with its trunk prefix where that is 0 (GB, DE, FR: "030 1234567", never
+"30 1234567"), and with one of its possible lengths. libphonenumber itself takes the digits without
+the 0, so an order number like 123456789 was a valid French number (01 23 45 67 89), and every
+number-shaped token that fails in the US was parsed for each other region (~100 us per token).
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ class PhoneDetector:
 
         self._pn = phonenumbers
         self._regions = tuple(r.upper() for r in regions)
+        self._national: dict[str, tuple[str | None, frozenset[int]]] = {}
+        for region in self._regions:
+            meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+            if meta is None or meta.general_desc is None:
+                raise ValueError(f"unknown phone region {region!r}")
+            self._national[region] = (meta.national_prefix, frozenset(meta.general_desc.possible_length))
 
     def find(self, text: str, runs: list[Run] | None = None) -> list[Finding]:
         """Phone-number spans in `text`; `runs` are its `digit_runs` when the caller has them."""
@@ -50,15 +60,24 @@ class PhoneDetector:
                 digits = _NON_DIGIT.sub("", raw)
                 if not 7 <= len(digits) <= 17 or _NOT_A_PHONE.search(raw.strip("()")):
                     continue
-                if self._valid(raw):
+                if self._valid(raw, digits):
                     out.append(Finding("PHONE", m.start(), m.end()))
         return out
 
-    def _valid(self, raw: str) -> bool:
+    def _valid(self, raw: str, digits: str) -> bool:
         if raw.startswith("+") or raw.startswith("00"):
             number = "+" + raw[2:] if raw.startswith("00") else raw
             return self._parses_valid(number, None)
-        return any(self._parses_valid(raw, region) for region in self._regions)
+        return any(self._parses_valid(raw, region) for region in self._regions if self._written_as(digits, region))
+
+    def _written_as(self, digits: str, region: str) -> bool:
+        """Whether `digits` has the shape of a national number of `region` as people write it."""
+        prefix, lengths = self._national[region]
+        if prefix == "0":  # a trunk prefix of 0 is always written in the national format
+            return digits.startswith("0") and len(digits) - 1 in lengths
+        if prefix and digits.startswith(prefix) and len(digits) - len(prefix) in lengths:
+            return True  # NANP's optional 1
+        return len(digits) in lengths
 
     def _parses_valid(self, raw: str, region: str | None) -> bool:
         pn = self._pn
