@@ -254,6 +254,8 @@ def test_a_call_without_pii_is_returned_as_it_is_and_its_arguments_keep_their_te
             {"id": "t", "type": "function", "function": {"name": "weather", "arguments": arguments}}]}}]},
     )  # fmt: skip
     assert scrubber.scrub_call(clean) is clean  # nothing copied
+    retried = evolve(clean, attempts=[Attempt("small", "openai", 503, "upstream overloaded", 3.0)])
+    assert scrubber.scrub_call(retried) is retried  # an error without PII is not copied either
     leaky = evolve(clean, request={"messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Mail jane@example.com"}]})  # fmt: skip

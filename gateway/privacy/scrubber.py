@@ -11,7 +11,7 @@ from gateway.privacy.findings import Finding, PiiType, redact, resolve_overlaps
 from gateway.privacy.names import DEFAULT_LOCALES, NameDetector
 from gateway.privacy.patterns import Run, digit_runs, find_cards, find_emails, find_ibans, find_ips
 from gateway.privacy.phones import DEFAULT_REGIONS, PhoneDetector
-from gateway.store.records import JSON, CallRecord, FeedbackRecord, evolve
+from gateway.store.records import JSON, Attempt, CallRecord, FeedbackRecord, evolve
 
 Detector = Callable[[str], list[Finding]]
 _NumericDetector = Callable[[str, list[Run]], list[Finding]]
@@ -132,9 +132,7 @@ class Scrubber:
         request = self.scrub_json(rec.request)
         response = self.scrub_json(rec.response)
         error = None if rec.error is None else self.scrub(rec.error)
-        attempts = rec.attempts
-        if any(a.error is not None for a in attempts):
-            attempts = [a if a.error is None else evolve(a, error=self.scrub(a.error)) for a in attempts]
+        attempts = self._scrub_attempts(rec.attempts)
         if request is rec.request and response is rec.response and error is rec.error and attempts is rec.attempts:
             return rec
         return evolve(rec, request=request, response=response, error=error, attempts=attempts)
@@ -188,6 +186,15 @@ class Scrubber:
                     out = list(value)
                 out[i] = new
         return value if out is None else out
+
+    def _scrub_attempts(self, attempts: list[Attempt]) -> list[Attempt]:
+        out: list[Attempt] | None = None
+        for i, a in enumerate(attempts):
+            if a.error is not None and (error := self.scrub(a.error)) is not a.error:
+                if out is None:
+                    out = list(attempts)
+                out[i] = evolve(a, error=error)
+        return attempts if out is None else out
 
     def _scrub_value(self, value: str, key: str | None) -> str:
         if key in _STRUCTURAL_KEYS or _is_blob(value):

@@ -111,22 +111,20 @@ class SqlStore(ABC):
 
     async def _without_forgotten(self, conn: Conn, rows: codec.CallRows) -> codec.CallRows:
         """`rows` less the calls of users forgotten after those calls were made."""
-        users = {r[_USER]: codec.user_hash(r[_USER]) for r in rows.calls if r[_USER] is not None}
-        if not users:
-            return rows
-        if self.dialect.insert_lock:
-            await conn.fetch(self.dialect.insert_lock)
-        forgotten = await self._forgotten(conn, set(users.values()))
-        if not forgotten:
-            return rows
+        users = {u: codec.user_hash(u) for u in {r[_USER] for r in rows.calls} if u is not None}
+        forgotten = await self._forgotten(conn, set(users.values())) if users else {}
         drop = {r[0] for r in rows.calls
                 if r[_USER] is not None and r[_CREATED] <= forgotten.get(users[r[_USER]], -1.0)}
-        if drop:
-            log.info("store: %d calls of forgotten users dropped on arrival", len(drop))
-        return codec.without_calls(rows, drop) if drop else rows
+        if not drop:
+            return rows
+        log.info("store: %d calls of forgotten users dropped on arrival", len(drop))
+        return codec.without_calls(rows, drop)
 
     async def _forgotten(self, conn: Conn, hashes: set[str]) -> dict[str, float]:
-        """user hash -> when that user was forgotten, for those of `hashes` that were."""
+        """user hash -> when that user was forgotten, for those of `hashes` that were; taken under
+        the insert lock, so a concurrent forget is either seen here or sees this transaction's rows."""
+        if self.dialect.insert_lock:
+            await conn.fetch(self.dialect.insert_lock)
         out: dict[str, float] = {}
         for chunk in _chunks(sorted(hashes)):
             for row in await conn.fetch(
@@ -215,10 +213,8 @@ class SqlStore(ABC):
         """Insert one feedback row; a known id is skipped."""
         async with self._write() as conn:
             if fb.user is not None:
-                if self.dialect.insert_lock:
-                    await conn.fetch(self.dialect.insert_lock)
-                at = (await self._forgotten(conn, {codec.user_hash(fb.user)})).values()
-                if any(fb.created_at <= t for t in at):
+                user = codec.user_hash(fb.user)
+                if fb.created_at <= (await self._forgotten(conn, {user})).get(user, -1.0):
                     log.info("store: feedback of a forgotten user dropped on arrival")
                     return
             await conn.execute(

@@ -9,8 +9,8 @@ for 5-25 ms several times a second under load). A background task drains the que
 hook (the privacy scrubber) on each call and turns it into table rows at once, then inserts.
 A batch in flight so holds rows (tuples of strings and numbers, which the collector stops
 tracking), not records: ~10 containers per call, alive until the insert, had made logging
-trigger 20 times as many collections as serving. Nothing is dropped
-silently: when the queue is full, or an insert fails, rows go to the spill file (spill.py),
+trigger 20 times as many collections as serving. Nothing is dropped silently: when the
+queue is full, or an insert fails, rows go to the spill file (spill.py),
 already prepared; on `start()` and every `retry_s` while running the writer re-ingests spilled
 rows. After a failed insert, batches go straight to the spill file for `retry_s` (no waiting on
 a dead database per batch) until a re-ingest or a later batch succeeds. `stop()` drains the
