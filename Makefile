@@ -24,5 +24,5 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway policies learners tests bench
+	$(VENV)/bin/ruff check gateway policies retrieval learners flywheel tests bench
 	$(VENV)/bin/mypy

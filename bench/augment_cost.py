@@ -25,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gateway.augment import Augmenter, LoadedIndex, LoadedTemplate, RouteServing, ServingSet
-from gateway.pipeline import Pipeline, RequestContext
-from gateway.runtime import build_runtime
-from gateway.settings import parse_settings
-from gateway.templating import CompiledTemplate, Demonstration, Template
-from learners.embeddings import AsyncBatchEmbedder, EmbedderUnavailable, load_embedder
-from learners.examples import Example, ExampleIndex
+from gateway.config.settings import parse_settings
+from gateway.serve.augment import Augmenter, LoadedIndex, LoadedTemplate, RouteServing, ServingSet
+from gateway.serve.pipeline import Pipeline, RequestContext
+from gateway.serve.runtime import build_runtime
+from gateway.serve.templating import CompiledTemplate, Demonstration, Template
+from retrieval.embeddings import AsyncBatchEmbedder, EmbedderUnavailable, load_embedder
+from retrieval.examples import Example, ExampleIndex
 
 _WORDS = ("order refund parcel invoice password account shipping delivery return card plan address "
           "subscription discount voucher warranty repair store opening hours login email phone")

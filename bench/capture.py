@@ -62,8 +62,8 @@ from bench.loadgen import (
     wait_http,
 )
 from bench.overhead import body_for, user_prompt
-from gateway.capture import Capture
-from gateway.settings import PrivacySettings
+from gateway.capture.intake import Capture
+from gateway.config.settings import PrivacySettings
 from gateway.store import open_store, sqlite_path
 from gateway.store.base import Store
 from gateway.store.records import Attempt, CallRecord, new_id
@@ -97,16 +97,16 @@ class Run:
 
 def start_upstream(tmp: Path, delay_ms: int, jitter_ms: int = 0) -> Service:
     port = free_port()
-    svc = spawn(["-m", "gateway.providers.fake_server", "--port", str(port), "--delay-ms", str(delay_ms),
+    svc = spawn(["-m", "gateway.providers.fakes.server", "--port", str(port), "--delay-ms", str(delay_ms),
                  "--jitter-ms", str(jitter_ms)], port=port, log_path=tmp / "upstream.log", cwd=REPO)
     wait_http(svc, "/v1/models")
     return svc
 
 
 def start_gateway(config: Path, tmp: Path, tag: str) -> tuple[Service, float]:
-    """`python -m gateway.cli --config X serve --port P`; the service and its start-up time."""
+    """`python -m flywheel.cli --config X serve --port P`; the service and its start-up time."""
     port = free_port()
-    svc = spawn(["-m", "gateway.cli", "--config", str(config), "serve", "--port", str(port)], port=port,
+    svc = spawn(["-m", "flywheel.cli", "--config", str(config), "serve", "--port", str(port)], port=port,
                 log_path=tmp / f"gateway-{tag}.log", cwd=REPO)
     return svc, wait_http(svc, "/healthz")
 

@@ -137,7 +137,7 @@ async def main_async(args: argparse.Namespace) -> None:
     config = write_config(tmp, port, args.embedder, args.interval_s)
     env = {k: v for k, v in os.environ.items() if k != "FLYWHEEL_ADMIN_KEY"} | {"HF_HUB_OFFLINE": "1"}
     with open(tmp / "gateway.log", "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"],
+        proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "--config", str(config), "serve"],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     sim = Sim(f"http://127.0.0.1:{port}")
     stop = asyncio.Event()

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from learners.embeddings import StaticEmbedder, default_static_dir, distill_static
+from retrieval.embeddings import StaticEmbedder, default_static_dir, distill_static
 
 
 def main() -> None:

@@ -215,7 +215,7 @@ def run_arm(users: Users, arm: Arm, stream: Sequence[Item], args: argparse.Names
 
 def start_gateway(config: Path, port: int, tmp: Path, admin_key: str) -> Service:
     """`flywheel serve` as a child process; waits for /healthz."""
-    svc = spawn(["-m", "gateway.cli", "--config", str(config), "serve"], port=port, log_path=tmp / "gateway.log",
+    svc = spawn(["-m", "flywheel.cli", "--config", str(config), "serve"], port=port, log_path=tmp / "gateway.log",
                 cwd=ROOT, env={ADMIN_ENV: admin_key})
     wait_http(svc, "/healthz", timeout_s=120)
     return svc

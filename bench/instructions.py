@@ -43,7 +43,7 @@ def server_command(arm: str, config: Path, port: int, upstreams: dict[int, Servi
     if arm == "floor":
         routes = [f"fake-{d}={svc.url}" for d, svc in upstreams.items()]
         return [sys.executable, "-m", "bench.overhead", "--serve-floor", str(port), *routes]
-    return [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve", "--port", str(port)]
+    return [sys.executable, "-m", "flywheel.cli", "--config", str(config), "serve", "--port", str(port)]
 
 
 def callgrind_total(out: Path) -> int:

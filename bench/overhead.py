@@ -159,7 +159,7 @@ def serve_floor(port: int, upstreams: dict[str, str]) -> None:
 
 def start_upstream(delay_ms: int, tmp: Path) -> Service:
     port = free_port()
-    svc = spawn(["-m", "gateway.providers.fake_server", "--port", str(port), "--delay-ms", str(delay_ms)],
+    svc = spawn(["-m", "gateway.providers.fakes.server", "--port", str(port), "--delay-ms", str(delay_ms)],
                 port=port, log_path=tmp / f"upstream-{delay_ms}.log", cwd=REPO)
     wait_http(svc, "/v1/models")
     return svc
@@ -191,7 +191,7 @@ def write_config(tmp: Path, upstreams: dict[int, Service]) -> Path:
 def start_gateway(config: Path, tmp: Path, tag: str) -> tuple[Service, float]:
     """`flywheel --config X serve --port P`; returns the service and its start-up time (spawn -> /healthz)."""
     port = free_port()
-    svc = spawn(["-m", "gateway.cli", "--config", str(config), "serve", "--port", str(port)], port=port,
+    svc = spawn(["-m", "flywheel.cli", "--config", str(config), "serve", "--port", str(port)], port=port,
                 log_path=tmp / f"gateway-{tag}.log", cwd=REPO)
     return svc, wait_http(svc, "/healthz")
 

@@ -31,9 +31,9 @@ from numpy.typing import NDArray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from learners.embeddings import AsyncBatchEmbedder, Embedder, EmbedderUnavailable, load_embedder
-from learners.examples import Example, ExampleIndex
-from learners.vector_index import FLAT_MAX, VectorIndex
+from retrieval.embeddings import AsyncBatchEmbedder, Embedder, EmbedderUnavailable, load_embedder
+from retrieval.examples import Example, ExampleIndex
+from retrieval.vector_index import FLAT_MAX, VectorIndex
 
 ACTIONS = [
     ["cancel", "terminate", "end"],

@@ -29,13 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.pipeline import answer_key, disagrees
+from gateway.serve.injected import injected_examples
+from gateway.serve.outcomes import escalated_quality
+from gateway.serve.pipeline import answer_key, disagrees
 from gateway.store import open_store
-from learners.dataset import injected_examples
-from learners.embeddings import load_embedder
-from learners.routing_data import Example, escalated_quality, load_examples, recent_calls, threaded
+from learners.routing_data import Example, load_examples, recent_calls
 from policies.featurise import memory_answer
 from policies.learned import LearnedPolicy
+from retrieval.embeddings import load_embedder, threaded
 
 ROUTES = {"routed": "intents", "cheap": "intents-cheap", "strong": "intents-strong"}
 

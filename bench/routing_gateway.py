@@ -40,11 +40,12 @@ import httpx
 import openai
 import uvicorn
 
-from gateway.app import Gateway, create_app
-from gateway.providers.fake import HARD_REPLY
-from gateway.settings import load_settings
-from learners.embeddings import HashingEmbedder
+from flywheel.app import create_app
+from gateway.config.settings import load_settings
+from gateway.providers.fakes.provider import HARD_REPLY
+from gateway.server import Gateway
 from policies import Features, LearnedPolicy
+from retrieval.embeddings import HashingEmbedder
 
 WINDOW = 200
 PRICE = {"cheap": (0.5, 1.5), "strong": (10.0, 30.0)}  # $/Mtok in, out: strong costs 20x

@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
+
+
+class Service(Protocol):
+    """Something that runs beside the request path for the gateway's lifetime (learners, retention…)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:

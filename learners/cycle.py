@@ -14,22 +14,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from gateway.augment import EmbedFn, LoadedIndex, LoadedTemplate, ServingSet
-from gateway.runtime import Runtime
-from gateway.settings import LearnerSettings, RetrievalSettings, RouteSettings
+from gateway.config.settings import LearnerSettings, RetrievalSettings, RouteSettings
+from gateway.serve.augment import EmbedFn, LoadedIndex, LoadedTemplate, ServingSet
+from gateway.serve.outcomes import Replay
+from gateway.serve.runtime import Runtime
+from gateway.serve.templating import CompiledTemplate, Template, TemplateError
+from gateway.store.artifacts import ArtifactRegistry, Manifest, version_number
 from gateway.store.records import ArtifactKind, ArtifactRecord
-from gateway.templating import CompiledTemplate, Template, TemplateError
 from learners import guardrails
-from learners.artifacts import ArtifactRegistry, Manifest, version_number
 from learners.dataset import CurateConfig, Dataset, DatasetStats, EvalCase, curate, load_records
-from learners.embeddings import Embedder
 from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
-from learners.metrics import build_metric
-from learners.retrieval import example_ids, fit_index
+from learners.index import example_ids, fit_index
 from learners.rollout import Rollout, RolloutDecision
-from learners.routing_data import EmbedMany, Replay
 from learners.routing_replay import replay_variants
+from learners.scoring import build_metric
 from learners.template import fit_template
+from retrieval.embeddings import Embedder, EmbedMany
 
 if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber

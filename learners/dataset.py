@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.corrections import response_text
-from gateway.messages import content_text, message_text
+from gateway.capture.corrections import response_text
+from gateway.serve.injected import client_messages
+from gateway.serve.messages import content_text
 from gateway.store.base import Store
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
-from learners.embeddings import Embedder
-from learners.examples import Example, dedupe
+from retrieval.embeddings import Embedder
+from retrieval.examples import Example, dedupe
 
 if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber
@@ -132,44 +133,6 @@ class Dataset:
         calls = tuple(dict.fromkeys(e.source_call_id for e in examples))
         fbs = tuple(dict.fromkeys(f for e in examples for f in self.feedback_ids.get(e.id, ())))
         return calls, fbs
-
-
-def _undo_augmentation(rec: CallRecord) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """(client messages, injected example messages) of a stored call, or None when it can't be undone.
-
-    The augmenter prepends one system message when a template version is recorded and inserts
-    two messages per retrieved example just before the final user message, so both are undone
-    exactly from `template_version` and `retrieved_ids`.
-    """
-    req = rec.request
-    if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
-        return None
-    msgs = [m for m in req["messages"] if isinstance(m, dict)]
-    if rec.template_version and msgs and msgs[0].get("role") == "system":
-        msgs = msgs[1:]
-    n = 2 * len(rec.retrieved_ids)
-    if not n:
-        return msgs, []
-    last = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=None)
-    if last is None or last < n:
-        return None
-    return msgs[: last - n] + msgs[last:], msgs[last - n : last]
-
-
-def client_messages(rec: CallRecord) -> list[dict[str, Any]] | None:
-    """The messages the client sent: the stored request minus what the augmenter injected."""
-    split = _undo_augmentation(rec)
-    return None if split is None else split[0]
-
-
-def injected_examples(rec: CallRecord) -> list[tuple[str, str]]:
-    """The (input, output) examples retrieval injected into a stored call, nearest first."""
-    split = _undo_augmentation(rec)
-    if split is None:
-        return []
-    shots = split[1]
-    pairs = [(message_text(shots[i]), message_text(shots[i + 1])) for i in range(0, len(shots) - 1, 2)]
-    return pairs[::-1]  # the augmenter puts the nearest example last, next to the question
 
 
 def _segment(req: JSON, key_id: str | None) -> str | None:

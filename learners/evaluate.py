@@ -24,15 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.augment import EmbedFn, PinnedAugmenter, ServingSet
-from gateway.corrections import response_text
+from gateway.capture.corrections import response_text
+from gateway.config.settings import LearnerSettings, RetrievalSettings
 from gateway.errors import GatewayError
-from gateway.pipeline import Pipeline, RequestContext
-from gateway.runtime import Runtime
-from gateway.settings import LearnerSettings, RetrievalSettings
+from gateway.serve.augment import EmbedFn, PinnedAugmenter, ServingSet
+from gateway.serve.pipeline import Pipeline, RequestContext
+from gateway.serve.runtime import Runtime
 from gateway.store.records import CallRecord, new_id
 from learners.dataset import EvalCase
-from learners.metrics import Graded, Metric
+from learners.scoring import Graded, Metric
 
 Verdict = Literal["passed", "regression", "no_gain", "insufficient"]
 

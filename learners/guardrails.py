@@ -13,9 +13,9 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway.templating import Template, TemplateError, check_template
-from learners.artifacts import Manifest
-from learners.examples import Example
+from gateway.serve.templating import Template, TemplateError, check_template
+from gateway.store.artifacts import Manifest
+from retrieval.examples import Example
 
 if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from gateway.settings import LearnerSettings
+from gateway.capture.quality import call_quality
+from gateway.config.settings import LearnerSettings
+from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
-from learners.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of
-from learners.quality import call_quality
 
 Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting"]
-KINDS: tuple[ArtifactKind, ...] = ("template", "index")
+# the kinds this module decides; policies have their own canary check (learners/routing_rollout.py)
+AUGMENTING_KINDS: tuple[ArtifactKind, ...] = ("template", "index")
 _PAGE = 1000
 _MAX_CALLS = 50_000
 
@@ -111,7 +112,7 @@ class Rollout:
         cfg = self._settings()
         out: list[RolloutDecision] = []
         states = await self.registry.all_states(route)
-        for kind in KINDS:
+        for kind in AUGMENTING_KINDS:
             ks = states.get(kind)
             fig = await self.compare(route, kind, ks) if ks is not None else None
             if fig is None:
@@ -145,11 +146,11 @@ class Rollout:
         """
         states = await self.registry.all_states(route)
         if version is None:
-            live = [(ks.versions[v].since, kind, v) for kind, ks in states.items() if kind in KINDS
+            live = [(ks.versions[v].since, kind, v) for kind, ks in states.items() if kind in AUGMENTING_KINDS
                     for v in [ks.canary] if v is not None]
             if not live:
                 live = [(ks.versions[v].promoted_at or 0.0, kind, v) for kind, ks in states.items()
-                        if kind in KINDS for v in [ks.current] if v is not None]
+                        if kind in AUGMENTING_KINDS for v in [ks.current] if v is not None]
             if not live:
                 raise TransitionRefused(f"route {route} has nothing to roll back")
             _, kind, version = max(live)

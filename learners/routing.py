@@ -25,14 +25,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.settings import LearnerSettings
+from gateway.config.settings import LearnerSettings
+from gateway.serve.outcomes import Replay
+from gateway.store.artifacts import ArtifactRegistry, Manifest
 from gateway.store.base import Store
-from learners.artifacts import ArtifactRegistry, Manifest
 from learners.rollout import Rollout
-from learners.routing_data import EmbedMany, Example, Replay, Unrated, load_examples
+from learners.routing_data import Example, Unrated, load_examples
 from learners.routing_eval import Estimate, Verdict, describe, estimate_ips, estimate_replay, judge
 from policies.learned import LearnedPolicy
 from policies.summary import summarise_change
+from retrieval.embeddings import EmbedMany
 
 _STATE_KEYS = ("state", "updates")
 

@@ -1,31 +1,31 @@
 """Logged calls + feedback -> routing examples (features, variant, quality, cost, propensity).
 
 The request path and the policy learner must featurise a request the same way, so both use
-`gateway.messages.query_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
+`gateway.serve.messages.query_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
 embedder: the store keeps text, not vectors. Stored prompts are the ones sent upstream, so what
-the template and retrieval added is taken out again (`learners.dataset.client_messages`) before
+the template and retrieval added is taken out again (`gateway.serve.injected.client_messages`) before
 counting: a re-featurised call has the Features the router saw.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from gateway.messages import query_text
+from gateway.capture.quality import call_quality
+from gateway.serve.injected import client_messages, injected_examples
+from gateway.serve.messages import query_text
+from gateway.serve.outcomes import call_outcomes
 from gateway.store.base import Store
-from gateway.store.records import CallRecord, Escalation, FeedbackRecord
-from learners.dataset import client_messages, injected_examples
-from learners.embeddings import Embedder
-from learners.quality import call_quality
+from gateway.store.records import CallRecord, FeedbackRecord
 from policies.base import Features
 from policies.featurise import memory_agreement
+from retrieval.embeddings import EmbedMany
 
 Unrated = Literal["ignore", "ok"]
 
@@ -54,20 +54,6 @@ class Example:
     served: bool = True  # False: an escalated answer nobody saw, judged by the served one (`escalated_quality`)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    quality: float
-    cost: float
-
-
-@dataclass(frozen=True, slots=True)
-class Replay:
-    """An evaluation replay: the same request served by several variants, each judged."""
-
-    features: Features
-    outcomes: Mapping[str, Outcome]
-
-
 def call_text(rec: CallRecord) -> str:
     """The last user message of a stored call ('' when the text was not stored)."""
     req = rec.request
@@ -94,29 +80,6 @@ def features_of_call(rec: CallRecord, embedding: Any, nearest: Any = None) -> Fe
                     memory_agreement=agreement)
 
 
-def escalated_quality(served_quality: float, same_answer: bool) -> float | None:
-    """What the served answer's quality says about the escalated, unused one (`Escalation`): the
-    same answer scores the same; a different one was wrong if the served one was right (a label or
-    extraction route, which escalation is for, has one right answer); otherwise nothing is known."""
-    if same_answer:
-        return served_quality
-    return 0.0 if served_quality >= 1.0 else None
-
-
-def call_outcomes(
-    variant: str, cost_usd: float | None, esc: Escalation | None, quality: float | None
-) -> list[tuple[str, float | None, float]]:
-    """(variant, quality, cost) for each answer a call (served by `variant`, costing `cost_usd` in
-    all) paid for, the served one first: an escalated call also teaches the router what its decided
-    variant would have scored."""
-    total = cost_usd or 0.0
-    if esc is None:
-        return [(variant, quality, total)]
-    spent = esc.cost_usd or 0.0
-    unused = None if quality is None else escalated_quality(quality, esc.same_answer)
-    return [(variant, quality, max(total - spent, 0.0)), (esc.variant, unused, spent)]
-
-
 def _propensity(rec: CallRecord) -> float | None:
     # a fallback answered: the logged probability is the decided variant's, not this one's
     if len({a.model for a in rec.attempts}) > 1:
@@ -135,21 +98,6 @@ async def recent_calls(store: Store, route: str, *, since: float | None, limit: 
         if len(batch) < page:
             return list(keep)
         offset += page
-
-
-EmbedMany = Callable[[list[str]], Awaitable[Sequence[Any]]]
-
-
-def threaded(embedder: Embedder, batch: int = 256) -> EmbedMany:
-    """An `EmbedMany` running `embedder.embed` in a worker thread, `batch` texts at a time."""
-
-    async def embed_many(texts: list[str]) -> list[Any]:
-        out: list[Any] = []
-        for i in range(0, len(texts), batch):
-            out.extend(await asyncio.to_thread(embedder.embed, texts[i : i + batch]))
-        return out
-
-    return embed_many
 
 
 async def embed_calls(calls: Sequence[CallRecord], embed_many: EmbedMany) -> tuple[list[Any], list[Any]]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from learners.routing_data import Example, Replay
+from gateway.serve.outcomes import Replay
+from learners.routing_data import Example
 from policies.learned import LearnedPolicy
 
 

@@ -12,7 +12,7 @@ own pipeline, with the route's current template and index pinned and the call's 
 out (so the memory a replay sees is what a new, similar request would see), and scores each
 answer with the learners' metric. A `Replay` pairs the request's Features (as the request path
 computes them: `learners.routing_data.features_of_call` on the replayed record) with each
-variant's (quality, cost). The router learns from them like from feedback (gateway/learned_routing.py)
+variant's (quality, cost). The router learns from them like from feedback (gateway/serve/routing.py)
 and the policy learner trains and evaluates candidates on them (learners/routing.py).
 """
 
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.augment import ServingSet
+from gateway.serve.augment import ServingSet
+from gateway.serve.outcomes import Outcome, Replay
 from learners.dataset import EvalCase
 from learners.evaluate import ArmResult, Replayer
-from learners.routing_data import EmbedMany, Outcome, Replay, embed_calls, features_of_call
+from learners.routing_data import embed_calls, features_of_call
+from retrieval.embeddings import EmbedMany
 
 
 async def replay_variants(

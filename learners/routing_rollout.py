@@ -4,7 +4,7 @@ learners/rollout.py decides template and index canaries by the version each call
 (`template_version`, `index_version`); a routing policy's version is in `policy_version`, and a
 cheaper policy is the point of the exercise, so its canary is judged here, with the same
 lifecycle (`ArtifactRegistry.move`) and settings (`canary_min_feedback`, `canary_tolerance`):
-promoted when its mean quality (the route's `quality_metric`, learners/quality.py) is within
+promoted when its mean quality (the route's `quality_metric`, gateway/capture/quality.py) is within
 `canary_tolerance` of the other calls' since the canary began, rolled back otherwise. The cost
 per call of both arms is reported with the decision.
 """
@@ -16,10 +16,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from gateway.settings import LearnerSettings
+from gateway.capture.quality import call_quality
+from gateway.config.settings import LearnerSettings
+from gateway.store.artifacts import ArtifactRegistry, TransitionRefused
 from gateway.store.records import CallRecord, FeedbackRecord
-from learners.artifacts import ArtifactRegistry, TransitionRefused
-from learners.quality import call_quality
 from learners.rollout import RolloutDecision
 
 _PAGE = 1000

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.templating import Demonstration, Template
-from learners.artifacts import Manifest
+from gateway.serve.templating import Demonstration, Template
+from gateway.store.artifacts import Manifest
 from learners.dataset import Correction, Dataset
-from learners.embeddings import Embedder
-from learners.metrics import ChatFn
+from learners.scoring import ChatFn
+from retrieval.embeddings import Embedder
 
 PRODUCER = "template"
 CLUSTER_THRESHOLD = 0.5  # cosine between a question and a cluster's centroid to join it (MiniLM, static)

@@ -20,7 +20,7 @@ from policies.summary import summarise_change
 from policies.weighted import WeightedPolicy
 
 __all__ = [
-    "KINDS",
+    "POLICY_KINDS",
     "Decision",
     "FallbackPolicy",
     "Features",
@@ -35,7 +35,7 @@ __all__ = [
     "summarise_change",
 ]
 
-KINDS = ("static", "weighted", "fallback", "learned")
+POLICY_KINDS = ("static", "weighted", "fallback", "learned")
 
 
 def _static(variants: Sequence[str] = (), variant: str | None = None, **kw: Any) -> StaticPolicy:
@@ -91,7 +91,7 @@ def build_policy(kind: str, **params: Any) -> Policy:
     """
     entry = _BUILDERS.get(kind)
     if entry is None:
-        raise ValueError(f"unknown policy kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown policy kind {kind!r}; expected one of {', '.join(POLICY_KINDS)}")
     builder, target = entry
     unknown = sorted(set(params) - _accepted(builder, target))
     if unknown:

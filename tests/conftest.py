@@ -18,8 +18,10 @@ import pytest
 import tomli_w
 import uvicorn
 
-from gateway.app import Gateway, create_app
-from gateway.settings import Settings, parse_settings
+from flywheel.app import create_app
+from gateway.config.settings import Settings, parse_settings
+from gateway.server import Gateway
+from learners.loop import LearningLoop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -45,7 +47,7 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
 def fake_upstream() -> Iterator[str]:
     """Base URL (…/v1) of a fake OpenAI-compatible upstream running in its own process."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.providers.fake_server", "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.providers.fakes.server", "--port", str(port)])
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models")
         yield f"http://127.0.0.1:{port}/v1"
@@ -73,6 +75,7 @@ def received(upstream: str, model: str) -> list[dict[str, Any]]:
 class RunningGateway:
     url: str  # http://127.0.0.1:PORT
     gateway: Gateway
+    learning: LearningLoop
     server: uvicorn.Server
     thread: threading.Thread
 
@@ -98,7 +101,7 @@ def start_gateway(settings: Settings, config_path: Path | None = None) -> Runnin
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("gateway did not start")
         time.sleep(0.02)
-    return RunningGateway(f"http://127.0.0.1:{port}", app.state.gateway, server, thread)
+    return RunningGateway(f"http://127.0.0.1:{port}", app.state.gateway, app.state.learning, server, thread)
 
 
 def base_config(upstream: str, tmp: Path, **overrides: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cli import parse
+from flywheel.cli import parse
 
 
 def test_diff_versions_may_follow_options() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.signals import SignalDetector, similarity, tokens
+from gateway.capture.signals import SignalDetector, similarity, tokens
 from gateway.store.records import CallRecord
 
 T0 = 1_700_000_000.0

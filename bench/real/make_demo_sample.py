@@ -2,7 +2,7 @@
 
 Reads BIG-bench's `intent_recognition` task straight out of the bigbench 1.0.0 source archive
 (see bench/real/bigbench.py) and writes a seeded, label-balanced sample to
-gateway/demo/snips_intents.jsonl. Nothing here is hand-written data.
+flywheel/demo/snips_intents.jsonl. Nothing here is hand-written data.
 
     python -m bench.real.make_demo_sample [--per-label 50] [--seed 7]
 """

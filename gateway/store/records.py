@@ -22,6 +22,7 @@ JSON = Any  # a value that json/orjson can serialise
 FeedbackSignal = Literal["used", "copied", "edited", "regenerated", "rephrased", "abandoned", "corrected"]
 FeedbackSource = Literal["user", "inferred"]
 ArtifactKind = Literal["template", "index", "policy"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("template", "index", "policy")
 ArtifactState = Literal["candidate", "canary", "promoted", "rolled_back", "rejected"]
 
 

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.cli import data, main
+from flywheel.cli import data, main
 from gateway.store.base import Store
 from gateway.store.records import CallRecord
 from tests.capture.conftest import REPO, poll_store, with_store, write_config
@@ -58,7 +58,7 @@ def test_forget_deletes_one_users_calls_and_feedback(config: Path, tmp_path: Pat
 
 def test_forget_runs_as_a_command(config: Path, tmp_path: Path) -> None:
     with_store(store_url(tmp_path), _two_users)
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "forget", "--user", "bob"],
+    out = subprocess.run([sys.executable, "-m", "flywheel.cli", "--config", str(config), "forget", "--user", "bob"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "20 calls and 22 feedback rows deleted" in out.stdout  # + alice's on his call, his on hers

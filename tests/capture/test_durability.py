@@ -53,13 +53,13 @@ async def _stored_ids(store: Store) -> set[str]:
 
 
 def _upstream(start: Start, tmp: Path, delay_ms: int) -> str:
-    up = start(["-m", "gateway.providers.fake_server", "--delay-ms", str(delay_ms)], tmp / "upstream.log",
+    up = start(["-m", "gateway.providers.fakes.server", "--delay-ms", str(delay_ms)], tmp / "upstream.log",
                "/v1/models")
     return up.url + "/v1"
 
 
 def _gateway(start: Start, config: Path, tmp: Path, tag: str) -> Proc:
-    return start(["-m", "gateway.cli", "--config", str(config), "serve"], tmp / f"gateway-{tag}.log", "/healthz")
+    return start(["-m", "flywheel.cli", "--config", str(config), "serve"], tmp / f"gateway-{tag}.log", "/healthz")
 
 
 def test_sigterm_under_load_loses_no_answered_call(processes: Start, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from gateway.auth import hash_key
+from gateway.http.auth import hash_key
 from tests.capture.conftest import poll_store, with_store
 from tests.conftest import base_config, fetch_call
 from tests.store.factories import make_call

@@ -11,13 +11,13 @@ import httpx
 import orjson
 import pytest
 
-from gateway.pricing import PriceMap, TokenPrice, litellm_price_file, load_prices
+from gateway.capture.pricing import PriceMap, TokenPrice, litellm_price_file, load_prices
 from tests.capture.conftest import REPO
 from tests.conftest import base_config, fetch_call
 
 
 def test_the_price_file_is_found_and_litellm_is_not_imported() -> None:
-    code = ("import sys; from gateway.pricing import PriceMap; c = PriceMap().cost('gpt-4o-mini', 1000, 100); "
+    code = ("import sys; from gateway.capture.pricing import PriceMap; c = PriceMap().cost('gpt-4o-mini', 1000, 100); "
             "print(c, 'litellm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

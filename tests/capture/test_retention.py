@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.retention import DAY_S, RetentionService
-from gateway.settings import PrivacySettings
+from gateway.capture.retention import DAY_S, RetentionService
+from gateway.config.settings import PrivacySettings
 from gateway.store import open_store
 from gateway.store.sql import SqlStore
 from tests.capture.conftest import poll_store, with_store

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gateway.cli import main
-from gateway.demo.config import ROUTE, LearningKnobs, write_demo_config
-from gateway.demo.runner import DemoOptions, run_demo
-from gateway.demo.upstream import SimulatedUpstream
-from gateway.demo.users import Judge, intents, load_sample, named_intents, traffic
-from gateway.demo.view import LiveView, PlainView
+from flywheel.cli import main
+from flywheel.demo.config import ROUTE, LearningKnobs, write_demo_config
+from flywheel.demo.runner import DemoOptions, run_demo
+from flywheel.demo.upstream import SimulatedUpstream
+from flywheel.demo.users import Judge, intents, load_sample, named_intents, traffic
+from flywheel.demo.view import LiveView, PlainView
 
 
 def test_traffic_asks_every_question_once_before_repeating() -> None:

@@ -1,6 +1,6 @@
 """Clients other than the openai SDK, pointed at the gateway with only a base URL changed:
 langchain-openai, llama-index's OpenAILike, pydantic-ai, instructor and the `llm` CLI, each
-against a real fake upstream (gateway/providers/fake_server.py), with their own parsing of
+against a real fake upstream (gateway/providers/fakes/server.py), with their own parsing of
 answers, streams, tool calls and structured output."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.auth import hash_key
+from gateway.http.auth import hash_key
 from tests.conftest import base_config, script
 from tests.openapi import validate
 

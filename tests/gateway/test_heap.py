@@ -1,4 +1,4 @@
-"""Start-up moves the long-lived heap out of the garbage collector's reach (gateway/heap.py)."""
+"""Start-up moves the long-lived heap out of the garbage collector's reach (gateway/gc_pauses.py)."""
 
 from __future__ import annotations
 

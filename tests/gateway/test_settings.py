@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.cli import main
-from gateway.settings import ConfigError, load_settings, parse_settings
+from flywheel.cli import main
+from gateway.config.settings import ConfigError, load_settings, parse_settings
 
 GOOD = """
 [providers.up]

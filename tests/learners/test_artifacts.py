@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import LearnerSettings
+from gateway.config.settings import LearnerSettings
 from gateway.store import open_store
+from gateway.store.artifacts import ArtifactRegistry, Manifest, TransitionRefused, kind_of, version_number
 from gateway.store.base import Store
-from learners.artifacts import ArtifactRegistry, Manifest, TransitionRefused, kind_of, version_number
 from learners.rollout import Rollout
 
 M = Manifest(produced_by="test", evidence_call_ids=("c1",), note="because")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from learners.embeddings import AsyncBatchEmbedder, EmbedderBusy, HashingEmbedder, Vectors
+from retrieval.embeddings import AsyncBatchEmbedder, EmbedderBusy, HashingEmbedder, Vectors
 
 
 class CountingEmbedder:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.augment import (
+from gateway.config.settings import RetrievalSettings, parse_settings
+from gateway.serve.augment import (
     Augmenter,
     LoadedIndex,
     LoadedTemplate,
@@ -17,15 +18,14 @@ from gateway.augment import (
     apply,
     bucket,
 )
-from gateway.messages import query_text
-from gateway.pipeline import RequestContext
-from gateway.settings import RetrievalSettings, parse_settings
+from gateway.serve.injected import client_messages, injected_examples
+from gateway.serve.messages import query_text
+from gateway.serve.pipeline import RequestContext
+from gateway.serve.templating import CompiledTemplate, Template
 from gateway.store.records import CallRecord
-from gateway.templating import CompiledTemplate, Template
-from learners.dataset import client_messages, injected_examples
-from learners.embeddings import EmbedderBusy, HashingEmbedder
-from learners.examples import Example, ExampleIndex
 from learners.routing_data import features_of_call
+from retrieval.embeddings import EmbedderBusy, HashingEmbedder
+from retrieval.examples import Example, ExampleIndex
 
 EMB = HashingEmbedder()
 EXAMPLES = [Example(f"c{i}#f", q, a, f"c{i}", "correction", float(i)) for i, (q, a) in enumerate([

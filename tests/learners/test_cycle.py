@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.privacy.scrubber import Scrubber
-from gateway.templating import Demonstration, Template
-from learners.artifacts import Manifest
-from learners.examples import Example
+from gateway.serve.templating import Demonstration, Template
+from gateway.store.artifacts import Manifest
 from learners.guardrails import check_index_candidate, check_template_candidate
+from retrieval.examples import Example
 from tests.learners.scenario import ROUTE, Client, config, correct_everything
 
 SCRUBBER = Scrubber()

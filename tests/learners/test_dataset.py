@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.privacy.scrubber import Scrubber
+from gateway.serve.injected import client_messages
 from gateway.store.records import CallRecord, FeedbackRecord
-from learners.dataset import CurateConfig, client_messages, curate, in_heldout, logged_call
-from learners.embeddings import HashingEmbedder
+from learners.dataset import CurateConfig, curate, in_heldout, logged_call
+from retrieval.embeddings import HashingEmbedder
 
 EMB = HashingEmbedder()
 T0 = 1_700_000_000.0

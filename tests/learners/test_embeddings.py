@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learners.embeddings import (
+from retrieval.embeddings import (
     EmbedderUnavailable,
     HashingEmbedder,
     SentenceTransformerEmbedder,
@@ -31,7 +31,7 @@ def test_hashing_shape_dtype_and_unit_norm() -> None:
 def test_hashing_is_deterministic_across_processes() -> None:
     # Python's str hash is salted per process; the embedder must not depend on it.
     code = (
-        "from learners.embeddings import HashingEmbedder;"
+        "from retrieval.embeddings import HashingEmbedder;"
         "print(HashingEmbedder().embed(['cancel my order please'])[0][:8].tolist())"
     )
     root = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def test_static_embedder_loads_a_local_model2vec_dir(tmp_path: Path) -> None:
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
-    from learners.embeddings import minilm_path
+    from retrieval.embeddings import minilm_path
 
     tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
     vecs = np.random.default_rng(0).standard_normal((tok.get_vocab_size(), 16)).astype(np.float32)

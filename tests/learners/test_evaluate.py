@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.augment import ServingSet
-from gateway.runtime import build_runtime
-from gateway.settings import LearnerSettings, RetrievalSettings, parse_settings
+from gateway.config.settings import LearnerSettings, RetrievalSettings, parse_settings
+from gateway.serve.augment import ServingSet
+from gateway.serve.runtime import build_runtime
 from gateway.store.records import CallRecord
 from learners.dataset import EvalCase
 from learners.evaluate import ArmResult, Budget, BudgetExhausted, CaseResult, Replayer, gate
-from learners.metrics import build_metric
+from learners.scoring import build_metric
 from tests.routing.conftest import HARD, routing_config
 
 CFG = LearnerSettings(min_samples=4, min_slice_samples=2, tolerance=0.1, margin=0.0)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from learners.embeddings import HashingEmbedder
-from learners.examples import Example, ExampleIndex, dedupe, few_shot_messages, with_few_shot
+from retrieval.embeddings import HashingEmbedder
+from retrieval.examples import Example, ExampleIndex, dedupe, few_shot_messages, with_few_shot
 
 
 def ex(i: int, text: str, out: str = "", t: float = 0.0, source: str = "rated") -> Example:
@@ -73,7 +73,7 @@ def test_dedupe_keeps_newest_of_near_duplicates_in_input_order() -> None:
 
 
 def test_dedupe_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import learners.examples as mod
+    import retrieval.examples as mod
 
     monkeypatch.setattr(mod, "_DEDUPE_BLOCK", 2)
     emb = HashingEmbedder()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.providers.fake import FakeEngine
+from gateway.providers.fakes.provider import FakeEngine
 
 ANSWER = "You can return items within 14 days."
 

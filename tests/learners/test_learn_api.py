@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.cli import main
+from flywheel.cli import main
 from tests.learners.scenario import ROUTE, Client, config, correct_everything, write_toml
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import main
+from flywheel.cli import main
 from tests.learners.scenario import (
     POISON,
     ROUTE,

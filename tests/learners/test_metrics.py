@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learners.embeddings import HashingEmbedder
-from learners.metrics import Graded, build_metric, json_field, normalise, parse_grade, token_f1
+from learners.scoring import Graded, build_metric, json_field, normalise, parse_grade, token_f1
+from retrieval.embeddings import HashingEmbedder
 
 
 def test_normalise_and_text_metrics() -> None:

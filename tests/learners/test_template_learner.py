@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.templating import Template
+from gateway.serve.templating import Template
 from learners.dataset import Correction, Dataset, in_heldout
-from learners.embeddings import HashingEmbedder
-from learners.examples import Example
 from learners.template import distill_instructions, fit_template, optimizer_prompt, parse_instructions
+from retrieval.embeddings import HashingEmbedder
+from retrieval.examples import Example
 from tests.conftest import received, script
 from tests.learners.scenario import ROUTE, Client, config
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from gateway.templating import (
+from gateway.serve.templating import (
     CompiledTemplate,
     Demonstration,
     Template,

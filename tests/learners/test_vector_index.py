@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from learners.vector_index import VectorIndex
+from retrieval.vector_index import VectorIndex
 
 
 def unit(n: int, dim: int, seed: int = 0) -> NDArray[np.float32]:

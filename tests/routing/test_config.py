@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.route_policy import build_route_policy, online_learning, policy_params
-from gateway.runtime import build_runtime
-from gateway.settings import ConfigError, parse_settings
+from gateway.capture.quality import call_quality, feedback_quality
+from gateway.config.settings import ConfigError, parse_settings
+from gateway.serve.route_policy import build_route_policy, online_learning, policy_params
+from gateway.serve.runtime import build_runtime
 from gateway.store.records import FeedbackRecord
-from learners.quality import call_quality, feedback_quality
 from policies import Features, LearnedPolicy
 from policies.carry import carry_state
 from tests.routing.conftest import routing_config

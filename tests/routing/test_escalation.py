@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from gateway.pipeline import Augmentation, Pipeline, RequestContext, disagrees
+from gateway.config.settings import ConfigError, Price, RetrySettings, RouteSettings, parse_settings
 from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
-from gateway.providers.fake import FakeProvider
-from gateway.runtime import RouteRuntime, Target
-from gateway.settings import ConfigError, Price, RetrySettings, RouteSettings, parse_settings
+from gateway.providers.fakes.provider import FakeProvider
+from gateway.serve.pipeline import Augmentation, Pipeline, RequestContext, disagrees
+from gateway.serve.runtime import RouteRuntime, Target
 from gateway.store.records import CallRecord
 from policies.featurise import memory_answer
 from policies.static import StaticPolicy

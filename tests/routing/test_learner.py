@@ -12,18 +12,19 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.learned_routing import LearnedRouting
-from gateway.runtime import build_runtime
-from gateway.settings import parse_settings
+from gateway.config.settings import parse_settings
+from gateway.serve.outcomes import Outcome, Replay
+from gateway.serve.routing import LearnedRouting
+from gateway.serve.runtime import build_runtime
 from gateway.store import open_store
+from gateway.store.artifacts import ArtifactRegistry, Manifest
 from gateway.store.records import CallRecord, Escalation, FeedbackRecord
-from learners.artifacts import ArtifactRegistry, Manifest
-from learners.embeddings import HashingEmbedder
 from learners.routing import evaluate, fit_policy, learn_policy
-from learners.routing_data import Example, Outcome, Replay, build_examples, threaded
+from learners.routing_data import Example, build_examples
 from learners.routing_eval import estimate_ips, estimate_replay, judge
 from learners.routing_rollout import check_policy_canary
 from policies import Features, LearnedPolicy
+from retrieval.embeddings import HashingEmbedder, threaded
 from tests.routing.conftest import HARD, routing_config, wait_for
 
 CHEAP, STRONG = "cheap", "strong"
@@ -219,6 +220,6 @@ def test_a_restarted_gateway_rebuilds_its_policy_from_the_store(make_gateway: An
     assert (hard.headers["x-flywheel-variant"], easy.headers["x-flywheel-variant"]) == (STRONG, CHEAP)
 
     loop = router._tasks[0].get_loop()  # learn() runs on the gateway's own event loop, like /admin/learn
-    result = asyncio.run_coroutine_threadsafe(router.learn("smart"), loop).result(60)
+    result = asyncio.run_coroutine_threadsafe(gw.learning.routing.learn("smart"), loop).result(60)
     assert result.version == "p1" and result.evaluation is not None and result.n_train == 280
     assert result.outcome in ("canary", "rejected"), result

@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from gateway.cli import main
-from gateway.route_report import RouteReport, build_report, format_report, parse_duration
+from flywheel.cli import main
+from gateway.reports.route_report import RouteReport, build_report, format_report, parse_duration
 from gateway.store import open_store
 from gateway.store.records import CallRecord, Escalation, FeedbackRecord
 from tests.routing.conftest import routing_config, write_config

@@ -10,12 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.augment import LoadedIndex, RouteServing, ServingSet
-from gateway.learned_routing import LearnedRouting
+from gateway.serve.augment import LoadedIndex, RouteServing, ServingSet
+from gateway.serve.routing import LearnedRouting
 from gateway.store.records import Escalation
-from learners.embeddings import HashingEmbedder
-from learners.examples import Example, ExampleIndex
 from policies import Features, LearnedPolicy
+from retrieval.embeddings import HashingEmbedder
+from retrieval.examples import Example, ExampleIndex
 from tests.conftest import fetch_call
 from tests.routing.conftest import HARD, routing_config, wait_for
 
@@ -152,7 +152,7 @@ def test_the_router_sees_what_retrieval_found(make_gateway: Any, tmp_path: Path)
     examples = [Example(f"m{i}#f", q, "PlayMusic", f"m{i}", "correction", float(i))
                 for i, q in enumerate(["play some jazz music", "play jazz music now"])]
     index = ExampleIndex.build(examples, HashingEmbedder())
-    gw.gateway.learning.augmenter.install("smart", RouteServing(ServingSet(None, LoadedIndex("i1", index))))
+    gw.gateway.augmenter.install("smart", RouteServing(ServingSet(None, LoadedIndex("i1", index))))
     remembered = chat(gw, "smart", "play jazz music")
     novel = chat(gw, "smart", "what is the integral of x squared")
     seen = routing(gw)._memory

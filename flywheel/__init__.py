@@ -1,0 +1,1 @@
+"""Wiring: the one place that assembles serving and learning (app factory, CLI, demo)."""

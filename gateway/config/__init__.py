@@ -1,0 +1,1 @@
+"""Configuration: the typed schema of config.toml and its one loader."""

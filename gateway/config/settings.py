@@ -1,0 +1,309 @@
+"""config.toml -> a frozen, typed `Settings`.
+
+Parsing is strict (unknown keys are errors) and then cross-checked (routes name existing models,
+fallbacks exist, prices are non-negative). Every problem is reported with its key path, e.g.
+`routes.support-bot.fallbacks[0]: unknown model or variant 'huge'`, and all problems are
+reported at once so `flywheel check-config` can print them together.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """An invalid configuration; `problems` are `key.path: message` strings."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid configuration in {source}:\n  " + "\n  ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(8_000_000, gt=0)
+    max_concurrency: int = Field(1024, gt=0)  # in-flight requests before 503 Overloaded
+    reload_interval_s: float = Field(1.0, gt=0)  # how often config.toml is checked for changes
+
+
+class StoreSettings(_Strict):
+    url: str = "sqlite:///data/flywheel.db"
+    batch_size: int = Field(256, gt=0)
+    # Rows wait up to this long for a batch (SIGTERM drains them; a crash loses at most this much).
+    # A one-row transaction costs ~0.4 ms CPU, and a PostgreSQL server sharing the gateway's cores
+    # added ~3 ms to p99 at 200 ms and 0.2 ms at 1 s (bench.capture --flush-ms); cf. Langfuse's 1 s.
+    flush_ms: int = Field(1000, gt=0)
+    queue_size: int = Field(50_000, gt=0)
+    spill_path: str = "data/spill.jsonl"
+    log_calls: bool = True  # false: calls are served but not stored (feedback still is); for benchmarks
+
+
+class ProviderSettings(_Strict):
+    kind: Literal["openai", "azure", "litellm", "fake"]
+    base_url: str | None = None
+    api_key_env: str | None = None  # secrets by reference only: the env var's name
+    api_version: str | None = None  # azure
+    timeout_s: float = Field(60.0, gt=0)
+    max_connections: int = Field(256, gt=0)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}  # litellm only: trusted call arguments (aws_region_name, vertex_project, …)
+    # fake provider only: deterministic behaviour for tests and the demo
+    latency_ms: float = Field(0.0, ge=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+    replies: dict[str, str] = {}  # substring of the last user message -> scripted reply
+    hard: list[str] = []  # substrings of the last user message that this model gets wrong…
+    hard_reply: str = "Sorry, I cannot answer that reliably."  # …answering this instead
+
+
+class Price(_Strict):
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class ModelSettings(_Strict):
+    provider: str
+    name: str  # the provider's model name
+    price: Price | None = None
+    params: dict[str, Any] = {}  # merged under the client's own request fields
+
+
+class RetrySettings(_Strict):
+    attempts: int = Field(3, ge=1, le=20)
+    initial_delay_s: float = Field(0.25, ge=0)
+    max_delay_s: float = Field(8.0, ge=0)
+    attempt_timeout_s: float = Field(60.0, gt=0)
+    deadline_s: float = Field(120.0, gt=0)
+
+
+class VariantSettings(_Strict):
+    name: str
+    model: str
+    params: dict[str, Any] = {}
+
+
+class PolicySettings(_Strict):
+    """A route's policy; `kind` selects it, the rest are that kind's parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: Literal["static", "weighted", "fallback", "learned"] = "fallback"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RetrievalSettings(_Strict):
+    k: int = Field(4, ge=0, le=64)
+    min_score: float = Field(0.3, ge=-1, le=1)
+
+
+class EscalateSettings(_Strict):
+    """Re-ask a non-streamed answer from variant `to` when it disagrees with the route's memory: the
+    answer the examples retrieval injected mostly give (exact text, case and outer space aside).
+    Meant for routes whose answers are labels or short extractions; a free-text route would
+    escalate nearly every call."""
+
+    to: str
+    when: Literal["memory_disagrees"] = "memory_disagrees"
+
+
+class RouteSettings(_Strict):
+    variants: list[Annotated[str, Field(min_length=1)] | VariantSettings] = Field(min_length=1)
+    policy: PolicySettings = PolicySettings()
+    fallbacks: list[str] = []
+    retries: RetrySettings | None = None
+    template: str | None = None  # path of the seed template (learned versions live in the store)
+    retrieval: RetrievalSettings | None = None
+    params: dict[str, Any] = {}
+    learn: bool = True  # an admin can freeze learning for a route
+    escalate: EscalateSettings | None = None
+
+    def variant_list(self) -> list[VariantSettings]:
+        return [VariantSettings(name=v, model=v) if isinstance(v, str) else v for v in self.variants]
+
+
+class KeySettings(_Strict):
+    hash: str  # "sha256:<hex>" of the virtual key; the key itself is never stored
+    routes: list[str] = ["*"]
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    no_log: bool = False  # store metadata only for this key's calls
+
+    @field_validator("hash")
+    @classmethod
+    def _sha256(cls, v: str) -> str:
+        hexpart = v.removeprefix("sha256:")
+        if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+            raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits (see `flywheel keys new`)")
+        return hexpart
+
+
+class AuthSettings(_Strict):
+    admin_key_env: str | None = "FLYWHEEL_ADMIN_KEY"
+    keys: dict[str, KeySettings] = {}  # empty: the /v1 API is open (demo mode)
+
+
+class LearnerSettings(_Strict):
+    enabled: bool = True
+    interval_s: float = Field(30.0, gt=0)
+    min_new_feedback: int = Field(20, ge=0)
+    canary_share: float = Field(0.1, ge=0, le=1)
+    embedder: Literal["hashing", "minilm", "static"] = "minilm"
+    refresh_s: float = Field(10.0, gt=0)  # how often a replica reloads artifact states from the store
+    learn_on_correction: bool = True  # a new correction wakes the loop without waiting for min_new_feedback
+    # dataset (learners/dataset.py)
+    window_days: float = Field(30.0, ge=0)  # learn from feedback of the last N days; 0: all
+    heldout_share: float = Field(0.3, ge=0, lt=1)  # calls with a reference kept out for evaluation
+    seed: int = 0  # seeds the train/held-out split and the demonstration search
+    dedupe_threshold: float = Field(0.95, gt=0, le=1)  # cosine at which two questions are "the same"
+    max_examples: int = Field(5000, gt=0)
+    # offline evaluation (learners/evaluate.py, learners/scoring.py)
+    metric: Literal["exact", "normalised", "token_f1", "json_field", "embedding", "judge"] = "token_f1"
+    metric_field: str = "answer"  # json_field: the field compared
+    judge_route: str | None = None  # judge: the route or model that grades answers
+    margin: float = Field(0.0, ge=-1, le=1)  # candidate must score >= current + margin
+    min_samples: int = Field(5, ge=1)
+    tolerance: float = Field(0.05, ge=0, le=1)  # largest regression allowed in any slice
+    min_slice_samples: int = Field(5, ge=1)
+    max_eval_calls: int = Field(400, ge=0)  # per learning run
+    max_eval_cost_usd: float = Field(1.0, ge=0)  # per learning run; 0: no cost limit
+    # template learner (learners/template.py)
+    demo_trials: int = Field(4, ge=0)
+    max_demos: int = Field(4, ge=0)
+    min_cluster: int = Field(2, ge=1)  # corrections on one topic before an instruction is distilled
+    optimizer_route: str | None = None  # a route or model that rewrites instructions from failures
+    max_template_chars: int = Field(8000, gt=0)
+    # rollout (learners/rollout.py)
+    canary_min_feedback: int = Field(20, ge=1)  # calls with feedback on the canary before deciding
+    canary_tolerance: float = Field(0.05, ge=0, le=1)  # canary may trail current by this much
+
+
+class PrivacySettings(_Strict):
+    store_raw: bool = False
+    retention_days: float = Field(0, ge=0)  # 0 keeps calls forever
+    retention_interval_s: float = Field(300.0, gt=0)  # how often calls past retention_days are deleted
+    retention_batch: int = Field(500, ge=1, le=500)  # calls per delete transaction
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    retries: RetrySettings = RetrySettings()
+    providers: dict[str, ProviderSettings] = {}
+    models: dict[str, ModelSettings] = {}
+    routes: dict[str, RouteSettings] = {}
+    auth: AuthSettings = AuthSettings()
+    learners: LearnerSettings = LearnerSettings()
+    privacy: PrivacySettings = PrivacySettings()
+
+    def retries_for(self, route: str | None) -> RetrySettings:
+        rs = self.routes.get(route) if route else None
+        return rs.retries if rs and rs.retries else self.retries
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not out:
+            out = part
+        else:
+            out += f".{part}"
+    return out or "(top level)"
+
+
+def _cross_check(s: Settings) -> list[str]:
+    problems: list[str] = []
+    for name, m in s.models.items():
+        if m.provider not in s.providers:
+            problems.append(f"models.{name}.provider: unknown provider '{m.provider}'")
+    for name, p in s.providers.items():
+        if p.kind in ("openai", "azure") and not p.base_url:
+            problems.append(f"providers.{name}.base_url: required for kind '{p.kind}'")
+        if p.kind == "azure" and not p.api_version:
+            problems.append(f"providers.{name}.api_version: required for kind 'azure'")
+    for rname, r in s.routes.items():
+        if rname in s.models:
+            problems.append(f"routes.{rname}: a route cannot share its name with a model")
+        variants = r.variant_list()
+        names = [v.name for v in variants]
+        for i, v in enumerate(variants):
+            if v.model not in s.models:
+                problems.append(f"routes.{rname}.variants[{i}]: unknown model '{v.model}'")
+        if len(set(names)) != len(names):
+            problems.append(f"routes.{rname}.variants: variant names must be unique")
+        for i, fb in enumerate(r.fallbacks):
+            if fb not in names and fb not in s.models:
+                problems.append(f"routes.{rname}.fallbacks[{i}]: unknown model or variant '{fb}'")
+        if r.escalate is not None and r.escalate.to not in names:
+            problems.append(f"routes.{rname}.escalate.to: '{r.escalate.to}' is not a variant of this route")
+        weights = r.policy.params().get("weights")
+        if r.policy.kind == "weighted":
+            if not isinstance(weights, dict) or not weights:
+                problems.append(f"routes.{rname}.policy.weights: required for kind 'weighted'")
+            else:
+                for k, w in weights.items():
+                    if k not in names:
+                        problems.append(f"routes.{rname}.policy.weights.{k}: not a variant of this route")
+                    elif not isinstance(w, int | float) or w < 0:
+                        problems.append(f"routes.{rname}.policy.weights.{k}: must be a non-negative number")
+        pins = r.policy.params().get("pins", {})
+        if isinstance(pins, dict):
+            for who, variant in pins.items():
+                if variant not in names:
+                    problems.append(f"routes.{rname}.policy.pins.{who}: '{variant}' is not a variant of this route")
+    for key_name, k in s.auth.keys.items():
+        for i, route in enumerate(k.routes):
+            if route != "*" and route not in s.routes and route not in s.models:
+                problems.append(f"auth.keys.{key_name}.routes[{i}]: unknown route '{route}'")
+    lr = s.learners
+    for key, target in (("judge_route", lr.judge_route), ("optimizer_route", lr.optimizer_route)):
+        if target is not None and target not in s.routes and target not in s.models:
+            problems.append(f"learners.{key}: unknown route or model '{target}'")
+    if lr.metric == "judge" and lr.judge_route is None:
+        problems.append("learners.judge_route: required when learners.metric is 'judge'")
+    return sorted(set(problems))
+
+
+def parse_settings(data: dict[str, Any], source: str = "<config>") -> Settings:
+    """Validate a parsed TOML document; raises ConfigError listing every problem with its key path."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "VariantSettings")))
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{_path(loc)}: {msg}")
+        raise ConfigError(source, problems) from None
+    problems = _cross_check(settings)
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate config.toml."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [f"(TOML syntax) {exc}"]) from None
+    # Relative template paths are relative to config.toml, not to wherever the gateway was started.
+    for route in (data.get("routes") or {}).values():
+        if isinstance(route, dict) and isinstance(route.get("template"), str):
+            route["template"] = str((p.parent / route["template"]).resolve())
+    return parse_settings(data, str(p))

@@ -1,0 +1,145 @@
+"""The OpenAI surface: /v1/chat/completions, /v1/embeddings, /v1/models. Thin handlers:
+validate, resolve the route, hand over to the pipeline, render."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.errors import InvalidRequest, model_not_found
+from gateway.http.auth import Principal, forbid
+from gateway.http.requests import Body, gateway_of, principal_of, read_json
+from gateway.serve.pipeline import RequestContext, identity_headers
+from gateway.store.records import new_id
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _require_model(body: Body) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    return model
+
+
+def validate_chat(body: Body) -> None:
+    """Check what the gateway itself relies on; everything else is the upstream's business."""
+    _require_model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
+                             code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        if m.get("role") not in ROLES:
+            raise InvalidRequest(f"messages[{i}].role must be one of {sorted(ROLES)}.", param=f"messages[{i}].role")
+        content = m.get("content")
+        if content is None and m.get("role") != "assistant":
+            raise InvalidRequest(f"messages[{i}].content is required.", param=f"messages[{i}].content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(f"messages[{i}].content must be a string or an array of parts.",
+                                 param=f"messages[{i}].content")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    n = body.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+        raise InvalidRequest("'n' must be an integer between 1 and 128.", param="n")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema")):
+        raise InvalidRequest("'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+                             param="response_format")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("'user' must be a string.", param="user")
+
+
+def validate_embeddings(body: Body) -> None:
+    _require_model(body)
+    inp = body.get("input")
+    ok = isinstance(inp, str) or (
+        isinstance(inp, list) and inp and (
+            all(isinstance(x, str) for x in inp)
+            or all(isinstance(x, int) for x in inp)
+            or all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in inp)
+        )
+    )
+    if not ok:
+        raise InvalidRequest("'input' must be a string, an array of strings, an array of token ids, "
+                             "or an array of token-id arrays.", param="input")
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+
+
+def _context(request: Request, principal: Principal, body: Body, prefix: str) -> RequestContext:
+    headers = request.headers
+    return RequestContext(
+        call_id=new_id(prefix),
+        key_name=principal.key_name,
+        user=body.get("user") if isinstance(body.get("user"), str) else None,
+        session_id=headers.get("x-flywheel-session-id"),
+        no_log=principal.no_log or headers.get("x-flywheel-no-log", "") in ("1", "true"),
+    )
+
+
+async def chat_completions(request: Request) -> Response:
+    gw = gateway_of(request)
+    body = await read_json(request)
+    validate_chat(body)
+    route = gw.runtime.resolve(body["model"])
+    principal = principal_of(request)
+    forbid(principal, route.name)
+    ctx = _context(request, principal, body, "chatcmpl")
+    if body.get("stream"):
+        stream, record = await gw.pipeline.chat_stream(route, body, ctx)
+        headers = {**identity_headers(record), "cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    out, record = await gw.pipeline.chat(route, body, ctx)
+    return Response(orjson.dumps(out), media_type="application/json", headers=identity_headers(record))
+
+
+async def embeddings(request: Request) -> Response:
+    gw = gateway_of(request)
+    body = await read_json(request)
+    validate_embeddings(body)
+    route = gw.runtime.resolve(body["model"])
+    principal = principal_of(request)
+    forbid(principal, route.name)
+    ctx = _context(request, principal, body, "emb")
+    out, record = await gw.pipeline.embeddings(route, body, ctx)
+    return Response(orjson.dumps(out), media_type="application/json", headers=identity_headers(record))
+
+
+def _model_object(gw: Gateway, name: str) -> Body:
+    rt = gw.runtime
+    models = rt.settings.models
+    owner = "flywheel" if name in rt.settings.routes else models[name].provider
+    return {"id": name, "object": "model", "created": gw.started_at, "owned_by": owner}
+
+
+async def list_models(request: Request) -> Response:
+    gw = gateway_of(request)
+    principal = principal_of(request)
+    names = [n for n in (*gw.runtime.settings.routes, *gw.runtime.settings.models) if principal.may_use(n)]
+    return Response(orjson.dumps({"object": "list", "data": [_model_object(gw, n) for n in names]}),
+                    media_type="application/json")
+
+
+async def retrieve_model(request: Request) -> Response:
+    gw = gateway_of(request)
+    model_id = request.path_params["model_id"]
+    if model_id not in gw.runtime.routes or not principal_of(request).may_use(model_id):
+        raise model_not_found(model_id)
+    return Response(orjson.dumps(_model_object(gw, model_id)), media_type="application/json")

@@ -1,0 +1,1 @@
+"""The hot path: pipeline, runtime, retries, streams, augmentation (templates, retrieval) and request-time routing."""

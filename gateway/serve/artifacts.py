@@ -1,0 +1,157 @@
+"""The one owner of "serve what was learned": loads each route's current and canary artifacts into the `Augmenter`.
+
+Learners never touch the request path: they write artifacts and transitions to the store and ask
+`refresh(route)`; every `[learners] refresh_s` the server reloads every route from the store by
+itself, so several replicas converge and changes made by the CLI reach a running gateway.
+It also seeds a route's template: on first start, a route with `template = "path"` in
+config.toml and no template artifact yet gets version "t0" (the file's text), promoted at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.background import cancel_and_wait
+from gateway.config.settings import Settings
+from gateway.serve.augment import Augmenter, LoadedIndex, LoadedTemplate, RouteServing, ServingSet
+from gateway.serve.embedder import EmbedderHolder
+from gateway.serve.templating import CompiledTemplate, Template, TemplateError
+from gateway.store.artifacts import ArtifactRegistry, Manifest
+from gateway.store.base import Store
+from retrieval.examples import ExampleIndex
+
+log = logging.getLogger("flywheel.serving")
+
+
+class ArtifactServer:
+    """Keeps the augmenter in step with the store's artifact states (a Service of the gateway)."""
+
+    def __init__(self, store: Callable[[], Store | None], augmenter: Augmenter, embedders: EmbedderHolder,
+                 settings: Callable[[], Settings], config_dir: Path) -> None:
+        self._store = store
+        self._registry: ArtifactRegistry | None = None
+        self.augmenter = augmenter
+        self.embedders = embedders
+        self._settings = settings
+        self._config_dir = config_dir
+        self._cache: dict[tuple[str, str, str], Any] = {}  # (route, kind, version): loaded, immutable
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def registry(self) -> ArtifactRegistry:
+        """The store's artifact registry; RuntimeError before the store is open."""
+        if self._registry is None:
+            store = self._store()
+            if store is None:
+                raise RuntimeError("the artifact server is not open (the store is not ready)")
+            self._registry = ArtifactRegistry(store)
+        return self._registry
+
+    def current(self, route: str) -> ServingSet:
+        """What serves `route` outside any canary now (empty when nothing was learned)."""
+        serving = self.augmenter.serving(route)
+        return serving.current if serving is not None else ServingSet()
+
+    async def start(self) -> None:
+        """Service.start: seed and load every route, then follow the store every `refresh_s`."""
+        await self.refresh_all()
+        self._task = asyncio.create_task(self._run(), name="flywheel-artifacts")
+
+    async def stop(self) -> None:
+        """Service.stop."""
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            wake = last + self._settings().learners.refresh_s
+            await asyncio.sleep(max(0.05, wake - time.monotonic()))
+            if time.monotonic() >= last + self._settings().learners.refresh_s:
+                last = time.monotonic()
+                await self.refresh_all()  # never raises: one broken route is logged and skipped
+
+    async def seed(self, route: str) -> str | None:
+        """Store and promote "t0" from the route's template file if it has no template yet."""
+        rs = self._settings().routes.get(route)
+        if rs is None or not rs.template:
+            return None
+        if (await self.registry.states(route, "template")).versions:
+            return None
+        path = Path(rs.template)
+        path = path if path.is_absolute() else self._config_dir / path
+        try:
+            text = path.read_text(encoding="utf-8")
+            CompiledTemplate(Template(text))
+        except (OSError, TemplateError) as exc:
+            log.error("routes.%s.template: cannot seed from %s: %s", route, path, exc)
+            return None
+        manifest = Manifest(produced_by=f"seed:{rs.template}", note=f"seed template from {rs.template}")
+        await self.registry.save_candidate(route, "template", Template(text).to_body(), manifest, version="t0")
+        await self.registry.move(route, "template", "t0", "promoted", f"seed template from {rs.template}")
+        return "t0"
+
+    async def refresh(self, route: str) -> RouteServing | None:
+        """Reload `route`'s current and canary versions (bodies only for versions not loaded yet)."""
+        states = await self.registry.all_states(route)
+        t, i = states.get("template"), states.get("index")
+        cur_t = await self._template(route, t.current) if t else None
+        can_t = await self._template(route, t.canary) if t else None
+        cur_i = await self._index(route, i.current) if i else None
+        can_i = await self._index(route, i.canary) if i else None
+        serving = RouteServing(ServingSet(cur_t, cur_i), can_t, can_i, self._settings().learners.canary_share)
+        live = {(route, "template", x.version) for x in (cur_t, can_t) if x is not None}
+        live |= {k for k in self._cache if k[0] == route and k[1] == "index"
+                 and k[2].split("@")[0] in {x.version for x in (cur_i, can_i) if x is not None}}
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != route or k in live}
+        empty = cur_t is None and cur_i is None and not serving.has_canary
+        self.augmenter.install(route, None if empty else serving)
+        return None if empty else serving
+
+    async def refresh_all(self) -> None:
+        """Seed and refresh every configured route."""
+        for route in self._settings().routes:
+            try:
+                await self.seed(route)
+                await self.refresh(route)
+            except Exception:  # one broken route must not keep the others stale
+                log.exception("route %s: refreshing artifacts failed", route)
+
+    async def _template(self, route: str, version: str | None) -> LoadedTemplate | None:
+        if version is None:
+            return None
+        key = (route, "template", version)
+        if key not in self._cache:
+            rec = await self.registry.get(route, "template", version)
+            if rec is None:
+                return None
+            try:
+                self._cache[key] = LoadedTemplate(version, CompiledTemplate(Template.from_body(rec.body)))
+            except TemplateError as exc:
+                log.error("route %s: template %s cannot be served: %s", route, version, exc)
+                return None
+        loaded: LoadedTemplate = self._cache[key]
+        return loaded
+
+    async def _index(self, route: str, version: str | None) -> LoadedIndex | None:
+        if version is None:
+            return None
+        embedder = await self.embedders.get()
+        key = (route, "index", f"{version}@{embedder.name}")
+        if key not in self._cache:
+            rec = await self.registry.get(route, "index", version)
+            if rec is None or not isinstance(rec.body, dict):
+                return None
+            try:
+                index = await asyncio.to_thread(ExampleIndex.from_body, rec.body, embedder)
+            except (ValueError, KeyError) as exc:  # built by another embedder: re-learned next cycle
+                log.warning("route %s: index %s not served: %s", route, version, exc)
+                return None
+            self._cache[key] = LoadedIndex(version, index)
+        loaded: LoadedIndex = self._cache[key]
+        return loaded

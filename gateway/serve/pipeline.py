@@ -1,0 +1,378 @@
+"""One request, start to finish: template/retrieval -> policy -> provider call (retries, then
+the fallback chain) -> call record.
+
+The call record is handed to `sink` (the batched writer's non-blocking submit); nothing here
+waits on the database or on a learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed, UpstreamTimeout
+from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.serve.retry import call_with_retries
+from gateway.serve.runtime import RouteRuntime, Target
+from gateway.serve.stream_assembly import StreamAssembler
+from gateway.store.records import CallRecord, Escalation
+from policies.base import Decision, Features
+from policies.featurise import same_answer_key
+
+Sink = Callable[[CallRecord], None]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Who is asking, and the call's identity; built by the HTTP layer."""
+
+    call_id: str
+    key_name: str | None = None
+    user: str | None = None
+    session_id: str | None = None
+    no_log: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Augmentation:
+    """What templates and retrieval did to the messages."""
+
+    messages: list[Body]
+    template_version: str | None = None
+    index_version: str | None = None
+    retrieved_ids: tuple[str, ...] = ()
+    reason: str = ""
+    memory_score: float = 0.0  # nearest retrieved example's similarity (Features.memory_score)
+    memory_agreement: float = 0.0  # Features.memory_agreement
+    memory_answer: str | None = None  # what most retrieved examples answer, casefolded (RouteRuntime.escalate_to)
+
+
+class Augmenter(Protocol):
+    """Renders the route's active template and injects retrieved examples (the learners' side)."""
+
+    async def augment(self, route: str, messages: list[Body], ctx: RequestContext) -> Augmentation | None: ...
+
+
+class Router(Protocol):
+    """Decides for routes whose policy learns: adds the request's embedding, remembers the Features
+    for feedback (gateway/serve/routing.py)."""
+
+    def handles(self, route: RouteRuntime) -> bool: ...
+
+    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str) -> Decision: ...
+
+    def finished(self, record: CallRecord) -> None: ...
+
+
+def _features(route: str, body: Body, ctx: RequestContext, aug: Augmentation | None) -> Features:
+    messages = body["messages"]
+    chars = 0
+    for m in messages:
+        c = m.get("content")
+        chars += len(c) if isinstance(c, str) else 0
+    return Features(route=route, user=ctx.user, key_id=ctx.key_name, prompt_chars=chars,
+                    n_messages=len(messages), has_tools=bool(body.get("tools")),
+                    memory_score=aug.memory_score if aug is not None else 0.0,
+                    memory_agreement=aug.memory_agreement if aug is not None else 0.0)
+
+
+def to_gateway_error(exc: UpstreamError) -> GatewayError:
+    """The client-facing error for an upstream failure that survived retries and fallbacks."""
+    if exc.timeout:
+        return UpstreamTimeout(f"The upstream model did not answer in time: {exc.message}")
+    if exc.status == 429:
+        headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
+        return RateLimited(f"The upstream model is rate limited: {exc.message}", headers=headers)
+    if exc.status in (400, 404, 409, 413, 422):
+        return InvalidRequest(exc.message, status=exc.status if exc.status != 409 else 400,
+                              code="upstream_rejected_request")
+    return UpstreamFailed(f"The upstream model failed: {exc.message}")
+
+
+def identity_headers(record: CallRecord) -> dict[str, str]:
+    """The headers every chat/embeddings response carries (the cost once known: not on streams)."""
+    headers = {"x-flywheel-call-id": record.id, "x-flywheel-route": record.route, "x-flywheel-variant": record.variant}
+    if record.cost_usd is not None:  # everything the call cost, escalations included (cf. x-litellm-response-cost)
+        headers["x-flywheel-cost-usd"] = f"{record.cost_usd:.8g}"
+    return headers
+
+
+def answer_key(body: Body) -> str | None:
+    """`same_answer_key` of a one-choice text answer; None for anything else (tool calls, n > 1)."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    if not isinstance(message, dict) or message.get("tool_calls"):
+        return None
+    content = message.get("content")
+    return same_answer_key(content) if isinstance(content, str) else None
+
+
+def disagrees(body: Body, memory: str | None) -> bool:
+    """Whether a one-choice text answer differs from `memory` (casefolded; None: nothing to compare)."""
+    if memory is None:
+        return False
+    key = answer_key(body)
+    return key is not None and key != memory
+
+
+def _falls_back(exc: UpstreamError) -> bool:
+    """A bad request stays bad on another model; anything else is worth the next variant."""
+    return exc.retryable or exc.status in (401, 403, 404)
+
+
+class Pipeline:
+    """The request path for chat completions and embeddings."""
+
+    def __init__(self, sink: Sink, augmenter: Augmenter | None = None, router: Router | None = None) -> None:
+        self.sink = sink
+        self.augmenter = augmenter
+        self.router = router
+
+    # -- shared steps ---------------------------------------------------------------------
+    async def _plan(
+        self, route: RouteRuntime, body: Body, ctx: RequestContext
+    ) -> tuple[Decision, CallRecord, list[Body], str | None]:
+        """The decision, the call's record, the messages to send and the memory's answer (if any)."""
+        messages: list[Body] = body["messages"]
+        # augmentation first: what retrieval found is evidence for the router (Features.memory_*)
+        aug = None
+        if self.augmenter is not None and route.settings is not None:
+            aug = await self.augmenter.augment(route.name, messages, ctx)
+        features = _features(route.name, body, ctx, aug)
+        if self.router is not None and self.router.handles(route):
+            decision = await self.router.decide(route, features, body, ctx.call_id)
+        else:
+            decision = route.policy.choose(features)
+        record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
+                            model=route.targets[decision.variant].model, key_id=ctx.key_name, user=ctx.user,
+                            session_id=ctx.session_id, policy_version=decision.version,
+                            policy_reason=decision.reason,
+                            choice_probability=decision.probability, no_log=ctx.no_log,
+                            stream=bool(body.get("stream")))
+        if aug is not None:
+            messages = aug.messages
+            record.template_version = aug.template_version
+            record.index_version = aug.index_version
+            record.retrieved_ids = list(aug.retrieved_ids)
+            if aug.reason:
+                record.policy_reason += f"; {aug.reason}"
+        return decision, record, messages, aug.memory_answer if aug is not None else None
+
+    @staticmethod
+    def _upstream_body(target: Target, body: Body, messages: list[Body] | None) -> Body:
+        out = {**target.params, **body, "model": target.upstream_model}
+        if messages is not None:
+            out["messages"] = messages
+        return out
+
+    async def _over_targets(
+        self, route: RouteRuntime, order: tuple[str, ...], record: CallRecord,
+        attempt: Callable[[Target, float], Awaitable[Any]],
+    ) -> tuple[Target, Any]:
+        """Try each variant in order, each with retries; returns the first success."""
+        rs = route.retries
+        deadline = time.monotonic() + rs.deadline_s
+        last: UpstreamError | None = None
+        for variant in order:
+            target = route.targets[variant]
+            record.variant, record.model = variant, target.model
+            try:
+                result = await call_with_retries(
+                    functools.partial(attempt, target), rs, deadline=deadline,
+                    attempts=record.attempts, model=target.model, provider=target.provider.name,
+                )
+                return target, result
+            except UpstreamError as exc:
+                last = exc
+                if not _falls_back(exc) or time.monotonic() >= deadline:
+                    break
+        assert last is not None
+        raise last
+
+    def _finish(
+        self, record: CallRecord, ctx: RequestContext, target: Target | None, usage: Body | None,
+        spent_usd: float = 0.0,
+    ) -> None:
+        """Complete and log the record; `spent_usd`: what answers that were not used cost."""
+        record.latency_ms = (time.perf_counter() - ctx.started) * 1000
+        if usage:
+            record.prompt_tokens = usage.get("prompt_tokens")
+            record.completion_tokens = usage.get("completion_tokens")
+            if target is not None:
+                cost = target.cost(record.prompt_tokens, record.completion_tokens)
+                record.cost_usd = None if cost is None else cost + spent_usd
+        if self.router is not None:
+            self.router.finished(record)
+        self.sink(record)
+
+    def _fail(self, record: CallRecord, ctx: RequestContext, exc: UpstreamError) -> GatewayError:
+        """Log the failed call and return the client-facing error, carrying the identity headers."""
+        err = to_gateway_error(exc)
+        record.status, record.error = err.status, err.message
+        self._finish(record, ctx, None, None)
+        err.headers.update(identity_headers(record))
+        return err
+
+    # -- chat, not streamed -----------------------------------------------------------------
+    async def chat(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
+        """A non-streamed chat completion; raises GatewayError after logging the failure."""
+        decision, record, messages, memory = await self._plan(route, body, ctx)
+
+        async def attempt(target: Target, timeout: float) -> UpstreamResponse:
+            upstream = self._upstream_body(target, body, messages)
+            record.request = upstream
+            return await target.provider.chat(UpstreamCall(upstream, timeout))
+
+        try:
+            target, resp = await self._over_targets(route, decision.order, record, attempt)
+        except UpstreamError as exc:
+            raise self._fail(record, ctx, exc) from None
+        spent = 0.0
+        if route.escalate_to is not None and target.variant != route.escalate_to and disagrees(resp.body, memory):
+            target, resp, spent = await self._escalate(route, route.escalate_to, record, target, resp, attempt)
+        out = resp.body
+        out["id"] = ctx.call_id
+        record.response = out
+        record.ttft_ms = None
+        self._finish(record, ctx, target, out.get("usage"), spent)
+        return out, record
+
+    async def _escalate(
+        self, route: RouteRuntime, to: str, record: CallRecord, first: Target, answer: UpstreamResponse,
+        attempt: Callable[[Target, float], Awaitable[UpstreamResponse]],
+    ) -> tuple[Target, UpstreamResponse, float]:
+        """Re-ask variant `to`; returns the answer to serve and what the unused one cost. If `to`
+        fails, the first answer is still an answer: it is served, and nothing was wasted."""
+        try:
+            target, resp = await self._over_targets(route, (to,), record, attempt)
+        except UpstreamError as exc:
+            record.variant, record.model = first.variant, first.model  # _over_targets moved them to `to`
+            record.policy_reason += f"; escalation to {to} failed ({exc.status or 'no response'})"
+            return first, answer, 0.0
+        same = answer_key(answer.body) == answer_key(resp.body)
+        record.policy_reason += (f"; {first.variant}'s answer disagreed with memory: escalated to {to}, "
+                                 f"which answered {'the same' if same else 'differently'}")
+        usage = answer.body.get("usage") or {}
+        spent = first.cost(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        record.escalation = Escalation(first.variant, first.model, spent, same)
+        return target, resp, spent or 0.0
+
+    # -- chat, streamed --------------------------------------------------------------------
+    async def chat_stream(
+        self, route: RouteRuntime, body: Body, ctx: RequestContext
+    ) -> tuple[AsyncIterator[bytes], CallRecord]:
+        """Open a stream: fails over (retries, fallbacks) until a first chunk arrives, then relays.
+
+        Raises GatewayError when no variant produced a first chunk; after that, a broken
+        upstream ends the client's stream with an error event instead of a clean end.
+        """
+        decision, record, messages, _ = await self._plan(route, body, ctx)  # streams are not escalated
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def attempt(target: Target, timeout: float) -> tuple[AsyncIterator[list[Body]], list[Body]]:
+            upstream = self._upstream_body(target, body, messages)
+            # Always ask for usage: the call log needs tokens and cost even when the client does not.
+            upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            record.request = upstream
+            it = target.provider.chat_stream(UpstreamCall(upstream, timeout)).__aiter__()
+            try:
+                first = await asyncio.wait_for(it.__anext__(), timeout)
+            except StopAsyncIteration:
+                raise UpstreamError("upstream stream ended before its first chunk") from None
+            except TimeoutError:
+                await _aclose(it)
+                raise UpstreamError(f"upstream sent no first chunk within {timeout:g}s", timeout=True) from None
+            except BaseException:
+                await _aclose(it)
+                raise
+            return it, first
+
+        try:
+            target, (it, first) = await self._over_targets(route, decision.order, record, attempt)
+        except UpstreamError as exc:
+            raise self._fail(record, ctx, exc) from None
+        return self._relay(it, first, target, record, ctx, wants_usage), record
+
+    async def _relay(
+        self, it: AsyncIterator[list[Body]], first: list[Body], target: Target, record: CallRecord,
+        ctx: RequestContext, wants_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        asm = StreamAssembler()
+        group: list[Body] | None = first
+        try:
+            while group is not None:
+                events = []
+                for chunk in group:
+                    asm.add(chunk)
+                    if record.ttft_ms is None and asm.saw_content:
+                        record.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+                    if not wants_usage and "usage" in chunk:
+                        if not chunk.get("choices"):
+                            continue
+                        del chunk["usage"]
+                    chunk["id"] = ctx.call_id
+                    events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if events:  # what arrived together leaves together: one write, not one per token
+                    yield b"".join(events)
+                group = await _next(it)
+            yield b"data: [DONE]\n\n"
+        except UpstreamError as exc:
+            err = to_gateway_error(exc)
+            record.status, record.error = err.status, f"stream broke after it started: {exc.message}"
+            yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            record.status, record.error = 499, "client closed the stream before it ended"
+            raise
+        finally:
+            await _aclose(it)
+            record.response = asm.result(ctx.call_id)
+            self._finish(record, ctx, target, asm.usage)
+
+    # -- embeddings ---------------------------------------------------------------------------
+    async def embeddings(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
+        """Embeddings through the route's policy, retries and fallbacks; logged as metadata."""
+        decision = route.policy.choose(Features(route=route.name, user=ctx.user, key_id=ctx.key_name,
+                                                prompt_chars=0, n_messages=0, has_tools=False))
+        record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
+                            model=route.targets[decision.variant].model, endpoint="embeddings",
+                            key_id=ctx.key_name, user=ctx.user, session_id=ctx.session_id,
+                            policy_reason=decision.reason, no_log=True)
+        n_inputs = len(body["input"]) if isinstance(body["input"], list) else 1
+
+        async def attempt(target: Target, timeout: float) -> UpstreamResponse:
+            upstream = self._upstream_body(target, body, None)
+            record.request = {"model": upstream["model"], "inputs": n_inputs,
+                              "encoding_format": upstream.get("encoding_format", "float")}
+            return await target.provider.embeddings(UpstreamCall(upstream, timeout))
+
+        try:
+            target, resp = await self._over_targets(route, decision.order, record, attempt)
+        except UpstreamError as exc:
+            raise self._fail(record, ctx, exc) from None
+        self._finish(record, ctx, target, resp.body.get("usage"))
+        return resp.body, record
+
+
+async def _next(it: AsyncIterator[list[Body]]) -> list[Body] | None:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _aclose(it: AsyncIterator[Any]) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        # closing a broken upstream stream must not mask the real error
+        with contextlib.suppress(Exception):
+            await close()

@@ -1,0 +1,61 @@
+"""The retrieval learner: curated examples -> a candidate example index artifact.
+
+Pure: a dataset and the current index's body in, a candidate (or None when nothing changed) out.
+Embedding and the faiss build are CPU-bound; callers run `fit_index` in a thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.store.artifacts import Manifest
+from learners.dataset import Dataset
+from retrieval.embeddings import Embedder
+from retrieval.examples import Example, ExampleIndex
+
+PRODUCER = "retrieval"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexCandidate:
+    """A new example index, with what changed relative to its parent."""
+
+    index: ExampleIndex
+    manifest: Manifest
+    added: tuple[str, ...]  # example ids not in the parent
+    removed: tuple[str, ...]  # parent example ids left out
+
+    @property
+    def examples(self) -> tuple[Example, ...]:
+        return self.index.examples
+
+
+def example_ids(body: Any) -> list[str]:
+    """The example ids of a stored index body (no vectors are decoded)."""
+    if not isinstance(body, dict):
+        return []
+    return [str(e["id"]) for e in body.get("examples", []) if isinstance(e, dict) and "id" in e]
+
+
+def fit_index(dataset: Dataset, embedder: Embedder, *, parent: str | None, parent_body: Any) -> IndexCandidate | None:
+    """Index every curated example; None when the parent already holds exactly these examples."""
+    examples = list(dataset.examples)
+    old = example_ids(parent_body)
+    new = [e.id for e in examples]
+    same_model = isinstance(parent_body, dict) and parent_body.get("embedder") == embedder.name
+    if not examples or (same_model and sorted(old) == sorted(new)):
+        return None
+    added = tuple(i for i in new if i not in set(old))
+    removed = tuple(i for i in old if i not in set(new))
+    index = ExampleIndex.build(examples, embedder)
+    calls, feedback = dataset.evidence(examples)
+    n_fix = sum(1 for e in examples if e.source == "correction")
+    note = (f"{len(examples)} examples ({n_fix} corrections, {len(examples) - n_fix} rated): "
+            f"+{len(added)} -{len(removed)} vs {parent or 'none'}")
+    if not same_model and old:
+        note += f"; re-embedded with {embedder.name}"
+    manifest = Manifest(produced_by=f"{PRODUCER}(embedder={embedder.name})", parent=parent,
+                        data_window=dataset.window, evidence_call_ids=calls, evidence_feedback_ids=feedback,
+                        note=note)
+    return IndexCandidate(index, manifest, added, removed)

@@ -1,0 +1,171 @@
+"""Curated few-shot examples and the index that retrieves them for a request.
+
+An `ExampleIndex` pairs a `VectorIndex` over the examples' inputs with the examples themselves and
+the name/dim of the embedder that produced the vectors, so a stored index is never queried with
+vectors from a different model. It serialises to a JSON-safe manifest plus bytes (`to_artifact`),
+or to a single JSON body with the bytes in base64 (`to_body`) that fits `ArtifactRecord.body`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from retrieval.embeddings import Embedder
+from retrieval.vector_index import IndexKind, VectorIndex
+
+ExampleSource = Literal["correction", "rated"]
+
+_DEDUPE_BLOCK = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One curated input -> output pair, taken from a corrected or positively rated call."""
+
+    id: str
+    input: str  # the user's text the example is retrieved by
+    output: str  # the answer to imitate (the correction, or the rated response)
+    source_call_id: str
+    source: str  # ExampleSource: "correction" | "rated"
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Example:
+        """Inverse of `to_dict`."""
+        return cls(
+            id=str(d["id"]),
+            input=str(d["input"]),
+            output=str(d["output"]),
+            source_call_id=str(d["source_call_id"]),
+            source=str(d["source"]),
+            created_at=float(d["created_at"]),
+        )
+
+
+class ExampleIndex:
+    """Examples searchable by the similarity of their inputs to a query vector. Immutable."""
+
+    __slots__ = ("_by_id", "_examples", "_index", "embedder_name")
+
+    def __init__(self, examples: Sequence[Example], index: VectorIndex, embedder_name: str) -> None:
+        """Internal: use `build` or `from_artifact`."""
+        if tuple(e.id for e in examples) != index.ids:
+            raise ValueError("examples and vector index ids differ")
+        self._examples = tuple(examples)
+        self._by_id = {e.id: e for e in self._examples}
+        self._index = index
+        self.embedder_name = embedder_name
+
+    @classmethod
+    def build(
+        cls, examples: Sequence[Example], embedder: Embedder, *, kind: IndexKind | Literal["auto"] = "auto"
+    ) -> ExampleIndex:
+        """Embed every example's input and index it (ids must be unique)."""
+        vecs = embedder.embed([e.input for e in examples])
+        index = VectorIndex.build(vecs, [e.id for e in examples], kind=kind, dim=embedder.dim)
+        return cls(examples, index, embedder.name)
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the query vectors this index expects."""
+        return self._index.dim
+
+    @property
+    def examples(self) -> tuple[Example, ...]:
+        """All examples, in index order."""
+        return self._examples
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def query(self, vec: NDArray[Any], k: int = 4, min_score: float = 0.0) -> list[tuple[Example, float]]:
+        """Up to `k` (example, cosine score) pairs with score >= `min_score`, most similar first."""
+        return [(self._by_id[i], s) for i, s in self._index.search(vec, k, min_score)]
+
+    def to_artifact(self) -> tuple[dict[str, Any], bytes]:
+        """A JSON-safe manifest (embedder, dim, kind, examples) and the vector index bytes."""
+        manifest = {
+            "embedder": self.embedder_name,
+            "dim": self._index.dim,
+            "index_kind": self._index.kind,
+            "count": len(self._examples),
+            "examples": [e.to_dict() for e in self._examples],
+        }
+        return manifest, self._index.to_bytes()
+
+    @classmethod
+    def from_artifact(cls, manifest: dict[str, Any], data: bytes, embedder: Embedder | None = None) -> ExampleIndex:
+        """Inverse of `to_artifact`; with `embedder`, refuse an index built by another model."""
+        if embedder is not None and (embedder.name, embedder.dim) != (manifest["embedder"], manifest["dim"]):
+            raise ValueError(
+                f"index built with {manifest['embedder']} ({manifest['dim']}d) cannot be queried with "
+                f"{embedder.name} ({embedder.dim}d)"
+            )
+        examples = [Example.from_dict(d) for d in manifest["examples"]]
+        return cls(examples, VectorIndex.from_bytes(data), str(manifest["embedder"]))
+
+    def to_body(self) -> dict[str, Any]:
+        """The manifest with the index bytes inlined as base64: one JSON value for an artifact row."""
+        manifest, data = self.to_artifact()
+        return {**manifest, "index_b64": base64.b64encode(data).decode("ascii")}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], embedder: Embedder | None = None) -> ExampleIndex:
+        """Inverse of `to_body`."""
+        manifest = {k: v for k, v in body.items() if k != "index_b64"}
+        return cls.from_artifact(manifest, base64.b64decode(body["index_b64"]), embedder)
+
+
+def dedupe(examples: Sequence[Example], embedder: Embedder, threshold: float = 0.95) -> list[Example]:
+    """Drop near-duplicate inputs (cosine >= `threshold`), keeping the newest of each group.
+
+    Greedy, newest first, so the newest correction wins as the learning contract says. The result
+    keeps the input order. Cost is O(n x kept) similarity products, done in blocks.
+    """
+    if not examples:
+        return []
+    order = sorted(range(len(examples)), key=lambda i: (-examples[i].created_at, examples[i].id))
+    vecs = embedder.embed([examples[i].input for i in order])
+    kept_rows: list[int] = []  # positions in `order`
+    kept_vecs = np.zeros((0, vecs.shape[1]), dtype=np.float32)
+    for start in range(0, len(order), _DEDUPE_BLOCK):
+        block = vecs[start : start + _DEDUPE_BLOCK]
+        dup_of_kept = (block @ kept_vecs.T).max(axis=1, initial=-1.0) >= threshold
+        inner = block @ block.T
+        kept_mask = np.zeros(len(block), dtype=bool)
+        for j in range(len(block)):
+            kept_mask[j] = not dup_of_kept[j] and not bool(np.any(inner[j, :j][kept_mask[:j]] >= threshold))
+        kept_rows += [start + int(j) for j in np.flatnonzero(kept_mask)]
+        kept_vecs = np.vstack([kept_vecs, block[kept_mask]])
+    keep = {order[r] for r in kept_rows}
+    return [e for i, e in enumerate(examples) if i in keep]
+
+
+def few_shot_messages(hits: Sequence[tuple[Example, float]]) -> list[dict[str, str]]:
+    """User/assistant message pairs for `hits` (best first), ordered so the best is nearest the query.
+
+    Models weigh the demonstrations closest to the final message most, so the best hit goes last.
+    """
+    messages: list[dict[str, str]] = []
+    for example, _score in reversed(hits):
+        messages.append({"role": "user", "content": example.input})
+        messages.append({"role": "assistant", "content": example.output})
+    return messages
+
+
+def with_few_shot(messages: Sequence[dict[str, Any]], hits: Sequence[tuple[Example, float]]) -> list[dict[str, Any]]:
+    """A copy of `messages` with the few-shot pairs inserted just before the final user message."""
+    shots = few_shot_messages(hits)
+    out = list(messages)
+    last_user = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=len(out))
+    return out[:last_user] + shots + out[last_user:]
