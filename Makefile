@@ -26,3 +26,4 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway policies retrieval learners flywheel tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports

@@ -21,12 +21,12 @@ from gateway.background import Service, cancel_and_wait
 from gateway.capture.intake import Capture
 from gateway.capture.retention import RetentionService
 from gateway.config.settings import ConfigError, Settings, load_settings
-from gateway.http.ratelimit import RateLimiter
 from gateway.learning import LearningControl
 from gateway.serve.artifacts import ArtifactServer
 from gateway.serve.augment import Augmenter
 from gateway.serve.embedder import EmbedderHolder
 from gateway.serve.pipeline import Pipeline
+from gateway.serve.ratelimit import RateLimiter
 from gateway.serve.routing import LearnedRouting
 from gateway.serve.runtime import Runtime, build_runtime, close_unused
 from gateway.store import open_store

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gateway.capture.corrections import response_text
+from gateway.messages import content_text
 from gateway.serve.injected import client_messages
-from gateway.serve.messages import content_text
 from gateway.store.base import Store
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
 from retrieval.embeddings import Embedder

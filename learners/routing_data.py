@@ -1,7 +1,7 @@
 """Logged calls + feedback -> routing examples (features, variant, quality, cost, propensity).
 
 The request path and the policy learner must featurise a request the same way, so both use
-`gateway.serve.messages.query_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
+`gateway.messages.query_text` and `prompt_facts` from here. Stored prompts are re-embedded with the route's
 embedder: the store keeps text, not vectors. Stored prompts are the ones sent upstream, so what
 the template and retrieval added is taken out again (`gateway.serve.injected.client_messages`) before
 counting: a re-featurised call has the Features the router saw.
@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 from gateway.capture.quality import call_quality
+from gateway.messages import query_text
 from gateway.serve.injected import client_messages, injected_examples
-from gateway.serve.messages import query_text
 from gateway.serve.outcomes import call_outcomes
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, FeedbackRecord

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.capture.corrections import correction_diff, response_text
-from gateway.serve.messages import content_text
+from gateway.messages import content_text
 
 
 def _resp(message: dict[str, Any], n: int = 1) -> dict[str, Any]:

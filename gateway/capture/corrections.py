@@ -13,7 +13,7 @@ import json
 import re
 from typing import Literal
 
-from gateway.serve.messages import content_text
+from gateway.messages import content_text
 from gateway.store.records import JSON
 
 # Sentence ends inside a long line: a one-sentence change then shows as one changed line.

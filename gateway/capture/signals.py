@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from gateway.capture.corrections import response_text
-from gateway.serve.messages import content_text
+from gateway.messages import content_text
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
 
 DEFAULT_CORRECTION_PATTERNS: tuple[str, ...] = (

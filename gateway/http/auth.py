@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, RateLimited, error_response
-from gateway.http.ratelimit import RateLimiter
+from gateway.serve.ratelimit import RateLimiter
 from gateway.serve.runtime import Runtime
 
 log = logging.getLogger("flywheel.auth")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.capture.corrections import response_text
+from gateway.messages import content_text
 from gateway.serve.injected import client_messages
-from gateway.serve.messages import content_text
 from gateway.serve.templating import Template, TemplateError
 from gateway.store.artifacts import ArtifactRegistry, KindStates, kind_of, version_number
 from gateway.store.records import JSON, ArtifactKind, ArtifactRecord, FeedbackRecord

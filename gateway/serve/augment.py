@@ -25,8 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway.config.settings import RetrievalSettings, Settings
+from gateway.messages import query_text
 from gateway.providers.base import Body
-from gateway.serve.messages import query_text
 from gateway.serve.pipeline import Augmentation, RequestContext
 from gateway.serve.templating import CompiledTemplate, TemplateError, standard_variables
 from policies.featurise import memory_agreement, memory_answer

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.serve.messages import message_text
+from gateway.messages import message_text
 from gateway.store.records import CallRecord
 
 

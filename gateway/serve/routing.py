@@ -36,9 +36,9 @@ from typing import Any
 
 from gateway.background import cancel_and_wait
 from gateway.capture.quality import feedback_quality
+from gateway.messages import query_text
 from gateway.providers.base import Body
 from gateway.serve.embedder import EmbedderHolder
-from gateway.serve.messages import query_text
 from gateway.serve.outcomes import Replay, call_outcomes
 from gateway.serve.policy_versions import PolicyVersions
 from gateway.serve.route_policy import OnlineLearning, online_learning

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gateway.config.settings import RetrievalSettings, parse_settings
+from gateway.messages import query_text
 from gateway.serve.augment import (
     Augmenter,
     LoadedIndex,
@@ -19,7 +20,6 @@ from gateway.serve.augment import (
     bucket,
 )
 from gateway.serve.injected import client_messages, injected_examples
-from gateway.serve.messages import query_text
 from gateway.serve.pipeline import RequestContext
 from gateway.serve.templating import CompiledTemplate, Template
 from gateway.store.records import CallRecord

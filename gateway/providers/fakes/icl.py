@@ -20,7 +20,7 @@ import itertools
 import re
 from typing import Any
 
-from gateway.serve.messages import message_text
+from gateway.messages import message_text
 
 SIMILAR = 0.5
 _WORD = re.compile(r"\w[\w'-]*")

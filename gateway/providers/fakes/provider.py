@@ -30,9 +30,9 @@ from typing import Any
 
 import orjson
 
+from gateway.messages import last_user_text, message_text
 from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
 from gateway.providers.fakes.icl import follow_rules, imitate
-from gateway.serve.messages import last_user_text, message_text
 
 EMBED_DIM = 64
 HARD_REPLY = "Sorry, I cannot answer that reliably."
