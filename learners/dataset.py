@@ -1,6 +1,6 @@
 """Store -> dataset for one route: logged calls joined with their feedback, curated and split.
 
-Curation rules (DESIGN.md section 4):
+Curation rules (docs/architecture.md, the learning loop):
 - only chat calls answered with status 200 whose text was logged;
 - a call with a correction becomes an example whose answer is the correction (the newest
   correction of that call wins);

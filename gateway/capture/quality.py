@@ -14,7 +14,7 @@ A route chooses it with `quality_metric` in its policy table:
 (*) "score" prefers the score and reads a rating only when the row has no score. Within one row
 the strongest evidence wins: a correction, then a rating, then a score, then a signal (under
 "score" the score comes before the rating). Across the rows of one call the newest row that says
-something under the metric wins, as DESIGN.md asks for corrections.
+something under the metric wins, as the feedback contract (docs/architecture.md) asks for corrections.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""/admin/*: routes, artifacts, diffs, learning on demand, rollback (DESIGN.md section 5).
+"""/admin/*: routes, artifacts, diffs, learning on demand, rollback (docs/architecture.md, contracts).
 
 Every endpoint here needs the admin key (see gateway/http/auth.py)."""
 
@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.http import learning  # the learning endpoints (templates, diffs, learn, rollback)
 from gateway.http.report import route_report_endpoint
 from gateway.http.requests import gateway_of
 
@@ -34,7 +35,5 @@ async def list_routes(request: Request) -> Response:
 
 def routes() -> list[Route]:
     """The admin endpoints, mounted by build_app (gateway/http/app.py)."""
-    from gateway.http import learning as learn_api  # the learning loop's endpoints (templates, diffs, learn, rollback)
-
-    return [*learn_api.routes(), Route("/admin/routes", list_routes, methods=["GET"]),
+    return [*learning.routes(), Route("/admin/routes", list_routes, methods=["GET"]),
             Route("/admin/routes/{route}/report", route_report_endpoint, methods=["GET"])]

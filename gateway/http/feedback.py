@@ -1,4 +1,4 @@
-"""POST /v1/feedback: explicit feedback on a call (DESIGN.md section 5).
+"""POST /v1/feedback: explicit feedback on a call (docs/architecture.md, contracts).
 
     {"call_id": "…", "rating": 1, "score": 0.8, "correction": "…",
      "signal": "used|copied|edited|regenerated|abandoned", "comment": "…", "user": "…"}

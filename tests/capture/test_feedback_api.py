@@ -1,4 +1,4 @@
-"""POST /v1/feedback against DESIGN.md section 5, through a real gateway and store."""
+"""POST /v1/feedback against the contracts in docs/architecture.md, through a real gateway and store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The admin endpoints and CLI commands of the learning loop (DESIGN.md section 5)."""
+"""The admin endpoints and CLI commands of the learning loop (docs/architecture.md, contracts)."""
 
 from __future__ import annotations
 
