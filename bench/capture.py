@@ -62,8 +62,8 @@ from bench.loadgen import (
     wait_http,
 )
 from bench.overhead import body_for, user_prompt
-from gateway.capture.intake import Capture
-from gateway.config.settings import PrivacySettings
+from gateway.capture.prepare import CallPreparer
+from gateway.config.settings import PrivacySettings, StoreSettings
 from gateway.store import open_store, sqlite_path
 from gateway.store.base import Store
 from gateway.store.records import Attempt, CallRecord, new_id
@@ -312,7 +312,8 @@ async def isolated_cost(url: str, spill: Path, n: int = 3000, batch: int = 64) -
     collects at `batch` requests/s. Less noisy on a busy machine than the difference of two
     end-to-end runs."""
     privacy = PrivacySettings()  # scrubbing on, as by default
-    capture = Capture(lambda: privacy, lambda fb: None)
+    stored = StoreSettings()
+    capture = CallPreparer(lambda: privacy, lambda: stored, lambda route, fb: None)
     for c in sample_calls(50):
         capture.prepare_call(c)  # builds the scrubber, loads the price map
     calls = sample_calls(n)
@@ -321,7 +322,7 @@ async def isolated_cost(url: str, spill: Path, n: int = 3000, batch: int = 64) -
         capture.prepare_call(c)
     prepare = (time.process_time() - t0) * 1e6 / n
     store = open_store(url)
-    writer = CallWriter(store, spill, batch_size=256, flush_ms=50, prepare=capture.prepare_call)
+    writer = CallWriter(store, spill, batch_size=256, flush_ms=50, prepare=capture)
     try:
         await store.migrate()
         await writer.start()

@@ -3,8 +3,9 @@
     python bench/correction_latency.py [--rps 10] [--embedder minilm] [--max-s 400] [--interval-s N]
 
 A real gateway (`flywheel serve`, the built-in fake provider with 20 ms latency, `[learners]` left
-at its defaults: interval 30 s, canary 10 %, 20 canary calls with feedback before deciding,
-MiniLM) serves a support route while simulated users send `--rps` requests per second and rate
+at its defaults: interval 30 s, canary from 10 % growing with evidence, a sequential decision
+after at least 5 and at most 40 canary calls with feedback, MiniLM) serves a support route
+while simulated users send `--rps` requests per second and rate
 each answer by the truth (+1 / -1). The route first learns three known topics from corrections
 (the "history" phase, until an index is promoted). Then, at T0, one user corrects an answer on a
 new topic, and a probe asks an unseen paraphrase of that question twice a second: as a fresh
@@ -196,6 +197,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"\ncorrection -> first effect: {first if first is None else round(first, 1)} s "
               f"(target <= 60 s: {verdict}); -> everyone: "
               f"{round(marks['panel'], 1) if 'panel' in marks else 'not within ' + str(args.max_s)} s")
+        everyone = marks.get("panel")
+        met = everyone is not None and everyone <= 60
+        print(f"correction -> everyone: target <= 60 s: {'met' if met else 'MISSED'}")
         print(f"requests sent: {sim.sent}; gateway log: {tmp / 'gateway.log'}")
         stop.set()
         traffic.cancel()

@@ -358,6 +358,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cold-calls", type=int, default=300, help="calls watched right after the first one")
     p.add_argument("--idle-s", type=float, default=3.0, help="seconds the idle gateway's CPU is watched")
     p.add_argument("--quick", action="store_true", help="a small smoke run (< 30 s)")
+    p.add_argument("--no-metrics", action="store_true", help="[observability] metrics = false (default: on)")
     p.add_argument("--json", action="store_true", help=f"also write {OUT.relative_to(REPO)}")
     p.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("routes", nargs="*", help=argparse.SUPPRESS)  # --serve-floor's MODEL=URL pairs
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                 upstreams[delay] = start_upstream(delay, tmp)
                 services.append(upstreams[delay])
             config = write_config(tmp, upstreams)
+            if args.no_metrics:  # metrics on vs off: the difference /metrics makes per request
+                config.write_text(config.read_text() + "\n[observability]\nmetrics = false\n")
             startup: list[float] = []
             for i in range(1, args.startup_runs):  # extra starts first, so the loaded one starts last
                 extra, t = start_gateway(config, tmp, f"startup{i}")

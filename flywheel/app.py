@@ -17,6 +17,7 @@ def create_app(settings: Settings, *, config_path: str | Path | None = None) -> 
     gw = Gateway(settings, Path(config_path) if config_path else None)
     learning = LearningLoop(gw)
     gw.attach_learning(learning, learning)
+    gw.leader = learning.lease.held  # the retention sweep runs where learning does: on the lease holder
     app = build_app(gw)
     app.state.learning = learning
     return app

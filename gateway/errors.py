@@ -5,9 +5,11 @@
     ├── AuthenticationFailed  401 invalid_request_error / invalid_api_key
     ├── PermissionDenied      403 permission_error
     ├── NotFound              404 invalid_request_error / model_not_found (or not_found)
+    ├── RequestTimeout        408 invalid_request_error / request_timeout (head not received in time)
     ├── PayloadTooLarge       413 invalid_request_error / request_too_large
+    ├── HeadersTooLarge       431 invalid_request_error / headers_too_large
     ├── RateLimited           429 rate_limit_error / rate_limit_exceeded (+ Retry-After)
-    ├── UpstreamFailed        502 api_error / upstream_error (or the upstream's own 4xx/429)
+    ├── UpstreamFailed        502 api_error / upstream_error (an upstream 5xx keeps its own status)
     ├── Overloaded            503 api_error / overloaded (+ Retry-After)
     └── UpstreamTimeout       504 api_error / upstream_timeout
 
@@ -77,6 +79,18 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class RateLimited(GatewayError):

@@ -5,13 +5,15 @@
   reload a route, and reach the router's learning interface. A learner never assigns to the
   gateway's objects; what it learned reaches the request path as artifacts in the store, which
   the serving side loads (gateway/serve/artifacts.py).
-- `LearningControl` is what the admin endpoints (gateway/http/learning.py) call: one learning
-  cycle now, a rollback. The wiring (flywheel/app.py) attaches the learners' implementation.
+- `LearningControl` is what the admin endpoints (gateway/http/learning.py) and the console
+  (gateway/console/) call: one learning cycle now, a rollback, a person's controls. The wiring
+  (flywheel/app.py) attaches the learners' implementation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -23,6 +25,16 @@ if TYPE_CHECKING:
     from gateway.serve.runtime import Runtime
     from gateway.store.artifacts import ArtifactRegistry
     from gateway.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFlags:
+    """A person's holds on a route: learning frozen, rollout paused (with who and why)."""
+
+    frozen: bool = False
+    paused: bool = False
+    frozen_by: str = ""
+    paused_by: str = ""
 
 
 class UnknownRoute(KeyError):
@@ -86,4 +98,36 @@ class LearningControl(Protocol):
 
     async def rollback(self, route: str, version: str | None = None, reason: str = "rolled back by admin") -> object:
         """Undo a canary or promoted version at once; the decision made (a dataclass)."""
+        ...
+
+    # -- a person's controls (the console, gateway/console/; `flywheel prompts publish`) -----------
+    # Each records who (a key id, never a key) and why (a required note) in the route's action log
+    # and, for a version's state change, in the transition's reason. ValueError for a refused action.
+    async def promote(self, route: str, version: str, *, who: str, note: str) -> object:
+        """Promote a running canary now, without waiting for its online comparison."""
+        ...
+
+    async def roll_back(self, route: str, version: str | None, *, who: str, note: str) -> object:
+        """Roll back a canary or a promoted version (the previous one serves again)."""
+        ...
+
+    async def set_paused(self, route: str, paused: bool, *, who: str, note: str) -> None:
+        """Pause (or resume) the route's rollout: running canaries keep their share, no automatic decision."""
+        ...
+
+    async def set_frozen(self, route: str, frozen: bool, *, who: str, note: str) -> None:
+        """Freeze (or unfreeze) learning for the route: no new candidates while frozen."""
+        ...
+
+    async def route_flags(self, route: str) -> RouteFlags:
+        """Whether the route's learning is frozen and its rollout paused (from the action log)."""
+        ...
+
+    async def publish_template(self, route: str, source: str, *, who: str, note: str) -> object:
+        """A hand-written template version (authored by a person): stored as a candidate, then
+        through the same guardrails, evaluation gate and canary as a learned one."""
+        ...
+
+    async def cluster_texts(self, route: str, texts: list[str]) -> list[list[int]]:
+        """Groups of similar texts (indices), as the template learner clusters corrected questions."""
         ...

@@ -12,21 +12,26 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import gc_pauses
 from gateway.background import Service, cancel_and_wait
-from gateway.capture.intake import Capture
+from gateway.capture.intake import FeedbackIntake
+from gateway.capture.prepare import CallPreparer
 from gateway.capture.retention import RetentionService
 from gateway.config.settings import ConfigError, Settings, load_settings
 from gateway.learning import LearningControl
+from gateway.limits import Limiter, open_limiter
+from gateway.limits.base import IN_FLIGHT, period_id, period_start
+from gateway.observability.metrics import GAUGES, CallMetrics, file_size
+from gateway.observability.tracing import Tracing
 from gateway.serve.artifacts import ArtifactServer
 from gateway.serve.augment import Augmenter
 from gateway.serve.embedder import EmbedderHolder
 from gateway.serve.pipeline import Pipeline
-from gateway.serve.ratelimit import RateLimiter
+from gateway.serve.response_state import ResponseStates
 from gateway.serve.routing import LearnedRouting
 from gateway.serve.runtime import Runtime, build_runtime, close_unused
 from gateway.store import open_store
@@ -46,7 +51,12 @@ class Gateway:
     def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.config_path = config_path
         self.runtime: Runtime = build_runtime(settings)
-        self.limiter = RateLimiter()
+        # rate limits and budgets (gateway/limits/): Redis-shared with [limits] redis_url, else per replica
+        self.limiter: Limiter = open_limiter(settings)
+        self.metrics = CallMetrics(settings.observability.metrics_per_key)
+        self.tracing = Tracing(settings.observability) if settings.observability.tracing else None
+        # whether this replica runs the periodic jobs (retention): the wiring hands it the learner lease
+        self.leader: Callable[[], bool] = lambda: True
         self.started_at = int(time.time())
         self.store: Store | None = None
         self.writer: CallWriter | None = None
@@ -58,17 +68,24 @@ class Gateway:
         self.serving = ArtifactServer(lambda: self.store, self.augmenter, self.embedders, lambda: self.settings,
                                       config_dir)
         self.routing = LearnedRouting(lambda: self.runtime, lambda: self.store, embedders=self.embedders)
-        self.pipeline = Pipeline(self.sink, augmenter=self.augmenter, router=self.routing)
-        self.capture = Capture(lambda: self.settings.privacy, self._submit_feedback)
-        self.capture.listeners.append(self.routing.feedback)
+        self.pipeline = Pipeline(self.sink, augmenter=self.augmenter, router=self.routing,
+                                 max_response_bytes=lambda: self.settings.server.max_upstream_response_bytes)
+        # capture: new-feedback counter and listeners; pricing, signals and sanitising in the writer's task
+        self.intake = FeedbackIntake(self._submit_feedback)
+        self.intake.listeners.append(self.routing.feedback)
+        self.preparer = CallPreparer(lambda: self.settings.privacy, lambda: self.settings.store, self.intake.accept)
+        # Responses API conversation state (previous_response_id), scrubbed like calls when stored
+        self.responses = ResponseStates(lambda: self.store, self._scrub_for_store)
         self._tasks: list[asyncio.Task[Any]] = []
         # started after the writer, in order, and stopped before it, in reverse
         self.services: list[Service] = [self.serving]
         self.learning: LearningControl | None = None  # attached by the wiring (flywheel/app.py)
-        self.retention = RetentionService(lambda: self.store, lambda: self.settings.privacy)
+        self.retention = RetentionService(lambda: self.store if self.leader() else None, lambda: self.settings.privacy)
         self.services.append(self.retention)
         self.services.append(self.routing)
         self.last_reload_error: str | None = None
+        self._started = False  # every service started (an edited seed template waits for learning)
+        self._seed_deferred: set[str] = set()  # routes whose edited seed waits (a canary runs)
         self._admin_key: str | None = None
         self._read_admin_key()
 
@@ -76,6 +93,35 @@ class Gateway:
         """Let `control` answer the admin API's learning endpoints and run `service` beside serving."""
         self.learning = control
         self.services.append(service)
+        self.serving.on_seed_changed = self._publish_seed
+
+    async def _publish_seed(self, route: str, text: str, path: str) -> None:
+        """An edited seed template file: a hand-authored version through the evaluation gate, in the
+        background (evaluation replays calls) and on the leader only (replicas share the store)."""
+        if self.learning is None or not self.leader() or not self._started:
+            self.serving.forget_seed(route)  # looked at again at a later refresh (once started, on the leader)
+            return
+        learning = self.learning
+
+        async def publish() -> None:
+            try:
+                decision = await learning.publish_template(route, text, who="seed-file",
+                                                           note=f"seed template {path} edited")
+            except ValueError as exc:  # e.g. a canary is running: tried again at a later refresh
+                self.serving.forget_seed(route)
+                if route not in self._seed_deferred:  # said once, not at every refresh
+                    self._seed_deferred.add(route)
+                    log.warning("routes.%s.template: %s edited, not published yet: %s", route, path, exc,
+                                extra={"event": "seed_publish_deferred", "route": route})
+                return
+            except Exception:
+                log.exception("routes.%s.template: publishing the edited %s failed", route, path)
+                return
+            self._seed_deferred.discard(route)
+            log.info("routes.%s.template: %s edited: %s", route, path, getattr(decision, "reason", decision),
+                     extra={"event": "seed_published", "route": route})
+
+        self._tasks.append(asyncio.create_task(publish(), name=f"flywheel-seed-{route}"))  # one per edit
 
     @property
     def settings(self) -> Settings:
@@ -89,14 +135,30 @@ class Gateway:
         env = self.settings.auth.admin_key_env
         self._admin_key = (os.environ.get(env) or None) if env else None
 
+    async def _scrub_for_store(self, doc: Any) -> Any:
+        """`doc` as the store may keep it: PII scrubbed off the event loop, unless `store_raw`."""
+        if self.settings.privacy.store_raw:
+            return doc
+        return await asyncio.to_thread(lambda: self.preparer.scrubber.scrub_json(doc))
+
     def _submit_feedback(self, fb: FeedbackRecord) -> None:
         if self.writer is not None:
             self.writer.submit_feedback(fb)
 
     def sink(self, record: CallRecord) -> None:
-        """Where every finished call goes: token budgets, then the batched writer. Never blocks."""
-        if record.key_id is not None and (record.prompt_tokens or record.completion_tokens):
-            self.limiter.record_tokens(record.key_id, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
+        """Where every finished call goes: limits and spend, metrics, the trace, then the batched writer.
+        Never blocks (Redis updates run in the background)."""
+        reservation = IN_FLIGHT.get()
+        if reservation is not None:
+            self.limiter.settle(reservation, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
+        if record.key_id is not None and record.cost_usd:
+            ks = self.settings.auth.keys.get(record.key_id)
+            if ks is not None and ks.budget_usd is not None:  # spend is kept where a budget needs it
+                self.limiter.add_spend(record.key_id, record.cost_usd)
+        if self.settings.observability.metrics:
+            self.metrics.observe(record)
+        if self.tracing is not None:
+            self.tracing.call_finished(record)
         if self.writer is not None and self.settings.store.log_calls:
             self.writer.submit_call(record)
 
@@ -115,29 +177,36 @@ class Gateway:
 
     async def scrubber(self) -> Scrubber | None:
         """The capture's PII scrubber, built off the event loop on first use."""
-        return await asyncio.to_thread(lambda: self.capture.scrubber)
+        return await asyncio.to_thread(lambda: self.preparer.scrubber)
 
     def new_feedback(self) -> Mapping[str, int]:
         """Feedback rows per route since the route's last learning cycle began."""
-        return self.capture.new_feedback
+        return self.intake.new_feedback
 
     def reset_new_feedback(self, route: str) -> None:
         """A learning cycle for `route` begins: count its new feedback from zero."""
-        self.capture.new_feedback[route] = 0
+        self.intake.reset(route)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings.store
         self.store = open_store(s.url)
-        await self.store.migrate()
-        if not self.settings.privacy.store_raw:
-            # the scrubber's name lists take ~0.4 s to load: not on the event loop, not on first use
-            await asyncio.to_thread(lambda: self.capture.scrubber)
+        # the scrubber's name lists take ~0.4 s to load: not on the event loop, not on first use
+        await asyncio.to_thread(self.preparer.load)
+        # The writer applies the migrations: at once, or once a database that is down comes back
+        # (the gateway serves and spills meanwhile; /readyz says it is degraded).
         self.writer = CallWriter(self.store, spill_path=Path(s.spill_path), batch_size=s.batch_size,
-                                 flush_ms=s.flush_ms, max_queue=s.queue_size, prepare=self.capture.prepare_call)
+                                 flush_ms=s.flush_ms, max_queue=s.queue_size, prepare=self.preparer,
+                                 offload_bytes=s.offload_bytes, memory_rows=s.memory_rows, migrate=True,
+                                 max_messages=s.max_stored_messages)
         await self.writer.start()
+        await self.limiter.start()
+        if self.writer.health.up:  # the database is down at start: budgets count from zero
+            await self._seed_spend()
+        GAUGES.sources.append(self._gauges)
         for service in self.services:
             await service.start()
+        self._started = True
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="flywheel-config-watch"))
         gc_pauses.settle()
@@ -148,11 +217,59 @@ class Gateway:
         for service in reversed(self.services):
             await service.stop()
         await self.embedders.aclose()
+        if self._gauges in GAUGES.sources:
+            GAUGES.sources.remove(self._gauges)
+        await self.limiter.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
+        await self.responses.drain()  # stored responses still being written
         if self.writer is not None:
             await self.writer.stop()  # drains the queue: no call row is lost on shutdown
         if self.store is not None:
             await self.store.close()
         await close_unused(self.runtime, None)
+
+    async def _seed_spend(self) -> None:
+        """Budgets count from the store's logged spend of the current day and month (restarts lose nothing)."""
+        keys = {name for name, ks in self.settings.auth.keys.items() if ks.budget_usd is not None}
+        if not keys or self.store is None:
+            return
+        month = period_start("month")
+        day = period_start("day")
+        totals: dict[tuple[str, str], float] = {}
+        for row in await self.store.spend_by_key(since=month):
+            if row.key_id in keys:
+                for pid in (period_id("month"), *((period_id("day"),) if row.day >= day else ())):
+                    totals[(row.key_id, pid)] = totals.get((row.key_id, pid), 0.0) + row.cost_usd
+        for (key, pid), amount in totals.items():
+            await self.limiter.seed_spend(key, pid, amount)
+
+    def degraded(self) -> list[str]:
+        """What is degraded now, for /readyz: the gateway serves, but capture is not normal."""
+        w = self.writer
+        if w is None:
+            return []
+        out: list[str] = []
+        if not w.health.up:
+            out.append(f"store unavailable since {w.health.since:.0f}: calls and feedback are spilled")
+        stats = w.stats
+        if stats.held:
+            out.append(f"spill file not writable: {stats.held} rows held in memory "
+                       f"(of {self.settings.store.memory_rows})")
+        if stats.lost:
+            out.append(f"{stats.lost} rows lost (database, spill file and memory all full)")
+        return out
+
+    def _gauges(self) -> dict[str, float]:
+        """Gauges for /metrics, read at scrape time."""
+        out = {"flywheel_learner_leader": 1.0 if self.leader() else 0.0,
+               "flywheel_spill_bytes": file_size(self.settings.store.spill_path)}
+        if self.writer is not None:
+            out["flywheel_writer_queue_depth"] = float(self.writer.depth)
+            out["flywheel_writer_rows_lost"] = float(self.writer.stats.lost)
+            out["flywheel_writer_rows_held"] = float(self.writer.stats.held)  # in memory: spill not writable
+            out["flywheel_store_up"] = 1.0 if self.writer.health.up else 0.0
+        return out
 
     # -- config reload --------------------------------------------------------------------------
     async def reload(self) -> bool:
@@ -163,12 +280,17 @@ class Gateway:
             new = build_runtime(settings, previous=self.runtime)
         except ConfigError as exc:
             self.last_reload_error = str(exc)
-            log.error("config reload refused, keeping the running config: %s", exc)
+            log.error("config reload refused, keeping the running config: %s", exc,
+                      extra={"event": "config_reload_refused"})
             return False
         old, self.runtime = self.runtime, new
         self._read_admin_key()
         self.last_reload_error = None
-        log.info("config reloaded from %s", self.config_path)
+        log.info("config reloaded from %s", self.config_path, extra={"event": "config_reload"})
+        before, after = old.settings.server, settings.server
+        if (before.host, before.port) != (after.host, after.port):  # the socket is bound once, at start
+            log.warning("server.host/port changed from %s:%d to %s:%d: takes effect only after a restart",
+                        before.host, before.port, after.host, after.port, extra={"event": "restart_needed"})
         await close_unused(old, new)
         return True
 

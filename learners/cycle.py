@@ -2,8 +2,9 @@
 
 The learners (retrieval, template) are pure; this module feeds them, checks what they produce,
 replays held-out calls to evaluate it, stores every candidate with its manifest and evaluation,
-and hands those that pass to the rollout step. A kind with a canary running gets no new
-candidate until the canary is decided. The result is a typed `LearnReport`.
+and hands those that pass to the rollout step. A kind with a canary running still gets new
+candidates: one that passes queues behind the canary (learners/rollout.py). The result is a
+typed `LearnReport`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.config.settings import LearnerSettings, RetrievalSettings, RouteSettings
@@ -23,18 +24,20 @@ from gateway.store.artifacts import ArtifactRegistry, Manifest, version_number
 from gateway.store.records import ArtifactKind, ArtifactRecord
 from learners import guardrails
 from learners.dataset import CurateConfig, Dataset, DatasetStats, EvalCase, curate, load_records
+from learners.economy import Economy, content_hash
 from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
-from learners.index import example_ids, fit_index
+from learners.index import example_ids, fit_index, tuning_grid
 from learners.rollout import Rollout, RolloutDecision
 from learners.routing_replay import replay_variants
 from learners.scoring import build_metric
 from learners.template import fit_template
 from retrieval.embeddings import Embedder, EmbedMany
+from retrieval.lexical import Tuning
 
 if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber
 
-Outcome = Literal["canary", "promoted", "rejected"]
+Outcome = Literal["canary", "promoted", "rejected", "queued"]
 MAX_CASES = 100  # held-out calls replayed per arm; the budget may stop earlier
 
 
@@ -62,8 +65,10 @@ class LearnReport:
     candidates: list[CandidateReport] = field(default_factory=list)
     rollout: list[RolloutDecision] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    eval_calls: int = 0
+    eval_calls: int = 0  # upstream calls evaluation made this cycle (replays, judge, optimizer)
     eval_cost_usd: float = 0.0
+    eval_cached: int = 0  # replays answered from the cache instead (learners/economy.py)
+    eval_skipped: list[str] = field(default_factory=list)  # candidates not evaluated, and why
     policy: Any = None  # learners.routing.LearnResult, for routes whose policy is learned
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +87,7 @@ class CycleDeps:
     scrubber: Callable[[], Awaitable[Scrubber | None]]
     current: Callable[[str], ServingSet]  # the route's current serving set (as live traffic sees it)
     blocked: Callable[[str], Awaitable[set[str]]]
+    economy: Economy | None = None  # kept across cycles by the loop: memo, back-off, answer cache, upstream gate
 
 
 class LearningCycle:
@@ -95,6 +101,7 @@ class LearningCycle:
         self.budget = Budget(cfg.max_eval_calls, cfg.max_eval_cost_usd)
         self.report = LearnReport(route, time.time())
         self._current_arm: ArmResult | None = None
+        self.keep = frozenset((rs.retrieval or RetrievalSettings()).keep_entities)  # PII types examples may keep
 
     async def dataset(self) -> Dataset:
         """Fetch and curate (curation embeds: it runs on a thread)."""
@@ -107,7 +114,7 @@ class LearningCycle:
         scrubber = await self.d.scrubber()
         window = (since if since is not None else min((c.created_at for c in calls), default=now), now)
         return await asyncio.to_thread(curate, self.route, calls, feedback, embedder, scrubber=scrubber,
-                                       config=config, blocked=blocked, window=window)
+                                       config=config, blocked=blocked, window=window, keep=self.keep)
 
     async def learn(self) -> LearnReport:
         r = self.report
@@ -116,24 +123,28 @@ class LearningCycle:
         embedder = await self.d.embedder()
         embed = self.d.embed_fn()
         self.replayer = Replayer(self.d.runtime, self.route, build_metric("exact"), self.budget,
-                                 self.rs.retrieval or RetrievalSettings(), embed)
+                                 self.rs.retrieval or RetrievalSettings(), embed, economy=self.d.economy)
         judge_route = self.cfg.judge_route
         self.replayer.metric = build_metric(
             self.cfg.metric, field=self.cfg.metric_field, embed=embed,
             judge=(lambda p: self.replayer.ask(judge_route, p)) if judge_route else None)
         self.heldout = ds.heldout
         self.cases: tuple[EvalCase, ...] = ds.heldout[-self._cases_per_arm():]
-        states = await self.d.registry.all_states(self.route)
-        kinds: tuple[ArtifactKind, ...] = ("index", "template")
-        for kind in kinds:
-            ks = states.get(kind)
-            if ks is not None and ks.canary is not None:
-                r.skipped.append(f"{kind}: canary {ks.canary} is running; no new candidate until it is decided")
-            elif kind == "index":
-                await self._index(ds, embedder)
+        cur = self.d.current(self.route)
+        # what a judgement depends on besides the candidate: the cases and what serves now
+        self.data = content_hash([[c.call_id, c.reference] for c in self.cases],
+                                 cur.template.version if cur.template else None,
+                                 cur.index.version if cur.index else None)
+        steps: tuple[tuple[ArtifactKind, Callable[[Dataset, Embedder], Awaitable[None]]], ...] = (
+            ("index", self._index), ("template", self._template))
+        for kind, learn in steps:
+            left = self.d.economy.sits_out(self.route, kind) if self.d.economy else 0
+            if left:
+                r.skipped.append(f"{kind}: sits out this cycle after repeated rejections ({left - 1} more)")
             else:
-                await self._template(ds, embedder)
+                await learn(ds, embedder)
         r.eval_calls, r.eval_cost_usd = self.budget.calls, round(self.budget.cost_usd, 6)
+        r.eval_cached = self.replayer.cached
         r.duration_s = round(time.time() - r.started_at, 3)
         return r
 
@@ -156,6 +167,7 @@ class LearningCycle:
         (current, the index candidate, each template trial; a judge doubles the calls) fit in the
         budget. Otherwise the first arms spend it all and no candidate has paired cases left."""
         arms = 3 + self.cfg.demo_trials + (1 if self.cfg.optimizer_route else 0)
+        arms += len(tuning_grid(self.rs.retrieval or RetrievalSettings())) - 1
         calls_per_case = 2 if self.cfg.metric == "judge" else 1
         return max(self.cfg.min_samples, min(MAX_CASES, self.budget.max_calls // (arms * calls_per_case)))
 
@@ -167,16 +179,37 @@ class LearningCycle:
             self._current_arm = await self._arm(self.d.current(self.route))
         return self._current_arm
 
+    async def _judged_before(self, kind: ArtifactKind, content: str) -> bool:
+        """True (and noted) when a candidate with this content was judged already: passed and still
+        serving (or queued), or refused on the same data. Nothing to spend on it."""
+        j = self.d.economy.judged.get((self.route, kind, content)) if self.d.economy else None
+        if j is None:
+            return False
+        if j.passed:
+            state = (await self.d.registry.states(self.route, kind)).versions.get(j.version)
+            if state is None or state.state not in ("candidate", "canary", "promoted"):
+                return False
+        elif j.data != self.data:
+            return False
+        why = "passed already" if j.passed else "rejected on the same held-out data"
+        self.report.eval_skipped.append(f"{kind}: same content as {j.version or 'an earlier trial'}, {why}")
+        return True
+
     async def _settle(self, kind: ArtifactKind, body: Any, manifest: Manifest, problems: list[str],
-                      arm: ArmResult | None, extra: dict[str, Any], trials: tuple[tuple[str, float], ...] = ()) -> None:
+                      arm: ArmResult | None, extra: dict[str, Any], trials: tuple[tuple[str, float], ...] = (),
+                      content: str | None = None) -> None:
         """Store the candidate with its evaluation, then reject it or start its rollout."""
+        content = content or content_hash(body)
         ev = gate(await self._current(), arm, self.cfg, self.cfg.metric, self.budget, trials=trials,
                   require_gain=kind == "template") if arm else None
         if kind == "template" and not problems and ev is not None and ev.verdict == "no_gain":
             # Another draw of demonstrations that does no better is not worth a version.
             self.report.skipped.append(f"template: no trial beat the current template ({ev.reason})")
+            if self.d.economy is not None:
+                self.d.economy.record(self.route, kind, content, self.data, "", False)
             return
-        evaluation = {"offline": asdict(ev) if ev else None, "guardrails": problems, **extra}
+        evaluation = {"offline": asdict(ev) if ev else None, "guardrails": problems, "content_hash": content,
+                      **extra}
         reason = ("guardrails: " + "; ".join(problems) if problems
                   else ev.reason if ev is not None else "not evaluated")
         rec = await self.d.registry.save_candidate(self.route, kind, body, manifest, evaluation=evaluation)
@@ -184,6 +217,8 @@ class LearningCycle:
             decision = await self.d.rollout.reject(self.route, kind, rec.version, reason)
         else:
             decision = await self.d.rollout.begin(self.route, kind, rec.version, reason)
+        if self.d.economy is not None:
+            self.d.economy.record(self.route, kind, content, self.data, rec.version, decision.action != "rejected")
         outcome: Outcome = decision.action  # type: ignore[assignment]
         self.report.candidates.append(CandidateReport(kind, rec.version, outcome, decision.reason, manifest.note, ev))
 
@@ -206,15 +241,29 @@ class LearningCycle:
         if last is not None and sorted(example_ids(last.body)) == sorted(e.id for e in cand.examples):
             self.report.skipped.append(f"index: same examples as {last.version}, rejected: {last.note}")
             return
+        content = content_hash(embedder.name, sorted(e.id for e in cand.examples))
+        if await self._judged_before("index", content):
+            return
         problems = guardrails.check_index_candidate(cand.examples, cand.manifest, max_examples=self.cfg.max_examples,
-                                                    scrubber=await self.d.scrubber())
-        arm = None
+                                                    scrubber=await self.d.scrubber(), keep=self.keep)
+        arm, index, manifest, tried = None, cand.index, cand.manifest, []
         if not problems:
+            # retrieval tunes itself: each setting replayed on the held-out calls, the best kept
             current = self.d.current(self.route)
-            arm = await self._arm(ServingSet(current.template, LoadedIndex("candidate", cand.index)))
-        body = await asyncio.to_thread(cand.index.to_body)
-        await self._settle("index", body, cand.manifest, problems, arm,
-                           {"added": list(cand.added), "removed": list(cand.removed)})
+            best: tuple[Tuning, ArmResult] | None = None
+            for t in tuning_grid(self.rs.retrieval or RetrievalSettings()):
+                a = await self._arm(ServingSet(current.template, LoadedIndex("candidate", cand.index.with_tuning(t))))
+                tried.append((t.describe(), round(a.mean, 4)))
+                if a.results and (best is None or a.mean > best[1].mean):
+                    best = (t, a)
+            if best is not None:
+                index, arm = cand.index.with_tuning(best[0]), best[1]
+                manifest = replace(manifest, note=f"{manifest.note}; retrieval {best[0].describe()}")
+        body = await asyncio.to_thread(index.to_body)
+        await self._settle("index", body, manifest, problems, arm,
+                           {"added": list(cand.added), "removed": list(cand.removed),
+                            "retrieval": index.tuning.to_dict() if index.tuning else None},
+                           tuple(tried), content=content)
 
     async def _template(self, ds: Dataset, embedder: Embedder) -> None:
         parent = await self.d.registry.current(self.route, "template")
@@ -241,9 +290,11 @@ class LearningCycle:
         if cand is None:
             self.report.skipped.append("template: no trial differed from the current template or could be scored")
             return
+        if await self._judged_before("template", content_hash(cand.template.to_body())):
+            return
         problems = guardrails.check_template_candidate(cand.template, cand.manifest, route=self.route,
                                                        max_chars=self.cfg.max_template_chars,
-                                                       scrubber=await self.d.scrubber())
+                                                       scrubber=await self.d.scrubber(), keep=self.keep)
         old_demos = {d.source_id for d in current_tpl.demonstrations}
         added = [d.source_id for d in cand.template.demonstrations if d.source_id not in old_demos]
         await self._settle("template", cand.template.to_body(), cand.manifest, problems,

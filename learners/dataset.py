@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 NEGATIVE_SIGNALS = frozenset({"regenerated", "rephrased", "abandoned", "corrected"})
 POSITIVE_SCORE = 0.8
-_PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|CARD|IBAN|IP|PERSON)>")
+_PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|CARD|IBAN|IP|SSN|PERSON)>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +181,17 @@ def in_heldout(call_id: str, seed: int, share: float) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < share
 
 
-def _has_pii(text: str, scrubber: Scrubber | None) -> bool:
-    return bool(_PLACEHOLDER.search(text)) or (scrubber is not None and bool(scrubber.find(text)))
+def _has_pii(text: str, scrubber: Scrubber | None, keep: Collection[str] = ()) -> bool:
+    """Redacted text (its placeholders teach nothing), or PII of a type the route does not keep."""
+    if _PLACEHOLDER.search(text):
+        return True
+    return scrubber is not None and any(f.type not in keep for f in scrubber.find(text))
 
 
 def curate(
     route: str, calls: Sequence[CallRecord], feedback: Sequence[FeedbackRecord], embedder: Embedder, *,
     scrubber: Scrubber | None, config: CurateConfig = CurateConfig(), blocked: Collection[str] = (),
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None, keep: Collection[str] = (),
 ) -> Dataset:
     """Join, label, dedupe, retire, scan and split (see the module docstring). Pure; embeds."""
     by_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
@@ -225,7 +228,7 @@ def curate(
         if ex.id in blocked:
             counts["blocked"] += 1
             return False
-        if _has_pii(ex.input, scrubber) or _has_pii(ex.output, scrubber):
+        if _has_pii(ex.input, scrubber, keep) or _has_pii(ex.output, scrubber, keep):
             counts["pii"] += 1
             return False
         return True

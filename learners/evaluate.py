@@ -20,18 +20,21 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.capture.corrections import response_text
 from gateway.config.settings import LearnerSettings, RetrievalSettings
 from gateway.errors import GatewayError
+from gateway.providers.base import Body
 from gateway.serve.augment import EmbedFn, PinnedAugmenter, ServingSet
-from gateway.serve.pipeline import Pipeline, RequestContext
+from gateway.serve.pipeline import Augmentation, Pipeline, RequestContext
 from gateway.serve.runtime import Runtime
 from gateway.store.records import CallRecord, new_id
 from learners.dataset import EvalCase
+from learners.economy import Economy, content_hash
 from learners.scoring import Graded, Metric
 
 Verdict = Literal["passed", "regression", "no_gain", "insufficient"]
@@ -118,7 +121,8 @@ class Replayer:
     """Replays cases through the gateway pipeline with artifacts pinned; all calls spend `budget`."""
 
     def __init__(self, runtime: Callable[[], Runtime], route: str, metric: Metric, budget: Budget,
-                 retrieval: RetrievalSettings, embed: EmbedFn | None, *, concurrency: int = 4) -> None:
+                 retrieval: RetrievalSettings, embed: EmbedFn | None, *, concurrency: int = 4,
+                 economy: Economy | None = None) -> None:
         self._runtime = runtime
         self.route = route
         self.metric = metric
@@ -126,6 +130,16 @@ class Replayer:
         self._retrieval = retrieval
         self._embed = embed
         self._sem = asyncio.Semaphore(concurrency)
+        self.economy = economy  # the upstream gate and the answer cache (learners/economy.py)
+        self.cached = 0  # cases answered from the cache (no upstream call)
+
+    @asynccontextmanager
+    async def _slot(self, upstream: str) -> AsyncIterator[None]:
+        if self.economy is None:
+            yield
+        else:
+            async with self.economy.gate.slot(upstream):
+                yield
 
     def spending(self, budget: Budget) -> Replayer:
         """This replayer (same route, metric and concurrency limit) spending `budget` instead."""
@@ -138,28 +152,41 @@ class Replayer:
         self.budget.reserve()
         rt = self._runtime().resolve(route)
         body = {"model": route, "messages": [{"role": "user", "content": prompt}]}
-        out, _ = await Pipeline(self.budget.sink).chat(rt, body, RequestContext(call_id=new_id("eval")))
+        async with self._slot(rt.name):
+            out, _ = await Pipeline(self.budget.sink).chat(rt, body, RequestContext(call_id=new_id("eval")))
         return response_text(out)
 
     async def _one(self, serving: ServingSet, case: EvalCase, loo: bool, variant: str | None) -> CaseResult | None:
         async with self._sem:
-            try:
-                self.budget.reserve()
-            except BudgetExhausted:
-                return None
             augmenter = PinnedAugmenter(serving, self._retrieval, self._embed,
                                         frozenset({case.call_id}) if loo else frozenset())
             body = {**case.params, "model": self.route, "messages": [dict(m) for m in case.messages]}
             ctx = RequestContext(call_id=new_id("eval"), user=case.user)
             route = self._runtime().resolve(self.route)
             pin = variant or case.variant
+            upstream = route.name
             if pin is not None and pin in route.targets:
-                route = route.pinned(pin)
-            try:
-                out, record = await Pipeline(self.budget.sink, augmenter).chat(route, body, ctx)
-            except GatewayError as exc:  # a failed replay is a failed answer
-                return CaseResult(case.call_id, case.segment, 0.0, "", exc.message)
-            answer = response_text(out)
+                route, upstream = route.pinned(pin), route.targets[pin].provider.name
+            # the prompt this arm sends: an arm whose artifacts leave it unchanged reuses the answer
+            aug = await augmenter.augment(self.route, body["messages"], ctx)
+            key = content_hash([self.route, pin, aug.messages if aug else body["messages"], case.params])
+            hit = self.economy.cache.get(key) if self.economy is not None else None
+            if hit is not None:
+                self.cached += 1
+                answer, record = hit
+            else:
+                try:
+                    self.budget.reserve()
+                except BudgetExhausted:
+                    return None
+                try:
+                    async with self._slot(upstream):
+                        out, record = await Pipeline(self.budget.sink, _Fixed(aug)).chat(route, body, ctx)
+                except GatewayError as exc:  # a failed replay is a failed answer
+                    return CaseResult(case.call_id, case.segment, 0.0, "", exc.message)
+                answer = response_text(out)
+                if self.economy is not None:
+                    self.economy.cache.put(key, answer, record)
             try:
                 score = await self.metric.score(Graded(case.question, answer, case.reference))
             except BudgetExhausted:
@@ -175,6 +202,16 @@ class Replayer:
         results = await asyncio.gather(*(self._one(serving, c, leave_one_out, variant) for c in cases))
         kept = tuple(r for r in results if r is not None)
         return ArmResult(kept, len(kept) == len(cases))
+
+
+class _Fixed:
+    """An augmenter that returns an augmentation computed beforehand (the one the cache key hashed)."""
+
+    def __init__(self, aug: Augmentation | None) -> None:
+        self._aug = aug
+
+    async def augment(self, route: str, messages: list[Body], ctx: RequestContext) -> Augmentation | None:
+        return self._aug
 
 
 def gate(current: ArmResult, candidate: ArmResult, cfg: LearnerSettings, metric: str, budget: Budget,

@@ -1,7 +1,9 @@
 """The retrieval learner: curated examples -> a candidate example index artifact.
 
 Pure: a dataset and the current index's body in, a candidate (or None when nothing changed) out.
-Embedding and the faiss build are CPU-bound; callers run `fit_index` in a thread.
+Embedding and the faiss build are CPU-bound; callers run `fit_index` in a thread. `tuning_grid`
+is the retrieval settings the cycle tries on held-out calls (learners/cycle.py); the best one is
+stored with the index and applied by the request path.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.config.settings import RetrievalSettings
 from gateway.store.artifacts import Manifest
 from learners.dataset import Dataset
 from retrieval.embeddings import Embedder
 from retrieval.examples import Example, ExampleIndex
+from retrieval.lexical import Tuning
 
 PRODUCER = "retrieval"
 
@@ -36,6 +40,18 @@ def example_ids(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return []
     return [str(e["id"]) for e in body.get("examples", []) if isinstance(e, dict) and "id" in e]
+
+
+def tuning_grid(rs: RetrievalSettings) -> list[Tuning]:
+    """The route's settings first (they win ties), then wider dense, hybrid and BM25 retrieval with
+    thresholds relative to the best match: an absolute cosine floor that suits one embedder and
+    task filters out most neighbours on another."""
+    base = Tuning(rs.scoring, rs.k, rs.min_score, rs.relative_min)
+    if not rs.tune or rs.k == 0:
+        return [base]
+    k = max(rs.k, 8)
+    grid = [base, Tuning("dense", k, -1.0, 0.0), Tuning("hybrid", k, -1.0, 0.6), Tuning("bm25", k, 0.0, 0.5)]
+    return list(dict.fromkeys(grid))
 
 
 def fit_index(dataset: Dataset, embedder: Embedder, *, parent: str | None, parent_body: Any) -> IndexCandidate | None:

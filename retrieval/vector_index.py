@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -139,6 +139,19 @@ class VectorIndex:
             ]
             for row_i, row_s in zip(idx, scores, strict=True)
         ]
+
+    def without(self, ids: Collection[str]) -> VectorIndex:
+        """A new index holding every vector but those of `ids` (for forgetting a user's examples):
+        the kept vectors are read back from the index and indexed again, as `kind` dictates."""
+        keep = [i for i, x in enumerate(self._ids) if x not in ids]
+        if len(keep) == len(self._ids):
+            return self
+        if self._kind == "ivf":
+            self._index.make_direct_map()  # IVF lists only map ids -> vectors once asked to
+        vectors = self._index.reconstruct_n(0, len(self._ids)) if self._ids else np.zeros((0, self._dim))
+        kept_ids = [self._ids[i] for i in keep]
+        return VectorIndex.build(vectors[keep], kept_ids, kind=self._kind if len(keep) > FLAT_MAX else "auto",
+                                 nprobe=self._nprobe, dim=self._dim)
 
     def to_bytes(self) -> bytes:
         """Self-contained bytes: magic, header length, JSON header (ids, kind...), faiss index."""

@@ -134,7 +134,25 @@ def test_type_selection() -> None:
     only_email = Scrubber(types={"EMAIL"})
     assert only_email.scrub("a@b.io, +44 20 7946 0958, John Smith") == "<EMAIL>, +44 20 7946 0958, John Smith"
     with pytest.raises(ValueError, match="unknown PII types"):
-        Scrubber(types={"EMAIL", "SSN"})  # type: ignore[arg-type]
+        Scrubber(types={"EMAIL", "PASSPORT"})  # type: ignore[arg-type]
+
+
+def test_us_ssn_is_scrubbed_and_impossible_ones_are_kept() -> None:
+    scrubber = Scrubber(types={"SSN", "PHONE"})
+    assert scrubber.scrub("my SSN is 123-45-6789.") == "my SSN is <SSN>."
+    # never issued (area 000/666/9xx, group 00, serial 0000), or not written AAA-GG-SSSS
+    for kept in ("000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000", "order 123456789"):
+        assert scrubber.scrub(kept) == kept
+
+
+def test_pseudonyms_are_keyed_stable_and_not_hashed_twice() -> None:
+    from gateway.privacy.pseudonym import Pseudonymizer
+
+    a, b = Pseudonymizer(b"k" * 32), Pseudonymizer(b"j" * 32)
+    p = a.user("alice@example.com")
+    assert p.startswith("u-") and "alice" not in p and p == a.user("alice@example.com")
+    assert a.user(p) == p  # a stored pseudonym (a re-ingested row) stays as it is
+    assert b.user("alice@example.com") != p  # keyed: another deployment's key gives another id
 
 
 def test_checksums() -> None:

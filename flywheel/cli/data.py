@@ -25,9 +25,12 @@ from typing import IO, Any
 
 import orjson
 
-from flywheel.cli.config_cmd import settings_or_report
+from flywheel.cli.config_cmd import existing_store_or_report, settings_or_report
+from gateway.config.settings import Settings
+from gateway.privacy.pseudonym import pseudonymizer
 from gateway.store import open_store
 from gateway.store.base import Store
+from gateway.store.forget import ForgetReport, forget_user
 from gateway.store.records import JSON, CallRecord, FeedbackRecord
 
 PAGE = 500  # calls read per query
@@ -136,22 +139,39 @@ async def export_route(store: Store, route: str, out: IO[bytes], *, min_rating: 
             return stats
 
 
-async def _forget(url: str, user: str) -> tuple[int, int]:
-    store = open_store(url)
+async def _forget(settings: Settings, user: str) -> ForgetReport:
+    store = open_store(settings.store.url)
     try:
         await store.migrate()
-        return await store.forget_user(user)
+        # Rows are stored under the user's pseudonym (the same keyed hash the gateway uses); rows
+        # stored before pseudonymisation (or with it off) carry the raw id: both go.
+        pseudo = await asyncio.to_thread(pseudonymizer, settings.privacy)
+        users = [user] if pseudo is None else [user, pseudo.user(user)]
+        return await forget_user(store, users, settings.routes)
     finally:
         await store.close()
 
 
 def _forget_cmd(args: argparse.Namespace) -> int:
     settings = settings_or_report(args)
-    if settings is None:
+    if settings is None or existing_store_or_report(settings, args) is None:
         return 2
-    calls, feedback = asyncio.run(_forget(settings.store.url, args.user))
-    print(f"forgot user {args.user!r}: {calls} calls and {feedback} feedback rows deleted; "
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"forgetting user {args.user!r}…"):
+        report = asyncio.run(_forget(settings, args.user))
+    if report.calls == 0 and report.feedback == 0 and not report.versions:
+        # A mistyped id would otherwise look like a success; the tombstone is kept all the same,
+        # so calls of that user still queued in a running gateway are dropped when they arrive.
+        print(f"no calls or feedback of user {args.user!r} in the store (is it the request's `user` field?); "
+              "a tombstone drops any that arrive later", file=sys.stderr)
+        return 1
+    print(f"forgot user {args.user!r}: {report.calls} calls and {report.feedback} feedback rows deleted; "
           "any made before now that reach the store later (still queued in a gateway, or spilled) are dropped")
+    if report.versions:
+        print(f"removed {report.examples} of their examples from {len(report.versions)} artifact versions "
+              f"({', '.join(report.versions)})" + (f"; live versions replaced: {', '.join(report.superseded)}"
+                                                  if report.superseded else ""))
     return 0
 
 
@@ -184,11 +204,17 @@ def _export_cmd(args: argparse.Namespace) -> int:
     settings = settings_or_report(args)
     if settings is None:
         return 2
+    url = existing_store_or_report(settings, args)
+    if url is None:
+        return 2
+    print("exporting " + ("calls rated 1 or corrected" if args.min_rating == 1 else
+                          "every answered call except those rated -1 without a correction, unrated ones included "
+                          "(--min-rating 1: rated 1 or corrected only)"), file=sys.stderr)
     if args.out:
         with Path(args.out).open("wb") as f:
-            stats = asyncio.run(_export(settings.store.url, args, f))
+            stats = asyncio.run(_export(url, args, f))
     else:
-        stats = asyncio.run(_export(settings.store.url, args, sys.stdout.buffer))
+        stats = asyncio.run(_export(url, args, sys.stdout.buffer))
         sys.stdout.flush()
     print(f"exported {stats.written} examples from {stats.scanned} calls of route {args.route!r} "
           f"({stats.corrected} corrected answers; left out: {stats.rejected} rejected, "
@@ -205,13 +231,14 @@ def _rating(value: str) -> int:
 
 def register(sub: Any) -> None:
     """Add `forget` and `export` to the `flywheel` parser."""
-    forget = sub.add_parser("forget", help="delete a user's calls and feedback from the store")
+    forget = sub.add_parser("forget", help="delete a user's calls and feedback, and their examples in artifacts")
     forget.add_argument("--user", required=True, help="the end-user id (the request's `user` field)")
     forget.set_defaults(func=_forget_cmd)
     export = sub.add_parser("export", help="export a route's calls as fine-tuning data")
     export.add_argument("--route", required=True)
     export.add_argument("--format", choices=["openai-jsonl"], default="openai-jsonl")
     export.add_argument("--min-rating", type=_rating, default=None,
-                        help="1: only calls rated 1 (or corrected); default: all but those rated -1")
+                        help="1: only calls rated 1 (or corrected); default: every call but those rated -1 "
+                             "without a correction, unrated ones included")
     export.add_argument("--out", help="output file (default: stdout)")
     export.set_defaults(func=_export_cmd)

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from flywheel.cli.config_cmd import settings_or_report
+from flywheel.cli.config_cmd import existing_store_or_report, settings_or_report
 from gateway.config.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,11 +38,12 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def _with_registry(settings: Settings, fn: Callable[[ArtifactRegistry], Awaitable[T]]) -> T:
+async def _with_registry(store_at: Settings | str, fn: Callable[[ArtifactRegistry], Awaitable[T]]) -> T:
+    """Run `fn` on the artifact registry of the store at a URL (or config.toml's `[store] url`)."""
     from gateway.store import open_store
     from gateway.store.artifacts import ArtifactRegistry
 
-    store = open_store(settings.store.url)
+    store = open_store(store_at if isinstance(store_at, str) else store_at.store.url)
     try:
         await store.migrate()
         return await fn(ArtifactRegistry(store))
@@ -68,6 +69,14 @@ async def _in_process(settings: Settings, config: str, fn: Callable[[LearningLoo
         await learning.stop()
         await gw.store.close()
         await close_unused(gw.runtime, None)
+
+
+def _known_route(settings: Settings, route: str) -> bool:
+    """Whether config.toml has this route; prints the known ones when not."""
+    if route in settings.routes:
+        return True
+    print(f"unknown route '{route}' (routes in config: {', '.join(settings.routes) or 'none'})", file=sys.stderr)
+    return False
 
 
 def _admin(args: argparse.Namespace, settings: Settings, path: str, body: dict[str, Any]) -> Any:
@@ -107,14 +116,14 @@ def _learn(args: argparse.Namespace) -> int:
     if args.url:
         report = _admin(args, settings, "/admin/learn", {"route": args.route})
     else:
-        if args.route not in settings.routes:
-            print(f"unknown route '{args.route}'", file=sys.stderr)
+        if not _known_route(settings, args.route) or existing_store_or_report(settings, args) is None:
             return 2
 
         async def run(learning: LearningLoop) -> dict[str, Any]:
             return (await learning.learn_route(args.route)).to_json()
 
-        report = asyncio.run(_in_process(settings, args.config, run))
+        with Console(stderr=True).status(f"learning route {args.route}: candidates, evaluation, rollout…"):
+            report = asyncio.run(_in_process(settings, args.config, run))
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -137,6 +146,9 @@ def _rollback(args: argparse.Namespace) -> int:
         async def run(learning: LearningLoop) -> Any:
             return to_json(await learning.rollback(args.route, args.version, args.reason))
 
+        if not _known_route(settings, args.route) or existing_store_or_report(settings, args) is None:
+            return 2
+
         try:
             decision = asyncio.run(_in_process(settings, args.config, run))
         except (TransitionRefused, ValueError, KeyError) as exc:
@@ -151,9 +163,12 @@ def _log(args: argparse.Namespace) -> int:
     from gateway.reports import explain
 
     settings = settings_or_report(args)
-    if settings is None:
+    if settings is None or not _known_route(settings, args.route):
         return 2
-    entries = asyncio.run(_with_registry(settings, lambda r: explain.log(r, args.route, args.kind)))
+    url = existing_store_or_report(settings, args)
+    if url is None:
+        return 2
+    entries = asyncio.run(_with_registry(url, lambda r: explain.log(r, args.route, args.kind)))
     table = Table(title=f"{args.route}: artifact history", show_lines=False)
     for col in ("when", "version", "change", "reason"):
         table.add_column(col, overflow="fold")
@@ -201,11 +216,24 @@ def _diff(args: argparse.Namespace) -> int:
     from gateway.reports import explain
 
     settings = settings_or_report(args)
-    if settings is None:
+    if settings is None or not _known_route(settings, args.route):
+        return 2
+    url = existing_store_or_report(settings, args)
+    if url is None:
         return 2
     a, b = (None, args.versions[0]) if len(args.versions) == 1 else [*args.versions, None, None][:2]
+
+    async def run(registry: ArtifactRegistry) -> explain.VersionDiff:
+        nonlocal a, b
+        if a is None and b is None:  # default: the current version against the one promoted before it
+            a, b = await explain.promoted_pair(registry, args.route, args.kind)
+            if b is None:
+                raise explain.NoSuchVersion(f"route {args.route} has no promoted {args.kind} yet; "
+                                            f"`flywheel prompts log {args.route}` lists its versions")
+        return await explain.diff(registry, args.route, a, b, kind=args.kind)
+
     try:
-        d = asyncio.run(_with_registry(settings, lambda r: explain.diff(r, args.route, a, b, kind=args.kind)))
+        d = asyncio.run(_with_registry(url, run))
     except (explain.NoSuchVersion, ValueError) as exc:
         print(exc.args[0] if exc.args else exc, file=sys.stderr)
         return 1
@@ -238,7 +266,8 @@ def register(sub: Any) -> None:
     log.set_defaults(func=_log)
     diff = psub.add_parser("diff", help="unified diff between two versions, with evaluation and evidence")
     diff.add_argument("route")
-    diff.add_argument("versions", nargs="*", metavar="VERSION", help="[A] B; default: the newest and its parent")
+    diff.add_argument("versions", nargs="*", metavar="VERSION",
+                      help="[A] B; default: the current version against the one promoted before it")
     diff.add_argument("--kind", choices=("template", "index", "policy"), default="template")
     diff.add_argument("--width", type=int, default=None)
     diff.add_argument("--color", action="store_true", help="colour even when not a terminal")

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from flywheel.cli.config_cmd import settings_or_report
+from flywheel.cli.config_cmd import existing_store_or_report, settings_or_report
 from gateway.capture.quality import check_metric
 from gateway.reports.route_report import (
     RouteReport,
@@ -48,7 +48,10 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    report = asyncio.run(_load(settings.store.url, args.route, window_s, args.windows, metric,
+    url = existing_store_or_report(settings, args)
+    if url is None:
+        return 2
+    report = asyncio.run(_load(url, args.route, window_s, args.windows, metric,
                                route_variants(settings, args.route)))
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -17,6 +17,7 @@ from typing import Literal
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -53,7 +54,7 @@ def header(info: DemoInfo) -> Text:
         f"gateway: {info.url} | store and config: {_shown(info.files.directory)}/")
 
 
-WIDE = 130  # narrower consoles get the compact table
+WIDE = 110  # narrower consoles get the compact table (wider ones too when the full one does not fit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +79,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def window_table(windows: list[WindowStats], width: int = WIDE) -> Table:
-    """The windows so far; a console narrower than WIDE gets fewer columns and short headers."""
-    wide = width >= WIDE
+def _table(windows: list[WindowStats], wide: bool) -> Table:
     bar = BAR_WIDTH if wide else BAR_WIDTH // 2
     columns = [(c, c.header if wide else c.short) for c in COLUMNS if wide or c.short]
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
@@ -89,6 +88,17 @@ def window_table(windows: list[WindowStats], width: int = WIDE) -> Table:
     for w in windows:
         table.add_row(*(column.cell(w, bar) for column, _ in columns))
     return table
+
+
+def window_table(windows: list[WindowStats], width: int = WIDE) -> Table:
+    """The windows so far; the full table only where it fits whole (rich would cut its headers to
+    squeeze it in), else fewer columns with short headers."""
+    if width >= WIDE:
+        table = _table(windows, wide=True)
+        console = Console(width=max(width, 1000))
+        if Measurement.get(console, console.options, table).maximum <= width:
+            return table
+    return _table(windows, wide=False)
 
 
 def window_line(w: WindowStats) -> str:

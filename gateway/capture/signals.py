@@ -13,13 +13,18 @@ For a new call by the same actor (user, else session, else virtual key) on the s
   -> `regenerated`; similar but edited (>= `rephrase_min`) -> `rephrased`.
 Similarity is the mean Dice coefficient of word and word-bigram counts over normalised tokens:
 linear-time (difflib's ratio costs milliseconds on long prompts) and order-aware.
-Memory is bounded: an LRU of `max_actors` actors, `per_actor` calls each, texts capped.
+Memory is bounded: an LRU of `max_actors` actors, `per_actor` calls each, texts capped; an actor
+whose newest call is older than `window_s` is forgotten (nothing can pair with it any more). Each
+actor costs ~0.6 KB (a tuple, not a deque: a deque's first block alone is ~0.6 KB; tokens
+interned, so the words every user writes are held once): 10,000 actors held ~16 MB, and a steady
+load of new users grew RSS by ~4 MiB a minute until the LRU was full (issue #18, item 12).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict, deque
+import sys
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -85,7 +90,7 @@ class _Seen:
 
 def tokens(text: str, limit: int = _MAX_TOKENS) -> tuple[str, ...]:
     """Case-folded word tokens, punctuation dropped, at most `limit`."""
-    return tuple(_TOKEN.findall(text.casefold())[:limit])
+    return tuple(map(sys.intern, _TOKEN.findall(text.casefold())[:limit]))
 
 
 def similarity(a: Sequence[str], b: Sequence[str]) -> float:
@@ -150,7 +155,7 @@ class SignalDetector:
         self._max_actors = max_actors
         self._per_actor = per_actor
         self._correction = re.compile("|".join(f"(?:{p})" for p in correction_patterns), re.IGNORECASE)
-        self._recent: OrderedDict[tuple[str, str], deque[_Seen]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], tuple[_Seen, ...]] = OrderedDict()  # oldest actor first
 
     def __len__(self) -> int:
         """Number of actors remembered."""
@@ -221,13 +226,18 @@ class SignalDetector:
         return None
 
     def _remember(self, actor: tuple[str, str], seen: _Seen) -> None:
-        calls = self._recent.get(actor)
-        if calls is None:
-            calls = self._recent[actor] = deque(maxlen=self._per_actor)
-            while len(self._recent) > self._max_actors:
-                self._recent.popitem(last=False)
+        calls = self._recent.get(actor, ())
+        self._recent[actor] = (*calls[1 - self._per_actor:], seen) if self._per_actor > 1 else (seen,)
         self._recent.move_to_end(actor)
-        calls.append(seen)
+        while len(self._recent) > self._max_actors:
+            self._recent.popitem(last=False)
+        # the least recently seen actors first: drop those no new call can pair with any more
+        horizon = seen.at - self.window_s
+        while self._recent:
+            oldest = next(iter(self._recent.values()))
+            if oldest[-1].at >= horizon:
+                break
+            self._recent.popitem(last=False)
 
 
 def _actor(rec: CallRecord) -> tuple[str, str] | None:

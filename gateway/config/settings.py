@@ -14,6 +14,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.config.paths import resolve_paths
+from gateway.config.providers import ProviderSettings as ProviderSettings  # re-exported: one kind per model
+from gateway.config.providers import provider_problem
+from gateway.config.references import reference_problems
+
 
 class ConfigError(Exception):
     """An invalid configuration; `problems` are `key.path: message` strings."""
@@ -30,10 +35,25 @@ class _Strict(BaseModel):
 
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
+    # Serve a non-loopback host without an admin key (the admin API then open to the network):
+    # refused unless this or `flywheel serve --insecure-open` says so.
+    insecure_open: bool = False
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8_000_000, gt=0)
     max_concurrency: int = Field(1024, gt=0)  # in-flight requests before 503 Overloaded
     reload_interval_s: float = Field(1.0, gt=0)  # how often config.toml is checked for changes
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (env FLYWHEEL_LOG_FORMAT wins)
+    # Connection limits, enforced before any key check (gateway/http/limits.py); restart to change.
+    max_header_bytes: int = Field(32_768, ge=1024)  # request line + headers; larger: 431
+    max_headers: int = Field(100, ge=8)  # header fields per request; more: 431
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's head must arrive within this; else 408
+    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(4096, gt=0)  # open connections per process; more are closed at once
+    # An upstream answer (whole body, or a stream in all) larger than this fails with a 502.
+    max_upstream_response_bytes: int = Field(64_000_000, gt=0)
+    # Browser origins allowed to call the API ("https://app.example.com", or "*"); [] allows none.
+    # Preflights are answered before any key check (gateway/http/cors.py).
+    cors_origins: list[str] = []
 
 
 class StoreSettings(_Strict):
@@ -46,24 +66,18 @@ class StoreSettings(_Strict):
     queue_size: int = Field(50_000, gt=0)
     spill_path: str = "data/spill.jsonl"
     log_calls: bool = True  # false: calls are served but not stored (feedback still is); for benchmarks
-
-
-class ProviderSettings(_Strict):
-    kind: Literal["openai", "azure", "litellm", "fake"]
-    base_url: str | None = None
-    api_key_env: str | None = None  # secrets by reference only: the env var's name
-    api_version: str | None = None  # azure
-    timeout_s: float = Field(60.0, gt=0)
-    max_connections: int = Field(256, gt=0)
-    headers: dict[str, str] = {}
-    extra: dict[str, Any] = {}  # litellm only: trusted call arguments (aws_region_name, vertex_project, …)
-    # fake provider only: deterministic behaviour for tests and the demo
-    latency_ms: float = Field(0.0, ge=0)
-    error_rate: float = Field(0.0, ge=0, le=1)
-    seed: int = 0
-    replies: dict[str, str] = {}  # substring of the last user message -> scripted reply
-    hard: list[str] = []  # substrings of the last user message that this model gets wrong…
-    hard_reply: str = "Sorry, I cannot answer that reliably."  # …answering this instead
+    # A stored request or response is cut to this many bytes of JSON (a marker keeps the original size):
+    # 30 prompts of ~7 MB made ~700 MB of database and WAL.
+    max_stored_bytes: int = Field(1_000_000, ge=1024)
+    # ...and keeps at most this many of its newest messages, cut before the call is queued: decoding
+    # 60,000 messages again in the writer held the interpreter lock for ~160 ms, even on a thread.
+    max_stored_messages: int = Field(1000, ge=1)
+    # Calls whose queued record is larger are scrubbed and encoded on a worker thread, so one huge
+    # request does not stall the event loop that serves everyone else.
+    offload_bytes: int = Field(64_000, ge=1024)
+    # Rows kept in memory when neither the database nor the spill file takes them (disk full);
+    # beyond it rows are lost (README: capture guarantees).
+    memory_rows: int = Field(100_000, ge=0)
 
 
 class Price(_Strict):
@@ -103,8 +117,16 @@ class PolicySettings(_Strict):
 
 
 class RetrievalSettings(_Strict):
+    """A route's retrieval defaults; an index the learning cycle tuned carries its own (retrieval/lexical.py)."""
+
     k: int = Field(4, ge=0, le=64)
     min_score: float = Field(0.3, ge=-1, le=1)
+    scoring: Literal["dense", "bm25", "hybrid"] = "dense"  # cosine, lexical BM25, or their mean
+    relative_min: float = Field(0.0, ge=0, le=1)  # keep hits scoring >= this x the best hit's score
+    tune: bool = True  # let the learning cycle choose k, scoring and thresholds by held-out evaluation
+    # PII types learned examples of this route may keep (a name-extraction task must see names);
+    # off by default: such examples are otherwise dropped, and the guardrails refuse them
+    keep_entities: list[Literal["PERSON"]] = []
 
 
 class EscalateSettings(_Strict):
@@ -138,6 +160,11 @@ class KeySettings(_Strict):
     rpm: int | None = Field(None, gt=0)
     tpm: int | None = Field(None, gt=0)
     no_log: bool = False  # store metadata only for this key's calls
+    # Spend limit in USD per calendar period (UTC), from the logged cost; enforced before each call
+    # (429 code "budget_exceeded"). Shared across replicas through [limits] redis_url.
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Literal["day", "month"] = "day"
+    disabled: bool = False  # refused with 401 at once (a config reload applies it without a restart)
 
     @field_validator("hash")
     @classmethod
@@ -177,15 +204,22 @@ class LearnerSettings(_Strict):
     min_slice_samples: int = Field(5, ge=1)
     max_eval_calls: int = Field(400, ge=0)  # per learning run
     max_eval_cost_usd: float = Field(1.0, ge=0)  # per learning run; 0: no cost limit
+    eval_concurrency: int = Field(2, ge=1)  # evaluation replays in flight per upstream (provider)
+    eval_rate_per_s: float = Field(10.0, ge=0)  # evaluation replays started per second per upstream; 0: no cap
+    reject_backoff_max: int = Field(8, ge=0)  # most cycles a kind sits out after repeated rejections
     # template learner (learners/template.py)
     demo_trials: int = Field(4, ge=0)
     max_demos: int = Field(4, ge=0)
     min_cluster: int = Field(2, ge=1)  # corrections on one topic before an instruction is distilled
     optimizer_route: str | None = None  # a route or model that rewrites instructions from failures
     max_template_chars: int = Field(8000, gt=0)
-    # rollout (learners/rollout.py)
-    canary_min_feedback: int = Field(20, ge=1)  # calls with feedback on the canary before deciding
+    # rollout (learners/rollout.py, learners/sequential.py): a sequential decision on Beta posteriors
+    canary_min_feedback: int = Field(5, ge=1)  # guard: canary calls with feedback before any decision
+    canary_max_feedback: int = Field(40, ge=1)  # evidence bound: decided by the posterior means by then
     canary_tolerance: float = Field(0.05, ge=0, le=1)  # canary may trail current by this much
+    canary_confidence: float = Field(0.95, gt=0.5, lt=1)  # posterior probability that decides early
+    canary_max_share: float = Field(0.5, ge=0, le=1)  # the share grows from canary_share up to this
+    canary_prior_weight: float = Field(4.0, ge=0)  # pseudo-calls the offline delta is worth as a prior
 
 
 class PrivacySettings(_Strict):
@@ -193,6 +227,48 @@ class PrivacySettings(_Strict):
     retention_days: float = Field(0, ge=0)  # 0 keeps calls forever
     retention_interval_s: float = Field(300.0, gt=0)  # how often calls past retention_days are deleted
     retention_batch: int = Field(500, ge=1, le=500)  # calls per delete transaction
+    # The chat `user` field is stored as a keyed hash (gateway/privacy/pseudonym.py); the key comes
+    # from this environment variable, else from user_key_path (made on first use).
+    pseudonymize_users: bool = True
+    user_key_env: str | None = "FLYWHEEL_USER_KEY"
+    user_key_path: str = "data/user.key"
+
+
+class RateSettings(_Strict):
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+
+
+class LimitSettings(_Strict):
+    """`[limits]`: where rate limits and spend are kept (gateway/limits/)."""
+
+    # Redis shared by every replica: limits and budgets are exact across them. Unset: in-process,
+    # per replica (each replica allows the full limit).
+    redis_url: str | None = None
+    on_redis_error: Literal["open", "closed"] = "open"  # Redis unreachable: admit (open) or refuse (503)
+    prefix: str = "flywheel"  # Redis key prefix: several gateways' deployments may share one Redis
+    routes: dict[str, RateSettings] = {}  # per route, for every key together
+    per_user: RateSettings | None = None  # per (key, chat `user`) pair
+    default_max_tokens: int = Field(1024, gt=0)  # reserved for a call that sets no max_tokens
+    lease_s: float = Field(10.0, gt=0)  # the learner lease's period: a dead holder is replaced within it
+
+
+class ObservabilitySettings(_Strict):
+    """`[observability]`: Prometheus metrics and OpenTelemetry traces (gateway/observability/)."""
+
+    metrics: bool = True  # GET /metrics (Prometheus text); admin key required when keys are configured
+    metrics_per_key: bool = True  # a `key` label on token and cost series
+    tracing: bool = False  # OpenTelemetry spans per request (off by default)
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318/v1/traces (needs the `otel` extra)
+    service_name: str = "flywheel"
+
+
+class ConsoleSettings(_Strict):
+    """The team console under /console (gateway/console/)."""
+
+    enabled: bool = True
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)  # a signed session cookie expires after this
+    window_hours: int = Field(24, ge=1, le=24 * 90)  # the period the routes page and sparklines cover
 
 
 class Settings(_Strict):
@@ -205,6 +281,9 @@ class Settings(_Strict):
     auth: AuthSettings = AuthSettings()
     learners: LearnerSettings = LearnerSettings()
     privacy: PrivacySettings = PrivacySettings()
+    limits: LimitSettings = LimitSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     def retries_for(self, route: str | None) -> RetrySettings:
         rs = self.routes.get(route) if route else None
@@ -228,11 +307,6 @@ def _cross_check(s: Settings) -> list[str]:
     for name, m in s.models.items():
         if m.provider not in s.providers:
             problems.append(f"models.{name}.provider: unknown provider '{m.provider}'")
-    for name, p in s.providers.items():
-        if p.kind in ("openai", "azure") and not p.base_url:
-            problems.append(f"providers.{name}.base_url: required for kind '{p.kind}'")
-        if p.kind == "azure" and not p.api_version:
-            problems.append(f"providers.{name}.api_version: required for kind 'azure'")
     for rname, r in s.routes.items():
         if rname in s.models:
             problems.append(f"routes.{rname}: a route cannot share its name with a model")
@@ -267,6 +341,9 @@ def _cross_check(s: Settings) -> list[str]:
         for i, route in enumerate(k.routes):
             if route != "*" and route not in s.routes and route not in s.models:
                 problems.append(f"auth.keys.{key_name}.routes[{i}]: unknown route '{route}'")
+    for rname in s.limits.routes:
+        if rname not in s.routes and rname not in s.models:
+            problems.append(f"limits.routes.{rname}: unknown route '{rname}'")
     lr = s.learners
     for key, target in (("judge_route", lr.judge_route), ("optimizer_route", lr.optimizer_route)):
         if target is not None and target not in s.routes and target not in s.models:
@@ -284,8 +361,11 @@ def parse_settings(data: dict[str, Any], source: str = "<config>") -> Settings:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "VariantSettings")))
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            loc, rephrased = provider_problem(loc, err["type"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else rephrased or err["msg"]
             problems.append(f"{_path(loc)}: {msg}")
+        # names that point at nothing are reported too, though the cross-check needs valid tables
+        problems += [p for p in reference_problems(data) if p not in problems]
         raise ConfigError(source, problems) from None
     problems = _cross_check(settings)
     if problems:
@@ -302,8 +382,13 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(str(p), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), [f"(TOML syntax) {exc}"]) from None
-    # Relative template paths are relative to config.toml, not to wherever the gateway was started.
-    for route in (data.get("routes") or {}).values():
-        if isinstance(route, dict) and isinstance(route.get("template"), str):
-            route["template"] = str((p.parent / route["template"]).resolve())
+    # Relative paths (store, spill file, templates, key files; defaults included) are relative to
+    # config.toml, not to wherever the gateway or the CLI was started.
+    for section, model in (("store", StoreSettings), ("privacy", PrivacySettings)):
+        table = data.setdefault(section, {})
+        if isinstance(table, dict):
+            for key in ("url", "spill_path", "user_key_path"):
+                if key in model.model_fields and key not in table:
+                    table[key] = model.model_fields[key].default
+    resolve_paths(data, p.resolve().parent)
     return parse_settings(data, str(p))

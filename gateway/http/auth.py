@@ -1,7 +1,9 @@
 """Who is calling: virtual keys (only their SHA-256 hashes are configured) and the admin key.
 
 Pure ASGI middleware: it answers 401/403/429 in OpenAI's error shape itself and otherwise
-puts a `Principal` in `scope["state"]["principal"]`.
+puts a `Principal` in `scope["state"]["principal"]`. Calls to a model then pass the key's rate
+limits and budget (gateway/http/admission.py): admitted responses carry x-ratelimit-* headers and
+the call's token reservation rides in `IN_FLIGHT` until the gateway's sink settles it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, RateLimited, error_response
-from gateway.serve.ratelimit import RateLimiter
+from gateway.config.settings import KeySettings
+from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, error_response
+from gateway.http.admission import IN_FLIGHT, Admitter, with_headers
+from gateway.limits import Limiter
 from gateway.serve.runtime import Runtime
 
 log = logging.getLogger("flywheel.auth")
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The console (gateway/console/) signs its people in itself: an admin-key session cookie, not a bearer key.
+CONSOLE_PREFIX = "/console"
 
 
 def hash_key(key: str) -> str:
@@ -55,53 +61,61 @@ def _bearer(scope: Scope) -> str | None:
 
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, runtime: Callable[[], Runtime], admin_key: Callable[[], str | None],
-                 limiter: RateLimiter) -> None:
+                 limiter: Limiter) -> None:
         self.app = app
         self._runtime = runtime
         self._admin_key = admin_key
-        self._limiter = limiter
+        self._admitter = Admitter(lambda: runtime().settings, limiter)
 
-    def _authenticate(self, scope: Scope) -> Principal:
+    def _authenticate(self, scope: Scope) -> tuple[Principal, KeySettings | None]:
         path: str = scope["path"]
         rt = self._runtime()
         token = _bearer(scope)
         admin_key = self._admin_key()
         is_admin = bool(admin_key and token and hmac.compare_digest(token, admin_key))
-        if path.startswith("/admin"):
+        if path.startswith("/admin") or path == "/metrics":  # metrics name keys and routes: the admin's
             if is_admin or (admin_key is None and not rt.key_hashes):
-                return ADMIN  # no keys at all: the demo set-up, open like the API itself
+                return ADMIN, None  # no keys at all: the demo set-up, open like the API itself
             if admin_key is None:
                 raise AuthenticationFailed("The admin API is disabled: set the admin key "
                                            f"(env {rt.settings.auth.admin_key_env}).")
             raise AuthenticationFailed("Incorrect admin key provided.")
         if is_admin:
-            return ADMIN
+            return ADMIN, None
         if not rt.key_hashes:
-            return ANONYMOUS
+            return ANONYMOUS, None
         if not token:
             raise AuthenticationFailed("You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
         name = rt.key_hashes.get(hash_key(token))
         if name is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         ks = rt.settings.auth.keys[name]
-        wait = self._limiter.check(name, ks.rpm, ks.tpm)
-        if wait is not None:
-            raise RateLimited(f"Rate limit reached for key '{name}'. Retry after {wait:.0f}s.",
-                              headers={"retry-after": str(int(wait + 0.999))})
+        if ks.disabled:
+            raise AuthenticationFailed(f"The API key '{name}' is disabled.", code="key_disabled")
         routes = None if "*" in ks.routes else frozenset(ks.routes)
-        return Principal(name, routes=routes, no_log=ks.no_log)
+        return Principal(name, routes=routes, no_log=ks.no_log), ks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(CONSOLE_PREFIX):
             await self.app(scope, receive, send)
             return
         try:
-            principal = self._authenticate(scope)
+            principal, ks = self._authenticate(scope)
+            limited = not principal.admin and self._admitter.applies(scope, principal.key_name, ks)
+            if limited:
+                admission, receive = await self._admitter.admit(scope, receive, principal.key_name, ks)
         except GatewayError as exc:
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        if not limited:
+            await self.app(scope, receive, send)
+            return
+        token = IN_FLIGHT.set(admission.reservation)
+        try:
+            await self.app(scope, receive, with_headers(send, admission.headers) if admission.headers else send)
+        finally:
+            IN_FLIGHT.reset(token)
 
 
 def forbid(principal: Principal, route: str) -> None:

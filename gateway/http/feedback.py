@@ -1,25 +1,33 @@
-"""POST /v1/feedback: explicit feedback on a call (docs/architecture.md, contracts).
+"""POST /v1/feedback: explicit feedback on a call (docs/architecture.md, the feedback contract).
 
     {"call_id": "…", "rating": 1, "score": 0.8, "correction": "…",
      "signal": "used|copied|edited|regenerated|abandoned", "comment": "…", "user": "…"}
 
-`call_id` plus at least one other field; 201 `{"id", "call_id"}`; 404 for an unknown call;
-400 naming the field for anything malformed. Rows are append-only and go through the same
-batched writer as calls, so a database outage spills them instead of losing them.
+`call_id` plus at least one other field; 400 naming the field for anything malformed.
+201 `{"id", "call_id"}` when the call was found; 202 (same body) when it cannot be checked yet:
+the database is down, or the call may still be on its way (queued, in flight, spilled). Such
+feedback is stored when the database is back, like every row. 404 only for a call id known to
+be unknown: the store is reachable, nothing is waiting to be written, and the id (which starts
+with its creation time) is older than any call still in flight could be.
+Rows are append-only and go through the same batched writer as calls, which scrubs them off the
+request path; a database outage spills them instead of losing them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, NotFound
-from gateway.http.requests import gateway_of, read_json
-from gateway.store.records import CallRecord, FeedbackRecord
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.http.requests import gateway_of, principal_of, read_json
+from gateway.store.health import unavailable
+from gateway.store.records import CallRecord, FeedbackRecord, id_time
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
 SIGNALS = ("used", "copied", "edited", "regenerated", "abandoned")
 FIELDS = ("call_id", "rating", "score", "correction", "signal", "comment", "user")
 MAX_TEXT = 100_000
+LOOKUP_TIMEOUT_S = 2.0  # a store that does not answer within this is treated as down
+IN_FLIGHT_S = 900.0  # a call younger than this may still be in flight (streams, retries, deadlines)
+CLOCK_SKEW_S = 60.0  # ids from the future beyond this were not made here
 
 
 def parse_feedback(body: dict[str, Any]) -> FeedbackRecord:
@@ -57,34 +68,70 @@ def parse_feedback(body: dict[str, Any]) -> FeedbackRecord:
                           user=body.get("user"), source="user")
 
 
-async def find_call(gw: Gateway, call_id: str) -> tuple[bool, CallRecord | None]:
-    """(exists, record): a call still in the writer's queue exists, though its row is not written yet."""
+@dataclass(frozen=True, slots=True)
+class CallLookup:
+    """What the store says about a call id: found (with its record), pending, or unknown."""
+
+    state: Literal["found", "pending", "unknown"]
+    call: CallRecord | None = None
+
+
+async def find_call(gw: Gateway, call_id: str) -> CallLookup:
+    """Look the call up without ever failing because the database is down."""
     assert gw.store is not None and gw.writer is not None
-    if gw.writer.pending(call_id):
+    writer = gw.writer
+    if writer.pending(call_id) and writer.health.up:
         try:
-            await asyncio.wait_for(gw.writer.flush(), 2.0)
+            await asyncio.wait_for(writer.flush(), 2.0)
         except TimeoutError:
-            return True, None
-    record = await gw.store.get_call(call_id)
-    if record is None and gw.writer.pending(call_id):
-        return True, None
-    return record is not None, record
+            return CallLookup("pending")
+    if not writer.health.up:  # known down: no lookup, no error, no log line per request
+        return CallLookup("pending" if _may_exist(call_id) else "unknown")
+    try:
+        record = await asyncio.wait_for(gw.store.get_call(call_id), LOOKUP_TIMEOUT_S)
+    except Exception as e:
+        if not unavailable(e):
+            raise
+        writer.health.failed(e, "a feedback lookup")
+        return CallLookup("pending" if _may_exist(call_id) else "unknown")
+    if record is not None:
+        return CallLookup("found", record)
+    if writer.pending(call_id) or (_may_exist(call_id) and (writer.holds_unwritten() or _recent(call_id))):
+        return CallLookup("pending")
+    return CallLookup("unknown")
+
+
+def _may_exist(call_id: str) -> bool:
+    # Every id this gateway makes starts with its creation time; anything else never existed here.
+    created = id_time(call_id)
+    return created is not None and created <= time.time() + CLOCK_SKEW_S
+
+
+def _recent(call_id: str) -> bool:
+    # A call still in flight (a long stream, retries) is logged when it ends: its id is young.
+    created = id_time(call_id)
+    return created is not None and created >= time.time() - IN_FLIGHT_S
 
 
 async def post_feedback(request: Request) -> Response:
     gw = gateway_of(request)
     fb = parse_feedback(await read_json(request))
-    exists, call = await find_call(gw, fb.call_id)
-    if not exists:
+    found = await find_call(gw, fb.call_id)
+    if found.state == "unknown":
         raise NotFound(f"No call with id '{fb.call_id}'.", param="call_id", code="call_not_found")
+    call = found.call
+    principal = principal_of(request)
+    owner = principal.key_name
+    if call is not None and not principal.admin and owner is not None and call.key_id != owner:
+        # feedback feeds learning: a key may only rate and correct its own calls (the admin key: any)
+        raise PermissionDenied(f"This API key did not make the call '{fb.call_id}'.", param="call_id",
+                               code="not_your_call")
     if fb.correction is not None:
         fb.signal = fb.signal or "edited"
         if call is not None:
             from gateway.capture.corrections import correction_diff, response_text
 
             fb.correction_diff = correction_diff(response_text(call.response), fb.correction)
-    assert gw.writer is not None
-    gw.writer.submit_feedback(gw.capture.scrub_feedback(fb))
-    gw.capture.feedback_arrived(call, fb)
-    return Response(orjson.dumps({"id": fb.id, "call_id": fb.call_id, "object": "feedback"}), status_code=201,
-                    media_type="application/json")
+    gw.intake.accept(None if call is None else call.route, fb)  # the writer scrubs it, off this handler
+    return Response(orjson.dumps({"id": fb.id, "call_id": fb.call_id, "object": "feedback"}),
+                    status_code=201 if found.state == "found" else 202, media_type="application/json")

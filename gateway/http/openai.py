@@ -1,8 +1,11 @@
-"""The OpenAI surface: /v1/chat/completions, /v1/embeddings, /v1/models. Thin handlers:
-validate, resolve the route, hand over to the pipeline, render."""
+"""The OpenAI surface: /v1/chat/completions, /v1/embeddings, /v1/models, and what every OpenAI
+handler shares (the request context, the response headers, streamed responses). Thin handlers:
+validate, resolve the route, hand over to the pipeline, render. /v1/responses and /v1/completions
+live in responses.py and completions.py."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import orjson
@@ -13,7 +16,7 @@ from gateway.errors import InvalidRequest, model_not_found
 from gateway.http.auth import Principal, forbid
 from gateway.http.requests import Body, gateway_of, principal_of, read_json
 from gateway.serve.pipeline import RequestContext, identity_headers
-from gateway.store.records import new_id
+from gateway.store.records import CallRecord, new_id
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -36,14 +39,17 @@ def validate_chat(body: Body) -> None:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
                              code="missing_required_parameter")
     if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages",
+                             code="empty_array" if isinstance(messages, list) else None)
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
-        if m.get("role") not in ROLES:
+        role = m.get("role")
+        if not isinstance(role, str) or role not in ROLES:  # a list or dict role is not hashable: check first
             raise InvalidRequest(f"messages[{i}].role must be one of {sorted(ROLES)}.", param=f"messages[{i}].role")
         content = m.get("content")
-        if content is None and m.get("role") != "assistant":
+        # an assistant turn that only calls tools, and a function result, may have null content
+        if content is None and role not in ("assistant", "function"):
             raise InvalidRequest(f"messages[{i}].content is required.", param=f"messages[{i}].content")
         if content is not None and not isinstance(content, str | list):
             raise InvalidRequest(f"messages[{i}].content must be a string or an array of parts.",
@@ -83,7 +89,8 @@ def validate_embeddings(body: Body) -> None:
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
 
 
-def _context(request: Request, principal: Principal, body: Body, prefix: str) -> RequestContext:
+def request_context(request: Request, principal: Principal, body: Body, prefix: str) -> RequestContext:
+    """The pipeline's view of the caller; the call id starts with `prefix`."""
     headers = request.headers
     return RequestContext(
         call_id=new_id(prefix),
@@ -94,6 +101,26 @@ def _context(request: Request, principal: Principal, body: Body, prefix: str) ->
     )
 
 
+# Upstream headers a client relies on, forwarded unless Flywheel answers them itself.
+_FORWARDED = ("x-request-id", "openai-processing-ms", "retry-after", "retry-after-ms")
+
+
+def response_headers(record: CallRecord, ctx: RequestContext) -> dict[str, str]:
+    """Identity headers, then what the upstream said that a client may use (request id, processing
+    time, rate-limit budgets); the SDKs read `x-request-id` as the response's `_request_id`."""
+    headers = identity_headers(record)
+    for name, value in ctx.upstream_headers.items():
+        if name in _FORWARDED or name.startswith("x-ratelimit-"):
+            headers.setdefault(name, value)
+    return headers
+
+
+def stream_response(request: Request, body: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
+    """A server-sent-events response; an HTTP/1.0 client gets it close-delimited (gateway/http/protocol.py)."""
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
 async def chat_completions(request: Request) -> Response:
     gw = gateway_of(request)
     body = await read_json(request)
@@ -101,13 +128,12 @@ async def chat_completions(request: Request) -> Response:
     route = gw.runtime.resolve(body["model"])
     principal = principal_of(request)
     forbid(principal, route.name)
-    ctx = _context(request, principal, body, "chatcmpl")
+    ctx = request_context(request, principal, body, "chatcmpl")
     if body.get("stream"):
         stream, record = await gw.pipeline.chat_stream(route, body, ctx)
-        headers = {**identity_headers(record), "cache-control": "no-cache", "x-accel-buffering": "no"}
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return stream_response(request, stream, response_headers(record, ctx))
     out, record = await gw.pipeline.chat(route, body, ctx)
-    return Response(orjson.dumps(out), media_type="application/json", headers=identity_headers(record))
+    return Response(orjson.dumps(out), media_type="application/json", headers=response_headers(record, ctx))
 
 
 async def embeddings(request: Request) -> Response:
@@ -117,9 +143,9 @@ async def embeddings(request: Request) -> Response:
     route = gw.runtime.resolve(body["model"])
     principal = principal_of(request)
     forbid(principal, route.name)
-    ctx = _context(request, principal, body, "emb")
+    ctx = request_context(request, principal, body, "emb")
     out, record = await gw.pipeline.embeddings(route, body, ctx)
-    return Response(orjson.dumps(out), media_type="application/json", headers=identity_headers(record))
+    return Response(orjson.dumps(out), media_type="application/json", headers=response_headers(record, ctx))
 
 
 def _model_object(gw: Gateway, name: str) -> Body:

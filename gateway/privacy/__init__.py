@@ -5,6 +5,7 @@ Types and how each is recognised:
     CARD    13-19 digits, Luhn-validated              patterns.py
     IBAN    ISO 13616 mod-97 checksum                 patterns.py
     IP      IPv4 / IPv6, validated by `ipaddress`     patterns.py
+    SSN     US social security numbers AAA-GG-SSSS    patterns.py
     PHONE   international and national formats,       phones.py
             validated by `phonenumbers` (libphonenumber)
     PERSON  name lists + context rules                names.py (optionally presidio NER, ner.py)

@@ -7,11 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-PiiType = Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "PERSON"]
+PiiType = Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "PERSON"]
 
 # When two detectors claim overlapping text, the more specific, checksum- or syntax-validated type
 # wins: a card number is also a digit run a phone matcher may take, an email holds a person's name.
-_PRIORITY: dict[PiiType, int] = {"EMAIL": 0, "IBAN": 1, "CARD": 2, "IP": 3, "PHONE": 4, "PERSON": 5}
+# A US SSN (123-45-6789) is also a digit run a phone matcher may take: the SSN shape is the more specific.
+_PRIORITY: dict[PiiType, int] = {"EMAIL": 0, "IBAN": 1, "CARD": 2, "IP": 3, "SSN": 4, "PHONE": 5, "PERSON": 6}
 
 
 @dataclass(frozen=True, slots=True)

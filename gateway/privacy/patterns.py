@@ -1,5 +1,6 @@
 """Pattern detectors validated by syntax or checksum: emails, payment cards (Luhn), IBANs (ISO 13616
-mod-97) and IP addresses (the stdlib `ipaddress` parser).
+mod-97), IP addresses (the stdlib `ipaddress` parser) and US social security numbers (the SSA's
+area/group/serial rules).
 
 Each `find_*` function is pure and cheap. Most strings on the capture path hold no PII, and a regex
 that does not start with a literal is tried at every position of the text (~30-80 µs per KB each
@@ -27,6 +28,8 @@ _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 _IPV6 = re.compile(
     r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
 )
+# AAA-GG-SSSS, dashes required: nine bare digits are as often an order number as an SSN.
+_SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
 _RUN = re.compile(r"[0-9][0-9 \t().\-/]*[0-9]")
 _NON_DIGIT = re.compile(r"[^0-9]")
 # Two colons close together: every IPv6 address has them, prose rarely does. Literal-led, so fast.
@@ -141,6 +144,21 @@ def find_ips(text: str, runs: list[Run] | None = None) -> list[Finding]:
             s = m.group()
             if len(s) > 2 and any(c not in ":" for c in s) and _parses(s):
                 out.append(Finding("IP", m.start(), m.end()))
+    return out
+
+
+def find_ssns(text: str, runs: list[Run] | None = None) -> list[Finding]:
+    """US social security numbers written AAA-GG-SSSS that the SSA could have issued (area not 000,
+    666 or 9xx; group not 00; serial not 0000)."""
+    out: list[Finding] = []
+    for run in digit_runs(text) if runs is None else runs:
+        if run.digits != 9 or text.count("-", run.start, run.end) != 2:
+            continue
+        for m in _SSN.finditer(text, run.start, run.end):
+            area, group, serial = m.groups()
+            if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+                continue
+            out.append(Finding("SSN", m.start(), m.end()))
     return out
 
 

@@ -9,14 +9,14 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 from gateway.privacy.findings import Finding, PiiType, redact, resolve_overlaps
 from gateway.privacy.names import DEFAULT_LOCALES, NameDetector
-from gateway.privacy.patterns import Run, digit_runs, find_cards, find_emails, find_ibans, find_ips
+from gateway.privacy.patterns import Run, digit_runs, find_cards, find_emails, find_ibans, find_ips, find_ssns
 from gateway.privacy.phones import DEFAULT_REGIONS, PhoneDetector
 from gateway.store.records import JSON, Attempt, CallRecord, FeedbackRecord, evolve
 
 Detector = Callable[[str], list[Finding]]
 _NumericDetector = Callable[[str, list[Run]], list[Finding]]
 
-ALL_TYPES: frozenset[PiiType] = frozenset({"EMAIL", "PHONE", "CARD", "IBAN", "IP", "PERSON"})
+ALL_TYPES: frozenset[PiiType] = frozenset({"EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "PERSON"})
 
 # JSON keys whose string values are identifiers or protocol vocabulary, never user text. Message
 # `name` and function names must keep their ^[A-Za-z0-9_-]+$ shape, or a replay of the stored
@@ -37,7 +37,7 @@ _BLOB_MIN_LEN = 512
 
 
 class Scrubber:
-    """Finds and redacts emails, phone numbers, payment cards, IBANs, IP addresses and person names.
+    """Finds and redacts emails, phone numbers, payment cards, IBANs, IP addresses, US SSNs and person names.
 
     Build once (the name lists take ~0.5 s to load) and reuse; `scrub*` are pure (a bounded cache of
     long scrubbed texts aside, whose races are harmless: both threads store the same value).
@@ -72,6 +72,8 @@ class Scrubber:
             numeric.append(find_ibans)
         if "IP" in self.types:
             numeric.append(find_ips)
+        if "SSN" in self.types:
+            numeric.append(find_ssns)
         if "PHONE" in self.types:
             numeric.append(PhoneDetector(phone_regions).find)
         if "PERSON" in self.types:

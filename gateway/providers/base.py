@@ -28,6 +28,8 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         timeout: bool = False,
         body: Body | None = None,
+        permanent: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -35,10 +37,14 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         self.timeout = timeout
         self.body = body
+        self.permanent = permanent  # the same request would fail the same way (an oversized answer)
+        self.headers = headers or {}  # upstream headers worth forwarding with the error (lowercase names)
 
     @property
     def retryable(self) -> bool:
         """408/409/429/5xx and connection-level failures are worth another try."""
+        if self.permanent:
+            return False
         if self.status is None:
             return True
         return self.status in (408, 409, 429) or self.status >= 500
@@ -50,6 +56,13 @@ class UpstreamCall:
 
     body: Body  # OpenAI-shaped request; body["model"] is the provider's model name
     timeout_s: float  # per-attempt budget
+    max_response_bytes: int | None = None  # a larger upstream answer fails with a permanent 502
+
+
+def too_large(limit: int) -> UpstreamError:
+    """The error for an upstream answer over `max_response_bytes` (not retried: it would be as large)."""
+    return UpstreamError(f"upstream response exceeds the gateway's limit of {limit} bytes", status=502,
+                         permanent=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,7 @@ class Provider(Protocol):
     """An upstream LLM service. Implementations own their connection pools."""
 
     name: str
+    timeout_s: float | None  # the provider's own per-attempt limit (`[providers.X] timeout_s`); None: none
 
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
         """A non-streaming chat completion; raises UpstreamError."""

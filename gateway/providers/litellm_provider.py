@@ -110,8 +110,9 @@ class LiteLLMProvider:
     """
 
     def __init__(self, name: str, *, api_key: str | None, base_url: str | None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, timeout_s: float | None = None) -> None:
         self.name = name
+        self.timeout_s = timeout_s
         self._litellm = _load_litellm()
         self._key = _Secret(api_key)
         self._base_url = base_url

@@ -16,11 +16,12 @@ from typing import Any
 
 import orjson
 
-from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
-from gateway.providers.http1 import Pool, Response, TransportError
+from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse, too_large
+from gateway.providers.http1 import Pool, Response, ResponseTooLarge, TransportError, proxy_for
 
+_ERROR_BODY_LIMIT = 1 << 20  # an error body is only read for its message
 # Upstream headers a client may rely on (rate-limit budgets, request ids).
-FORWARDED_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms")
+FORWARDED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id", "openai-processing-ms")
 _RATELIMIT_PREFIX = "x-ratelimit-"
 
 
@@ -77,8 +78,12 @@ class OpenAICompatProvider:
         headers: dict[str, str] | None = None,
         max_connections: int = 256,
         azure_api_version: str | None = None,
+        timeout_s: float | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.name = name
+        self._proxy = proxy_for(base_url, proxy)  # None: HTTPS_PROXY/HTTP_PROXY/NO_PROXY decide
+        self.timeout_s = timeout_s
         self.base_url = base_url.rstrip("/")
         self._headers = {"content-type": "application/json", **(headers or {})}
         if api_key:
@@ -97,7 +102,8 @@ class OpenAICompatProvider:
 
     def _client(self) -> Pool:
         if self._pool is None:
-            self._pool = Pool(self.base_url, headers=self._headers, limit=self._max_connections, keepalive_s=30)
+            self._pool = Pool(self.base_url, headers=self._headers, limit=self._max_connections, keepalive_s=30,
+                              proxy=self._proxy)
         return self._pool
 
     @staticmethod
@@ -105,10 +111,14 @@ class OpenAICompatProvider:
         return {k: v for k, v in resp.headers.items() if k in FORWARDED_HEADERS or k.startswith(_RATELIMIT_PREFIX)}
 
     async def _raise_for(self, resp: Response) -> None:
-        raw = await resp.read()
+        try:
+            raw = await resp.read(_ERROR_BODY_LIMIT)
+        except ResponseTooLarge:
+            raw = b""
         message, body = _error_message(resp.status, raw)
         raise UpstreamError(
-            message, status=resp.status, retry_after=parse_retry_after(resp.headers.get("retry-after")), body=body
+            message, status=resp.status, retry_after=parse_retry_after(resp.headers.get("retry-after")), body=body,
+            headers=self._forwarded(resp),
         )
 
     async def _post(self, path: str, call: UpstreamCall) -> UpstreamResponse:
@@ -118,10 +128,12 @@ class OpenAICompatProvider:
                                                   timeout=None) as resp:
                     if resp.status >= 400:
                         await self._raise_for(resp)
-                    raw = await resp.read()
+                    raw = await resp.read(call.max_response_bytes)
                     return UpstreamResponse(orjson.loads(raw), self._forwarded(resp))
         except UpstreamError:
             raise
+        except ResponseTooLarge as exc:
+            raise too_large(exc.limit) from None
         except TimeoutError as exc:
             raise UpstreamError(f"upstream timed out after {call.timeout_s:g}s", timeout=True) from exc
         except TransportError as exc:
@@ -145,7 +157,7 @@ class OpenAICompatProvider:
                     await self._raise_for(resp)
                 # Whole network reads split into lines: reading line by line costs two awaits per event.
                 pending = b""
-                async for data in resp.iter_chunks(read_timeout=call.timeout_s):
+                async for data in resp.iter_chunks(read_timeout=call.timeout_s, limit=call.max_response_bytes):
                     lines = (pending + data).split(b"\n")
                     pending = lines.pop()
                     group: list[Body] = []
@@ -175,6 +187,8 @@ class OpenAICompatProvider:
                             await resp.read()
         except UpstreamError:
             raise
+        except ResponseTooLarge as exc:
+            raise too_large(exc.limit) from None
         except TimeoutError as exc:
             raise UpstreamError(f"upstream stream stalled for {call.timeout_s:g}s", timeout=True) from exc
         except TransportError as exc:

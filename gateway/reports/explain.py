@@ -184,6 +184,17 @@ async def diff(registry: ArtifactRegistry, route: str, a: str | None = None, b: 
     return VersionDiff(route, kind, a, b, "\n".join(lines), new.note, new.evaluation, tuple(items), total, states)
 
 
+async def promoted_pair(registry: ArtifactRegistry, route: str, kind: ArtifactKind) -> tuple[str | None, str | None]:
+    """(the version promoted before the current one, the current one): what `prompts diff ROUTE`
+    shows by default. (None, None) when nothing is promoted; (None, current) when it is the first."""
+    current = (await registry.states(route, kind)).current
+    if current is None:
+        return None, None
+    before = [t.version for t in await registry.history(route, kind)
+              if t.to_state == "promoted" and t.version != current]
+    return (before[-1] if before else None), current
+
+
 def to_json(value: Any) -> Any:
     """Dataclasses (and lists of them) as JSON-safe dicts."""
     from dataclasses import asdict, is_dataclass

@@ -5,6 +5,8 @@ Learners never touch the request path: they write artifacts and transitions to t
 itself, so several replicas converge and changes made by the CLI reach a running gateway.
 It also seeds a route's template: on first start, a route with `template = "path"` in
 config.toml and no template artifact yet gets version "t0" (the file's text), promoted at once.
+A seed file edited later is handed, once per new text, to `on_seed_changed` (the gateway passes it
+to the learning side, which publishes it as a hand-authored version through the evaluation gate).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ class ArtifactServer:
         self._settings = settings
         self._config_dir = config_dir
         self._cache: dict[tuple[str, str, str], Any] = {}  # (route, kind, version): loaded, immutable
+        # (route, new text, file path): called when a seed file's text is no version's source yet
+        self.on_seed_changed: Callable[[str, str, str], Awaitable[None]] | None = None
+        self._seed_seen: dict[str, str] = {}  # route -> the seed file's text last looked at
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -81,10 +86,11 @@ class ArtifactServer:
         rs = self._settings().routes.get(route)
         if rs is None or not rs.template:
             return None
-        if (await self.registry.states(route, "template")).versions:
-            return None
         path = Path(rs.template)
         path = path if path.is_absolute() else self._config_dir / path
+        if (await self.registry.states(route, "template")).versions:
+            await self._seed_file_changed(route, path)
+            return None
         try:
             text = path.read_text(encoding="utf-8")
             CompiledTemplate(Template(text))
@@ -96,6 +102,28 @@ class ArtifactServer:
         await self.registry.move(route, "template", "t0", "promoted", f"seed template from {rs.template}")
         return "t0"
 
+    async def _seed_file_changed(self, route: str, path: Path) -> None:
+        """Hand a seed file's text to `on_seed_changed` when no template version has it as its source."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            return  # a missing file was reported when it was first seeded; the store keeps serving
+        if self._seed_seen.get(route) == text:
+            return  # unchanged since last looked at: no store query every refresh
+        self._seed_seen[route] = text
+        versions = await self.registry.list_versions(route, "template")
+        if any(Template.from_body(r.body).source == text for r in versions):
+            return
+        if self.on_seed_changed is None:
+            log.warning("routes.%s.template: %s changed, but no learning runs here to evaluate it; "
+                        "`flywheel prompts publish` publishes it", route, path, extra={"event": "seed_changed"})
+            return
+        await self.on_seed_changed(route, text, str(path))
+
+    def forget_seed(self, route: str) -> None:
+        """Look at the route's seed file again on the next refresh (a publish that must be retried)."""
+        self._seed_seen.pop(route, None)
+
     async def refresh(self, route: str) -> RouteServing | None:
         """Reload `route`'s current and canary versions (bodies only for versions not loaded yet)."""
         states = await self.registry.all_states(route)
@@ -104,7 +132,11 @@ class ArtifactServer:
         can_t = await self._template(route, t.canary) if t else None
         cur_i = await self._index(route, i.current) if i else None
         can_i = await self._index(route, i.canary) if i else None
-        serving = RouteServing(ServingSet(cur_t, cur_i), can_t, can_i, self._settings().learners.canary_share)
+        default = self._settings().learners.canary_share  # a canary's share is recorded by the rollout
+        t_share = t.versions[t.canary].share if t is not None and t.canary is not None else None
+        i_share = i.versions[i.canary].share if i is not None and i.canary is not None else None
+        serving = RouteServing(ServingSet(cur_t, cur_i), can_t, can_i, default if t_share is None else t_share,
+                               default if i_share is None else i_share)
         live = {(route, "template", x.version) for x in (cur_t, can_t) if x is not None}
         live |= {k for k in self._cache if k[0] == route and k[1] == "index"
                  and k[2].split("@")[0] in {x.version for x in (cur_i, can_i) if x is not None}}

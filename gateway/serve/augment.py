@@ -3,13 +3,17 @@
 Per route the augmenter holds one immutable `RouteServing`: the current (promoted) template and
 example index and, when a learner's candidate is in canary, the canary ones with their traffic
 share. A new state is a new object swapped in whole (`install`), so a request never sees a
-half-loaded index. Canary assignment is sticky: a stable hash of (route, user | session | key)
-against the share; an anonymous call is assigned on its own.
+half-loaded index. Canary assignment: a stable hash of (route, user | session) against the
+canary's share (recorded by the rollout, which grows it as evidence mounts), so a user or a
+conversation stays on one side; a call with neither is assigned on its own, per call. The
+virtual key is never used: one app sending no `user` would put all its traffic on one side.
 
 Per request: the template renders as a system message put first; retrieval embeds the last user
-message (on the embedder's worker thread, never on the event loop), takes the top-k examples
-scoring at least `retrieval.min_score`, and inserts them as user/assistant pairs just before the
-final user message; how close and how unanimous they were goes to the router (`Features.memory_*`).
+message (on the embedder's worker thread, never on the event loop), takes the top-k examples by
+the index's tuning (chosen by the learning cycle and stored with the index: dense, BM25 or hybrid
+scoring, k, absolute and relative thresholds) or else the route's `retrieval` settings, and
+inserts them as user/assistant pairs just before the final user message; how close and how
+unanimous they were goes to the router (`Features.memory_*`).
 `gateway/serve/injected.py` undoes exactly this.
 """
 
@@ -31,6 +35,7 @@ from gateway.serve.pipeline import Augmentation, RequestContext
 from gateway.serve.templating import CompiledTemplate, TemplateError, standard_variables
 from policies.featurise import memory_agreement, memory_answer
 from retrieval.examples import ExampleIndex, with_few_shot
+from retrieval.lexical import Tuning
 
 log = logging.getLogger("flywheel.augment")
 
@@ -65,7 +70,8 @@ class RouteServing:
     current: ServingSet = field(default_factory=ServingSet)
     canary_template: LoadedTemplate | None = None
     canary_index: LoadedIndex | None = None
-    share: float = 0.0
+    share: float = 0.0  # the template canary's share of traffic (and the index canary's by default)
+    index_share: float | None = None  # the index canary's, when it has its own
 
     @property
     def has_canary(self) -> bool:
@@ -75,15 +81,28 @@ class RouteServing:
         """The set a canary request gets: canary artifacts where there are some, current elsewhere."""
         return ServingSet(self.canary_template or self.current.template, self.canary_index or self.current.index)
 
+    def choose(self, position: float) -> tuple[ServingSet, str]:
+        """The set for a caller at `position` in [0, 1), and the note saying which canaries serve it.
+        Each kind's canary serves the positions below its own share."""
+        template, index, notes = self.current.template, self.current.index, []
+        if self.canary_template is not None and position < self.share:
+            template = self.canary_template
+            notes.append(f"canary {template.version} ({self.share:.0%})")
+        index_share = self.share if self.index_share is None else self.index_share
+        if self.canary_index is not None and position < index_share:
+            index = self.canary_index
+            notes.append(f"canary {index.version} ({index_share:.0%})")
+        if not notes:
+            return self.current, ""
+        return ServingSet(template, index), "; ".join(notes)
+
 
 def actor_of(ctx: RequestContext) -> str:
-    """Who a request is sticky for: user, else session, else key, else the call itself."""
+    """Who a request is sticky for: user, else session (conversation), else the call itself."""
     if ctx.user:
         return f"u:{ctx.user}"
     if ctx.session_id:
         return f"s:{ctx.session_id}"
-    if ctx.key_name:
-        return f"k:{ctx.key_name}"
     return f"c:{ctx.call_id}"
 
 
@@ -114,7 +133,9 @@ async def apply(
         except TemplateError as exc:  # validated before promotion; never fail a request over it
             log.error("route %s: template %s skipped: %s", route, serving.template.version, exc)
             notes.append(f"template {serving.template.version} failed to render")
-    if serving.index is not None and retrieval.k > 0 and embed is not None and len(serving.index.index):
+    tuning = serving.index.index.tuning if serving.index is not None else None
+    tuning = tuning or Tuning(retrieval.scoring, retrieval.k, retrieval.min_score, retrieval.relative_min)
+    if serving.index is not None and tuning.k > 0 and embed is not None and len(serving.index.index):
         question = query_text(out)
         if question.strip():
             try:
@@ -123,8 +144,8 @@ async def apply(
                 notes.append(f"retrieval skipped ({type(exc).__name__})")
             else:
                 index = serving.index.index
-                hits = index.query(vec, retrieval.k + len(exclude_calls), retrieval.min_score)
-                hits = [h for h in hits if h[0].source_call_id not in exclude_calls][: retrieval.k]
+                hits = index.search(vec, question, tuning, tuning.k + len(exclude_calls))
+                hits = [h for h in hits if h[0].source_call_id not in exclude_calls][: tuning.k]
                 out = with_few_shot(out, hits)
                 index_version = serving.index.version
                 retrieved = tuple(e.id for e, _ in hits)
@@ -163,11 +184,8 @@ class Augmenter:
             return None
         rs = self._settings().routes.get(route)
         retrieval = (rs.retrieval if rs is not None else None) or DEFAULT_RETRIEVAL
-        if state.has_canary and bucket(route, actor_of(ctx)) < state.share:
-            chosen = state.canary_set()
-            canary = state.canary_template or state.canary_index
-            assert canary is not None
-            reason = f"canary {canary.version} ({state.share:.0%})"
+        if state.has_canary:
+            chosen, reason = state.choose(bucket(route, actor_of(ctx)))
         else:
             chosen, reason = state.current, ""
         return await apply(route, messages, chosen, retrieval, self._embed(), reason=reason)

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed, UpstreamTimeout
-from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.providers.base import Body, Provider, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.providers.shape import check_chat, check_embeddings
 from gateway.serve.retry import call_with_retries
 from gateway.serve.runtime import RouteRuntime, Target
 from gateway.serve.stream_assembly import StreamAssembler
@@ -39,6 +40,7 @@ class RequestContext:
     session_id: str | None = None
     no_log: bool = False
     started: float = field(default_factory=time.perf_counter)
+    upstream_headers: dict[str, str] = field(default_factory=dict)  # of the answer served (request id, limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +87,33 @@ def _features(route: str, body: Body, ctx: RequestContext, aug: Augmentation | N
 
 
 def to_gateway_error(exc: UpstreamError) -> GatewayError:
-    """The client-facing error for an upstream failure that survived retries and fallbacks."""
+    """The client-facing error for an upstream failure that survived retries and fallbacks.
+
+    A rejected request keeps the upstream's status, `type`, `code` and `param` (apps branch on
+    `context_length_exceeded`); a 5xx keeps its status (SDKs map 500 and 502 to different
+    exceptions); the upstream's request id, rate-limit and retry-after headers come along."""
+    err: GatewayError
+    upstream = exc.body.get("error") if isinstance(exc.body, dict) else None
+    upstream = upstream if isinstance(upstream, dict) else {}
+    code, param = upstream.get("code"), upstream.get("param")
     if exc.timeout:
-        return UpstreamTimeout(f"The upstream model did not answer in time: {exc.message}")
-    if exc.status == 429:
+        err = UpstreamTimeout(f"The upstream model did not answer in time: {exc.message}")
+    elif exc.status == 429:
         headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
-        return RateLimited(f"The upstream model is rate limited: {exc.message}", headers=headers)
-    if exc.status in (400, 404, 409, 413, 422):
-        return InvalidRequest(exc.message, status=exc.status if exc.status != 409 else 400,
-                              code="upstream_rejected_request")
-    return UpstreamFailed(f"The upstream model failed: {exc.message}")
+        err = RateLimited(f"The upstream model is rate limited: {exc.message}", headers=headers,
+                          code=code if isinstance(code, str) else None)
+    elif exc.status in (400, 404, 409, 413, 422):
+        err = InvalidRequest(exc.message, status=exc.status if exc.status != 409 else 400,
+                             code=code if isinstance(code, str) else "upstream_rejected_request",
+                             param=param if isinstance(param, str) else None)
+    else:
+        status = exc.status if exc.status is not None and 500 <= exc.status < 600 else None
+        err = UpstreamFailed(f"The upstream model failed: {exc.message}", status=status)
+    if isinstance(err, RateLimited | InvalidRequest) and isinstance(upstream.get("type"), str):
+        err.type = upstream["type"]
+    for name, value in exc.headers.items():
+        err.headers.setdefault(name, value)
+    return err
 
 
 def identity_headers(record: CallRecord) -> dict[str, str]:
@@ -133,10 +152,21 @@ def _falls_back(exc: UpstreamError) -> bool:
 class Pipeline:
     """The request path for chat completions and embeddings."""
 
-    def __init__(self, sink: Sink, augmenter: Augmenter | None = None, router: Router | None = None) -> None:
+    def __init__(self, sink: Sink, augmenter: Augmenter | None = None, router: Router | None = None,
+                 max_response_bytes: Callable[[], int | None] | None = None) -> None:
+        """`max_response_bytes` reads the current cap on an upstream answer (`[server]
+        max_upstream_response_bytes`, reloadable); None: no cap."""
         self.sink = sink
         self.augmenter = augmenter
         self.router = router
+        self._max_response_bytes = max_response_bytes or (lambda: None)
+
+    def _call(self, provider: Provider, body: Body, timeout: float) -> UpstreamCall:
+        """The upstream call for one attempt: the provider's own `timeout_s` caps the attempt's budget."""
+        own = getattr(provider, "timeout_s", None)  # adapters written before the attribute lack it
+        if own is not None:
+            timeout = min(timeout, own)
+        return UpstreamCall(body, timeout, self._max_response_bytes())
 
     # -- shared steps ---------------------------------------------------------------------
     async def _plan(
@@ -177,11 +207,13 @@ class Pipeline:
 
     async def _over_targets(
         self, route: RouteRuntime, order: tuple[str, ...], record: CallRecord,
-        attempt: Callable[[Target, float], Awaitable[Any]],
+        attempt: Callable[[Target, float], Awaitable[Any]], deadline: float | None = None,
     ) -> tuple[Target, Any]:
-        """Try each variant in order, each with retries; returns the first success."""
+        """Try each variant in order, each with retries, all within `deadline` (time.monotonic(); by
+        default `deadline_s` from now); returns the first success."""
         rs = route.retries
-        deadline = time.monotonic() + rs.deadline_s
+        if deadline is None:
+            deadline = time.monotonic() + rs.deadline_s
         last: UpstreamError | None = None
         for variant in order:
             target = route.targets[variant]
@@ -221,6 +253,9 @@ class Pipeline:
         record.status, record.error = err.status, err.message
         self._finish(record, ctx, None, None)
         err.headers.update(identity_headers(record))
+        if len(record.attempts) > 1:
+            # the gateway already retried: an SDK retrying too would multiply the attempts
+            err.headers["x-should-retry"] = "false"
         return err
 
     # -- chat, not streamed -----------------------------------------------------------------
@@ -231,7 +266,9 @@ class Pipeline:
         async def attempt(target: Target, timeout: float) -> UpstreamResponse:
             upstream = self._upstream_body(target, body, messages)
             record.request = upstream
-            return await target.provider.chat(UpstreamCall(upstream, timeout))
+            resp = await target.provider.chat(self._call(target.provider, upstream, timeout))
+            check_chat(resp.body)  # inside the attempt: a malformed answer is logged, retried, failed over
+            return resp
 
         try:
             target, resp = await self._over_targets(route, decision.order, record, attempt)
@@ -241,6 +278,7 @@ class Pipeline:
         if route.escalate_to is not None and target.variant != route.escalate_to and disagrees(resp.body, memory):
             target, resp, spent = await self._escalate(route, route.escalate_to, record, target, resp, attempt)
         out = resp.body
+        ctx.upstream_headers = resp.headers
         out["id"] = ctx.call_id
         record.response = out
         record.ttft_ms = None
@@ -277,6 +315,9 @@ class Pipeline:
         upstream ends the client's stream with an error event instead of a clean end.
         """
         decision, record, messages, _ = await self._plan(route, body, ctx)  # streams are not escalated
+        # one total deadline from the first attempt to the stream's last chunk: an upstream that
+        # drips chunks or keep-alive comments cannot hold a stream open past it
+        deadline = time.monotonic() + route.retries.deadline_s
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def attempt(target: Target, timeout: float) -> tuple[AsyncIterator[list[Body]], list[Body]]:
@@ -284,7 +325,7 @@ class Pipeline:
             # Always ask for usage: the call log needs tokens and cost even when the client does not.
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             record.request = upstream
-            it = target.provider.chat_stream(UpstreamCall(upstream, timeout)).__aiter__()
+            it = target.provider.chat_stream(self._call(target.provider, upstream, timeout)).__aiter__()
             try:
                 first = await asyncio.wait_for(it.__anext__(), timeout)
             except StopAsyncIteration:
@@ -298,14 +339,14 @@ class Pipeline:
             return it, first
 
         try:
-            target, (it, first) = await self._over_targets(route, decision.order, record, attempt)
+            target, (it, first) = await self._over_targets(route, decision.order, record, attempt, deadline)
         except UpstreamError as exc:
             raise self._fail(record, ctx, exc) from None
-        return self._relay(it, first, target, record, ctx, wants_usage), record
+        return self._relay(it, first, target, record, ctx, wants_usage, deadline), record
 
     async def _relay(
         self, it: AsyncIterator[list[Body]], first: list[Body], target: Target, record: CallRecord,
-        ctx: RequestContext, wants_usage: bool,
+        ctx: RequestContext, wants_usage: bool, deadline: float,
     ) -> AsyncIterator[bytes]:
         asm = StreamAssembler()
         group: list[Body] | None = first
@@ -324,7 +365,7 @@ class Pipeline:
                     events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
                 if events:  # what arrived together leaves together: one write, not one per token
                     yield b"".join(events)
-                group = await _next(it)
+                group = await _next(it, deadline)
             yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
             err = to_gateway_error(exc)
@@ -353,21 +394,29 @@ class Pipeline:
             upstream = self._upstream_body(target, body, None)
             record.request = {"model": upstream["model"], "inputs": n_inputs,
                               "encoding_format": upstream.get("encoding_format", "float")}
-            return await target.provider.embeddings(UpstreamCall(upstream, timeout))
+            resp = await target.provider.embeddings(self._call(target.provider, upstream, timeout))
+            check_embeddings(resp.body)
+            return resp
 
         try:
             target, resp = await self._over_targets(route, decision.order, record, attempt)
         except UpstreamError as exc:
             raise self._fail(record, ctx, exc) from None
+        ctx.upstream_headers = resp.headers
         self._finish(record, ctx, target, resp.body.get("usage"))
         return resp.body, record
 
 
-async def _next(it: AsyncIterator[list[Body]]) -> list[Body] | None:
+async def _next(it: AsyncIterator[list[Body]], deadline: float) -> list[Body] | None:
+    """The next group of chunks, None at the end; UpstreamError(timeout) once `deadline` passes."""
+    remaining = deadline - time.monotonic()
     try:
-        return await it.__anext__()
+        async with asyncio.timeout(remaining if remaining > 0 else 0):
+            return await it.__anext__()
     except StopAsyncIteration:
         return None
+    except TimeoutError:
+        raise UpstreamError("the stream passed its total deadline (retries.deadline_s)", timeout=True) from None
 
 
 async def _aclose(it: AsyncIterator[Any]) -> None:

@@ -1,10 +1,12 @@
 """Which learned-policy artifact serves a route: the live version, and a canary beside it.
 
 The router (gateway/serve/routing.py) asks `arm()` on every decision of a learned route: a
-canary, when one runs, serves `[learners] canary_share` of traffic, sticky per user (else per
-key, else at random), and every decision carries the version that made it (logged as
-`policy_version`). `sync()` follows the `policy` artifact states in the store: it starts and
-stops canaries and loads a newly promoted version's learned state into the live policy.
+canary, when one runs, serves the share the rollout recorded for it (learners/rollout.py grows
+it from `[learners] canary_share` as evidence mounts), sticky per user; a request without a user
+is assigned per call (never per key: one app sending no `user` would sit on one side for good).
+Every decision carries the version that made it (logged as `policy_version`). `sync()` follows
+the `policy` artifact states in the store: it starts and stops canaries, follows their share, and
+loads a newly promoted version's learned state into the live policy.
 A canary's or a promoted version's configuration is always config.toml's: only the learned
 statistics come from the artifact.
 """
@@ -35,6 +37,7 @@ class Canary:
     params: dict[str, Any]  # the artifact body (LearnedPolicy.to_params)
     policy: LearnedPolicy
     config: object  # the live policy it was configured from: rebuilt when a reload replaces it
+    share: float | None = None  # recorded by the rollout; None: `[learners] canary_share`
 
 
 class PolicyVersions:
@@ -51,11 +54,9 @@ class PolicyVersions:
         """The policy that decides this request, and its version (None: not from an artifact)."""
         canary = self.canaries.get(route)
         if canary is not None:
-            share = self._runtime().settings.learners.canary_share
+            share = canary.share if canary.share is not None else self._runtime().settings.learners.canary_share
             if f.user is not None:
                 u = stable_unit("policy-canary", canary.version, route, "user", f.user)
-            elif f.key_id is not None:
-                u = stable_unit("policy-canary", canary.version, route, "key", f.key_id)
             else:
                 u = self._rng.random()
             if u < share:
@@ -85,7 +86,10 @@ class PolicyVersions:
             elif route not in self.canaries or self.canaries[route].version != canary:
                 rec = await registry.get(route, "policy", canary)
                 if rec is not None:
-                    self.canaries[route] = Canary(canary, rec.body, self.configured(route, live, rec.body), live)
+                    self.canaries[route] = Canary(canary, rec.body, self.configured(route, live, rec.body), live,
+                                                  states.versions[canary].share)
+            else:
+                self.canaries[route].share = states.versions[canary].share
             if current is not None and current != self.live.get(route):
                 rec = await registry.get(route, "policy", current)
                 if rec is not None:

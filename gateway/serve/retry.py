@@ -31,7 +31,7 @@ class _RetryAfterWait:
     """Backoff with jitter, but never shorter than the upstream's Retry-After."""
 
     def __init__(self, rs: RetrySettings) -> None:
-        self._backoff = wait_exponential_jitter(initial=rs.initial_delay_s, max=rs.max_delay_s,
+        self._backoff = wait_exponential_jitter(multiplier=rs.initial_delay_s, max=rs.max_delay_s,
                                                 jitter=rs.initial_delay_s)
 
     def __call__(self, state: RetryCallState) -> float:

@@ -7,12 +7,14 @@ a request keeps the runtime it started with.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.config.providers import AzureProviderSettings, FakeProviderSettings, OpenAIProviderSettings
 from gateway.config.settings import ConfigError, Price, ProviderSettings, RetrySettings, RouteSettings, Settings
 from gateway.errors import model_not_found
 from gateway.providers.base import Provider
@@ -74,29 +76,32 @@ class Runtime:
 
 
 def build_provider(name: str, ps: ProviderSettings, env: Mapping[str, str]) -> Provider:
-    """One provider adapter for one `[providers.NAME]` table."""
-    api_key = env.get(ps.api_key_env) if ps.api_key_env else None
-    if ps.api_key_env and not api_key:
-        log.warning("providers.%s.api_key_env: environment variable %s is not set", name, ps.api_key_env)
-    if ps.kind in ("openai", "azure"):
-        from gateway.providers.openai_compat import OpenAICompatProvider
-
-        assert ps.base_url is not None  # checked by settings
-        return OpenAICompatProvider(
-            name, base_url=ps.base_url, api_key=api_key, headers=ps.headers,
-            max_connections=ps.max_connections,
-            azure_api_version=ps.api_version if ps.kind == "azure" else None,
-        )
-    if ps.kind == "fake":
+    """One provider adapter for one `[providers.NAME]` table (one settings model per kind)."""
+    if isinstance(ps, FakeProviderSettings):
         from gateway.providers.fakes.provider import FakeProvider
 
         return FakeProvider(name, latency_ms=ps.latency_ms, error_rate=ps.error_rate, seed=ps.seed,
                             replies=ps.replies, hard=ps.hard, hard_reply=ps.hard_reply)
+    api_key = env.get(ps.api_key_env) if ps.api_key_env else None
+    if ps.api_key_env and not api_key:
+        log.warning("providers.%s.api_key_env: environment variable %s is not set", name, ps.api_key_env)
+    if isinstance(ps, OpenAIProviderSettings | AzureProviderSettings):
+        from gateway.providers.openai_compat import OpenAICompatProvider
+
+        return OpenAICompatProvider(
+            name, base_url=ps.base_url, api_key=api_key, headers=ps.headers,
+            max_connections=ps.max_connections,
+            azure_api_version=ps.api_version if isinstance(ps, AzureProviderSettings) else None,
+            proxy=ps.proxy, timeout_s=ps.timeout_s,
+        )
     # litellm is imported only when such a provider is configured: it costs ~1 s and ~100 MB.
+    if importlib.util.find_spec("litellm") is None:  # an optional extra: say so rather than crash on import
+        raise ConfigError("config", [f"providers.{name}.kind: 'litellm' needs the litellm extra: "
+                                     "pip install 'flywheel-gateway[litellm]'"])
     from gateway.providers.litellm_provider import LiteLLMProvider
 
     extra = {**ps.extra, "extra_headers": ps.headers} if ps.headers else dict(ps.extra)
-    return LiteLLMProvider(name, api_key=api_key, base_url=ps.base_url, extra=extra)
+    return LiteLLMProvider(name, api_key=api_key, base_url=ps.base_url, extra=extra, timeout_s=ps.timeout_s)
 
 
 def _route_runtime(name: str, rs: RouteSettings, settings: Settings, providers: Mapping[str, Provider],

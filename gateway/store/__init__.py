@@ -39,7 +39,11 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(sqlite_path(url))
     if scheme in ("postgresql", "postgres"):
-        from gateway.store.postgres import PostgresStore
+        try:
+            from gateway.store.postgres import PostgresStore
+        except ModuleNotFoundError as exc:  # asyncpg comes with the `postgres` extra
+            raise ValueError(f"a postgresql:// store needs {exc.name}: "
+                             "pip install 'flywheel-gateway[postgres]'") from None
 
         return PostgresStore(url)
     raise ValueError(f"unsupported store url scheme {scheme!r}: use sqlite:/// or postgresql://")

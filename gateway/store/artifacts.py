@@ -8,6 +8,8 @@ shares one lifecycle:
                        \\-> rejected
 
 Every change is a `Transition` row with its reason (the audit log `flywheel prompts log` prints).
+A running canary's share of traffic changes by a canary -> canary row carrying the new `share`
+(`set_share`); it keeps the canary's `since`.
 States are read from the transition rows, which are small, so finding the current and canary
 versions never loads artifact bodies (an index body holds its vectors). "Current" is the version
 promoted most recently that is still promoted: rolling it back makes the one before current again.
@@ -26,12 +28,13 @@ from gateway.store.records import JSON, ArtifactKind, ArtifactRecord, ArtifactSt
 
 PREFIX: dict[str, str] = {"template": "t", "index": "i", "policy": "p"}
 KIND_OF_PREFIX: dict[str, ArtifactKind] = {"t": "template", "i": "index", "p": "policy"}
+CREATE_ATTEMPTS = 20  # versions tried when another replica's learner takes the id first
 _VERSION = re.compile(r"^([a-z])(\d+)$")
 
 ALLOWED: dict[ArtifactState | None, frozenset[ArtifactState]] = {
     None: frozenset({"candidate"}),
     "candidate": frozenset({"canary", "promoted", "rejected"}),
-    "canary": frozenset({"promoted", "rolled_back"}),
+    "canary": frozenset({"canary", "promoted", "rolled_back"}),  # canary -> canary: a new share
     "promoted": frozenset({"rolled_back"}),
     "rolled_back": frozenset(),
     "rejected": frozenset(),
@@ -63,6 +66,7 @@ class VersionState:
     since: float  # when it entered `state`
     promoted_at: float | None = None
     reason: str = ""
+    share: float | None = None  # a canary's recorded share of traffic (None: `[learners] canary_share`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,10 @@ def fold_states(transitions: Sequence[Transition]) -> dict[ArtifactKind, KindSta
         versions = out.setdefault(t.kind, {})
         prev = versions.get(t.version)
         promoted_at = t.at if t.to_state == "promoted" else (prev.promoted_at if prev else None)
-        versions[t.version] = VersionState(t.version, t.to_state, t.at, promoted_at, t.reason)
+        same = prev is not None and prev.state == t.to_state  # a share change: the state began earlier
+        since = prev.since if same and prev is not None else t.at
+        share = t.share if t.share is not None else (prev.share if same and prev is not None else None)
+        versions[t.version] = VersionState(t.version, t.to_state, since, promoted_at, t.reason, share)
     return {k: KindStates(v) for k, v in out.items()}
 
 
@@ -163,20 +170,25 @@ class ArtifactRegistry:
         """
         if not manifest.produced_by:
             raise TransitionRefused("an artifact needs provenance: produced_by is empty")
-        version = version or await self.next_version(route, kind)
-        if await self.store.get_artifact(route, kind, version) is not None:
-            # Artifacts are immutable: never overwrite (two learners raced for the same id).
-            raise TransitionRefused(f"{route}/{kind}/{version} already exists")
-        rec = ArtifactRecord(
-            route=route, kind=kind, version=version, body=body, state="candidate", parent=manifest.parent,
-            produced_by=manifest.produced_by, data_window=manifest.data_window,
-            evidence_call_ids=list(manifest.evidence_call_ids),
-            evidence_feedback_ids=list(manifest.evidence_feedback_ids), evaluation=evaluation, note=manifest.note,
-        )
-        await self.store.save_artifact(rec)
-        await self.store.transition(Transition(route, kind, version, None, "candidate",
-                                               reason or manifest.note or f"produced by {manifest.produced_by}"))
-        return rec
+        fixed = version is not None
+        for _ in range(CREATE_ATTEMPTS):
+            version = version if fixed else await self.next_version(route, kind)
+            assert version is not None
+            rec = ArtifactRecord(
+                route=route, kind=kind, version=version, body=body, state="candidate", parent=manifest.parent,
+                produced_by=manifest.produced_by, data_window=manifest.data_window,
+                evidence_call_ids=list(manifest.evidence_call_ids),
+                evidence_feedback_ids=list(manifest.evidence_feedback_ids), evaluation=evaluation, note=manifest.note,
+            )
+            created = Transition(route, kind, version, None, "candidate",
+                                 reason or manifest.note or f"produced by {manifest.produced_by}")
+            # Artifacts are immutable: the primary key refuses a second artifact under one id (two
+            # replicas' learners raced for it); the loser takes the next free id instead of overwriting.
+            if await self.store.create_artifact(rec, created):
+                return rec
+            if fixed:
+                raise TransitionRefused(f"{route}/{kind}/{version} already exists")
+        raise TransitionRefused(f"{route}/{kind}: no free version id after {CREATE_ATTEMPTS} attempts")
 
     async def move(
         self, route: str, kind: ArtifactKind, version: str, to_state: ArtifactState, reason: str,
@@ -195,6 +207,17 @@ class ArtifactRegistry:
         except ValueError as exc:  # another actor moved it first
             raise TransitionRefused(str(exc)) from None
         return t
+
+    async def set_share(self, route: str, kind: ArtifactKind, version: str, share: float, reason: str) -> None:
+        """Record a new traffic share for a running canary (a canary -> canary transition)."""
+        state = (await self.states(route, kind)).versions.get(version)
+        if state is None or state.state != "canary":
+            raise TransitionRefused(f"{version} is not a canary; its share cannot change")
+        t = Transition(route, kind, version, "canary", "canary", reason, at=time.time(), share=share)
+        try:
+            await self.store.transition(t)
+        except ValueError as exc:  # another actor decided it first
+            raise TransitionRefused(str(exc)) from None
 
     async def annotate(self, route: str, kind: ArtifactKind, version: str, **evaluation: Any) -> None:
         """Merge figures into an artifact's `evaluation` (e.g. the online comparison at promotion)."""

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.store.codec import CallRows
+from gateway.store.console_queries import CallBucket, CallFilter, CallSummary, FeedbackBucket, RouteAction
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord, Transition
+from gateway.store.responses import StoredResponse
+from gateway.store.spend_queries import SpendRow
 
 
 class Store(Protocol):
@@ -81,6 +84,10 @@ class Store(Protocol):
         """Insert an artifact, or replace the row with the same (route, kind, version)."""
         ...
 
+    async def create_artifact(self, a: ArtifactRecord, created: Transition) -> bool:
+        """Insert a new artifact and its creation transition atomically; False when the version exists."""
+        ...
+
     async def get_artifact(self, route: str, kind: ArtifactKind, version: str) -> ArtifactRecord | None:
         """One artifact, or None."""
         ...
@@ -110,10 +117,72 @@ class Store(Protocol):
         """
         ...
 
+    async def user_row_ids(self, user: str) -> tuple[list[str], list[str]]:
+        """(ids of the user's calls, ids of the feedback the user gave): what `forget` looks for in
+        learned artifacts before deleting the rows."""
+        ...
+
     async def delete_older_than(self, ts: float, *, batch: int = 500) -> int:
         """Delete calls created before `ts` with their attempts and feedback; returns calls deleted.
 
         Works in batches of `batch` calls, each its own short transaction, so writers interleave.
         Tombstones of users forgotten before `ts` go too (a call that old is deleted on arrival).
         """
+        ...
+
+    # -- spend per key (gateway/store/spend_queries.py) ------------------------------------------
+    async def spend_by_key(self, *, since: float, key_id: str | None = None) -> list[SpendRow]:
+        """Calls made with a virtual key since `since` (a UTC day start), per (key, route, day)."""
+        ...
+
+    # -- the console's read queries (gateway/store/console_queries.py) --------------------------
+    async def call_buckets(self, route: str, *, since: float, width_s: float, buckets: int,
+                           variants: Sequence[str]) -> list[CallBucket]:
+        """The route's chat calls per (variant, bucket of `width_s` seconds from `since`), aggregated by the
+        database; variants not in `variants` are counted under console_queries.OTHER."""
+        ...
+
+    async def feedback_buckets(self, route: str, *, since: float, width_s: float,
+                               buckets: int) -> list[FeedbackBucket]:
+        """Feedback on the route's calls per bucket of `width_s` seconds (by when it arrived)."""
+        ...
+
+    async def latency_quantiles(self, route: str, *, since: float, quantiles: Sequence[float] = (0.5, 0.95),
+                                sample: int = 2_000) -> list[float | None]:
+        """Latency quantiles (nearest rank) of the route's newest `sample` answered chat calls since `since`."""
+        ...
+
+    async def calls_by_ids(self, ids: Sequence[str]) -> list[CallRecord]:
+        """The calls with these ids (at most a few hundred), attempts and request text restored."""
+        ...
+
+    async def search_calls(self, f: CallFilter, *, limit: int = 50,
+                           before: tuple[float, str] | None = None) -> list[CallSummary]:
+        """Calls matching `f`, newest first, paged by (created_at, id) of the previous page's last row."""
+        ...
+
+    async def recent_feedback_calls(self, *, since: float, route: str | None = None,
+                                    limit: int = 200) -> list[tuple[str, str]]:
+        """(feedback id, call id) of the newest corrections and down-ratings, newest first."""
+        ...
+
+    async def record_action(self, a: RouteAction) -> None:
+        """Append a person's action (promote, pause, freeze…) to the route's action log."""
+        ...
+
+    async def list_actions(self, route: str | None = None, *, limit: int = 500) -> list[RouteAction]:
+        """The newest actions of one route (or all), oldest first."""
+        ...
+
+    # -- Responses API state (gateway/store/responses.py) ---------------------------------------
+    async def save_response(self, r: StoredResponse) -> None:
+        """Insert or replace one stored response (POST /v1/responses with `store`)."""
+        ...
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        """One stored response, or None."""
+        ...
+
+    async def delete_response(self, response_id: str) -> bool:
+        """Delete one stored response; False when there was none."""
         ...

@@ -36,18 +36,18 @@ CALL_COLUMNS = (
     "id", "route", "variant", "model", "endpoint", "created_at", "key_id", "user_id", "session_id",
     "template_version", "index_version", "policy_version", "policy_reason", "choice_probability",
     "request", "response", "status", "error", "prompt_tokens", "completion_tokens", "cost_usd",
-    "latency_ms", "ttft_ms", "stream", "no_log", "retrieved_ids", "escalation",
+    "latency_ms", "ttft_ms", "stream", "no_log", "retrieved_ids", "escalation", "notes",
 )  # fmt: skip
 ATTEMPT_COLUMNS = ("call_id", "seq", "model", "provider", "status", "error", "latency_ms", "started_at")
 FEEDBACK_COLUMNS = (
     "id", "call_id", "created_at", "rating", "score", "correction", "correction_diff", "signal",
-    "comment", "user_id", "source", "related_call_id",
+    "comment", "user_id", "source", "related_call_id", "notes",
 )  # fmt: skip
 ARTIFACT_COLUMNS = (
     "route", "kind", "version", "body", "state", "parent", "created_at", "produced_by",
     "window_start", "window_end", "evidence_call_ids", "evidence_feedback_ids", "evaluation", "note",
 )  # fmt: skip
-TRANSITION_COLUMNS = ("route", "kind", "version", "from_state", "to_state", "reason", "at")
+TRANSITION_COLUMNS = ("route", "kind", "version", "from_state", "to_state", "reason", "at", "share")
 
 
 def dumps(value: JSON) -> str | None:
@@ -177,7 +177,7 @@ def call_rows(calls: Sequence[CallRecord], out: CallRows | None = None) -> CallR
             _opt_float(c.choice_probability), dumps(request), dumps(response), int(c.status), c.error,
             _opt_int(c.prompt_tokens), _opt_int(c.completion_tokens), _opt_float(c.cost_usd),
             float(c.latency_ms), _opt_float(c.ttft_ms), int(c.stream), int(c.no_log),
-            dumps(list(c.retrieved_ids)), dumps(c.escalation),
+            dumps(list(c.retrieved_ids)), dumps(c.escalation), c.notes,
         ))  # fmt: skip
         for seq, a in enumerate(c.attempts):
             out.attempts.append((
@@ -226,7 +226,7 @@ def call_from_row(row: Row) -> CallRecord:
         response=loads(row[15]), status=row[16], error=row[17], prompt_tokens=row[18],
         completion_tokens=row[19], cost_usd=row[20], latency_ms=row[21], ttft_ms=row[22],
         stream=bool(row[23]), no_log=bool(row[24]), retrieved_ids=loads(row[25]) or [],
-        escalation=escalation_from_json(loads(row[26])),
+        escalation=escalation_from_json(loads(row[26])), notes=row[27],
     )  # fmt: skip
 
 
@@ -241,7 +241,7 @@ def feedback_row(fb: FeedbackRecord) -> tuple[Any, ...]:
     """The feedback row for a record."""
     return (
         fb.id, fb.call_id, float(fb.created_at), _opt_int(fb.rating), _opt_float(fb.score), fb.correction,
-        fb.correction_diff, fb.signal, fb.comment, fb.user, fb.source, fb.related_call_id,
+        fb.correction_diff, fb.signal, fb.comment, fb.user, fb.source, fb.related_call_id, fb.notes,
     )  # fmt: skip
 
 
@@ -250,7 +250,7 @@ def feedback_from_row(row: Row) -> FeedbackRecord:
     return FeedbackRecord(
         id=row[0], call_id=row[1], created_at=row[2], rating=row[3], score=row[4], correction=row[5],
         correction_diff=row[6], signal=row[7], comment=row[8], user=row[9], source=row[10],
-        related_call_id=row[11],
+        related_call_id=row[11], notes=row[12],
     )  # fmt: skip
 
 
@@ -276,12 +276,12 @@ def artifact_from_row(row: Row) -> ArtifactRecord:
 
 def transition_row(t: Transition) -> tuple[Any, ...]:
     """The transitions row for a record."""
-    return (t.route, t.kind, t.version, t.from_state, t.to_state, t.reason, float(t.at))
+    return (t.route, t.kind, t.version, t.from_state, t.to_state, t.reason, float(t.at), t.share)
 
 
 def transition_from_row(row: Row) -> Transition:
     """Inverse of `transition_row`."""
     return Transition(
         route=row[0], kind=row[1], version=row[2], from_state=row[3], to_state=row[4], reason=row[5],
-        at=row[6],
+        at=row[6], share=row[7],
     )  # fmt: skip

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.store.dialect import Conn, Dialect
+from gateway.store.responses import MIGRATION as RESPONSES
 
 MigrationFn = Callable[[Conn, Dialect], Awaitable[None]]
 Migration = tuple[str, str | MigrationFn]
@@ -148,6 +149,24 @@ CREATE TABLE forgotten_users (
 )
 """
 
+# The console's and the CLI's action log (gateway/store/console_queries.py): who (key id) did what
+# to a route and why; the route's freeze and pause states are its latest such rows. calls_console
+# covers the console's per-route aggregates and filters, so they scan the index, not the rows.
+_CONSOLE = """
+CREATE TABLE route_actions (
+    id {serial_pk},
+    route TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    who TEXT NOT NULL,
+    note TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX route_actions_route_at ON route_actions (route, at);
+CREATE INDEX calls_console ON calls (route, created_at, endpoint, variant, status, latency_ms, cost_usd, key_id,
+                            id)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     ("001_calls_and_attempts", _CALLS),
     ("002_blobs", _BLOBS),
@@ -156,6 +175,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("005_indices", _INDICES),
     ("006_calls_escalation", "ALTER TABLE calls ADD COLUMN escalation TEXT"),
     ("007_forgotten_users", _FORGOTTEN),
+    ("014_console", _CONSOLE),
+    ("010_responses", RESPONSES),  # Responses API state (gateway/store/responses.py)
+    # a canary's traffic share, recorded on its transitions (learners/rollout.py grows it with evidence)
+    ("012_learning_canary_share", "ALTER TABLE transitions ADD COLUMN share DOUBLE PRECISION"),
+    # what capture changed in a row before storing it (NUL bytes replaced, text truncated)
+    ("008_capture_notes", "ALTER TABLE calls ADD COLUMN notes TEXT; ALTER TABLE feedback ADD COLUMN notes TEXT"),
 )
 
 _LEDGER = (

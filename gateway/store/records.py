@@ -75,6 +75,17 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{time.time_ns() // 1_000_000:011x}{chunk.hex()}"
 
 
+def id_time(record_id: str) -> float | None:
+    """When a `new_id` id was made (unix seconds), or None for an id this gateway did not make."""
+    _, sep, tail = record_id.rpartition("-")
+    if not sep or len(tail) != 11 + 2 * _ID_BYTES:
+        return None
+    try:
+        return int(tail[:11], 16) / 1000
+    except ValueError:
+        return None
+
+
 @dataclass(slots=True)
 class Attempt:
     """One upstream try: a retry or a fallback is one more attempt."""
@@ -139,6 +150,8 @@ class CallRecord:
     attempts: list[Attempt] = field(default_factory=list)
     retrieved_ids: list[str] = field(default_factory=list)  # example ids injected by retrieval
     escalation: Escalation | None = None  # set when the decided variant's answer was re-asked
+    # what capture changed before storing, e.g. "nul_replaced=2; request_truncated=8123456" (None: nothing)
+    notes: str | None = None
 
 
 @dataclass(slots=True)
@@ -157,6 +170,7 @@ class FeedbackRecord:
     user: str | None = None
     source: FeedbackSource = "user"
     related_call_id: str | None = None  # for inferred signals: the call that revealed it
+    notes: str | None = None  # what capture changed before storing (as for calls)
 
 
 @dataclass(slots=True)
@@ -189,3 +203,4 @@ class Transition:
     to_state: ArtifactState
     reason: str
     at: float = field(default_factory=time.time)
+    share: float | None = None  # a canary's share of traffic from this transition on (None: the default)

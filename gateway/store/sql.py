@@ -16,8 +16,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from gateway.store import codec, migrations
+from gateway.store.console_queries import ConsoleQueries
 from gateway.store.dialect import Conn, Dialect, DuplicateRows, placeholders
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord, Transition
+from gateway.store.responses import ResponseQueries
+from gateway.store.spend_queries import SpendQueries
 
 log = logging.getLogger(__name__)
 _ENCODE_SLICE = 32  # calls encoded between two yields to the event loop (~0.3 ms)
@@ -41,7 +44,7 @@ def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
     return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
-class SqlStore(ABC):
+class SqlStore(ConsoleQueries, ResponseQueries, SpendQueries, ABC):
     """Shared implementation of `Store`; subclasses supply connections and a dialect."""
 
     dialect: Dialect
@@ -288,6 +291,23 @@ class SqlStore(ABC):
                 *codec.artifact_row(a),
             )
 
+    async def create_artifact(self, a: ArtifactRecord, created: Transition) -> bool:
+        """Insert a new artifact with its creation transition, atomically; False (nothing written) when
+        its (route, kind, version) exists: two replicas' learners raced for the same version id."""
+        async with self._write() as conn:
+            rows = await conn.fetch(
+                f"INSERT INTO artifacts ({_ART_COLS}) VALUES {_values(len(codec.ARTIFACT_COLUMNS))} "
+                "ON CONFLICT (route, kind, version) DO NOTHING RETURNING version",
+                *codec.artifact_row(a),
+            )
+            if not rows:
+                return False
+            await conn.execute(
+                f"INSERT INTO transitions ({_TR_COLS}) VALUES {_values(len(codec.TRANSITION_COLUMNS))}",
+                *codec.transition_row(created),
+            )
+        return True
+
     async def get_artifact(self, route: str, kind: ArtifactKind, version: str) -> ArtifactRecord | None:
         """One artifact, or None."""
         async with self._read() as conn:
@@ -355,6 +375,8 @@ class SqlStore(ABC):
         """
         ph = placeholders(len(ids))
         await conn.execute(f"DELETE FROM attempts WHERE call_id IN ({ph})", *ids)
+        # a stored Responses conversation is its call's (same id): forget and retention take it too
+        await conn.execute(f"DELETE FROM responses WHERE id IN ({ph})", *ids)
         feedback = await conn.execute(f"DELETE FROM feedback WHERE call_id IN ({ph})", *ids)
         refs = await conn.fetch(f"SELECT DISTINCT hash FROM call_blobs WHERE call_id IN ({ph})", *ids)
         hashes = sorted({r[0] for r in refs})
@@ -402,6 +424,13 @@ class SqlStore(ABC):
             if not ids:
                 return calls, feedback
             await asyncio.sleep(0)
+
+    async def user_row_ids(self, user: str) -> tuple[list[str], list[str]]:
+        """(ids of the user's calls, ids of the feedback the user gave)."""
+        async with self._read() as conn:
+            calls = [r[0] for r in await conn.fetch("SELECT id FROM calls WHERE user_id = ?", user)]
+            feedback = [r[0] for r in await conn.fetch("SELECT id FROM feedback WHERE user_id = ?", user)]
+        return calls, feedback
 
     async def delete_older_than(self, ts: float, *, batch: int = 500) -> int:
         """Delete calls created before `ts` in batches; returns the number of calls deleted."""

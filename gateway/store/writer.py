@@ -15,6 +15,17 @@ already prepared; on `start()` and every `retry_s` while running the writer re-i
 rows. After a failed insert, batches go straight to the spill file for `retry_s` (no waiting on
 a dead database per batch) until a re-ingest or a later batch succeeds. `stop()` drains the
 queue: rows are written, or spilled if the database is down.
+
+A batch the reachable database refuses is retried row by row (isolate.py): one bad row (a NUL
+character, an unencodable string) is repaired or quarantined, never blocking the rows around it,
+in the queue or in the spill file. A call whose queued line is over `offload_bytes` is decoded,
+scrubbed and encoded on a worker thread (one 60,000-message request had stalled every other
+request for seconds), and with `max_messages` a request keeps only its newest messages before it is
+even queued (a slice: decoding 60,000 messages again held the interpreter lock for ~160 ms, even
+on a thread). When neither the database nor the spill file takes rows (disk full), up to
+`memory_rows` are held in memory and retried; rows beyond that are lost, counted and logged.
+With `migrate=True` the writer also applies the store's migrations, at start or, when the
+database is down then, once it is back: the gateway serves and spills meanwhile.
 """
 
 from __future__ import annotations
@@ -22,33 +33,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from gateway.store import codec
 from gateway.store.base import Store
-from gateway.store.records import CallRecord, FeedbackRecord
-from gateway.store.spill import Spillable, SpillBatch, SpillFile, decode, encode
+from gateway.store.nul import NUL_JSON
+from gateway.store.records import CallRecord, FeedbackRecord, evolve
+from gateway.store.spill import Spillable, decode, encode
+from gateway.store.writer_store import StoreSide, WriterStats
+
+__all__ = ["CallWriter", "Prepare", "Preparer", "WriterStats"]
 
 log = logging.getLogger(__name__)
+
+
+class Preparer(Protocol):
+    """What the writer does to rows before storing them (gateway/capture/prepare.py)."""
+
+    def observe(self, rec: CallRecord) -> CallRecord:
+        """On the event loop, in submission order: state that follows the calls (signals, prices)."""
+        ...
+
+    def sanitize_call(self, rec: CallRecord, *, nul: bool = True, size: int | None = None) -> CallRecord:
+        """Thread-safe: the call as it may be stored (`nul`: it may hold NUL characters; `size`:
+        its encoded bytes when known)."""
+        ...
+
+    def sanitize_feedback(self, fb: FeedbackRecord, *, nul: bool = True) -> FeedbackRecord:
+        """Thread-safe: the feedback row as it may be stored."""
+        ...
+
 
 Prepare = Callable[[CallRecord], CallRecord]
 
 
-@dataclass(slots=True)
-class WriterStats:
-    """Cumulative row counters (calls and feedback together)."""
+class _FunctionPreparer:
+    """A bare call hook (tests, benchmarks) as a Preparer."""
 
-    queued: int = 0  # rows accepted into the queue
-    written: int = 0  # rows inserted from the queue
-    spilled: int = 0  # rows appended to the spill file
-    reingested: int = 0  # rows inserted from a spill file
-    failed_batches: int = 0  # inserts that raised (their rows were spilled)
-    rejected: int = 0  # calls whose prepare hook raised: kept in the .rejected file, never stored
+    def __init__(self, fn: Prepare) -> None:
+        self._fn = fn
+
+    def observe(self, rec: CallRecord) -> CallRecord:
+        return rec
+
+    def sanitize_call(self, rec: CallRecord, *, nul: bool = True, size: int | None = None) -> CallRecord:
+        return self._fn(rec)
+
+    def sanitize_feedback(self, fb: FeedbackRecord, *, nul: bool = True) -> FeedbackRecord:
+        return fb
 
 
-class CallWriter:
+class CallWriter(StoreSide):
     """Batches calls and feedback into the store without ever blocking the request path."""
 
     def __init__(
@@ -60,27 +98,28 @@ class CallWriter:
         flush_ms: float = 50.0,
         max_queue: int = 10_000,
         retry_s: float = 5.0,
-        prepare: Prepare | None = None,
+        prepare: Preparer | Prepare | None = None,
+        offload_bytes: int = 64_000,
+        memory_rows: int = 100_000,
+        migrate: bool = False,
+        max_messages: int | None = None,
     ) -> None:
         """Nothing runs until `await start()`; records submitted before then wait in the queue."""
-        self._store = store
-        self._spill = SpillFile(spill_path)
-        self._batch_size = batch_size
+        super().__init__(store, spill_path, batch_size=batch_size, retry_s=retry_s, memory_rows=memory_rows,
+                         migrate=migrate)
+        self._offload_bytes = offload_bytes
+        self._max_messages = max_messages
         self._flush_s = flush_ms / 1000
-        self._retry_s = retry_s
-        self._prepare = prepare
+        self._prepare: Preparer | None = (
+            _FunctionPreparer(prepare) if prepare is not None and not hasattr(prepare, "sanitize_call")
+            else prepare  # type: ignore[assignment]
+        )
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)  # encoded records
         self._overflow: list[bytes] = []  # queue full: waiting for the spill task
-        self._pending: set[str] = set()  # call ids submitted and not yet stored
-        self._stats = WriterStats()
         self._nonempty = asyncio.Event()
         self._full = asyncio.Event()  # a whole batch is waiting (or flush/stop asked)
         self._flushes = 0  # flush() calls waiting: write what is queued without the flush_ms wait
         self._overflow_ready = asyncio.Event()
-        self._file_lock = asyncio.Lock()  # appends vs. claiming the spill file
-        self._reingest_lock = asyncio.Lock()
-        self._claim_batches_done = 0  # batches of the claimed file this process re-ingested
-        self._down_until = 0.0  # loop time before which batches skip the database
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._stopped = False
@@ -93,11 +132,23 @@ class CallWriter:
         try:
             if not isinstance(rec, CallRecord):
                 raise TypeError(f"expected a CallRecord, got {type(rec).__name__}")
-            line = encode(rec)
+            line = encode(self._fewer_messages(rec) if self._max_messages else rec)
             self._pending.add(rec.id)
             self._submit(line)
         except Exception:  # the request path must not fail because of logging
             log.exception("call writer: could not accept call %s", getattr(rec, "id", "?"))
+
+    def _fewer_messages(self, rec: CallRecord) -> CallRecord:
+        """`rec` with at most `max_messages` of its newest request messages: a list slice, cheap on
+        the request path, where encoding 60,000 messages (and decoding them again in the writer,
+        holding the interpreter lock even on a thread) would stall every other request."""
+        messages = rec.request.get("messages") if isinstance(rec.request, dict) else None
+        keep = self._max_messages
+        if not isinstance(messages, list) or keep is None or len(messages) <= keep:
+            return rec
+        note = f"request truncated: {len(messages) - keep} of {len(messages)} messages left out"
+        return evolve(rec, request={**rec.request, "messages": messages[-keep:]},
+                      notes=note if not rec.notes else f"{rec.notes}; {note}")
 
     def submit_feedback(self, fb: FeedbackRecord) -> None:
         """Enqueue a feedback row; never blocks, never raises."""
@@ -138,15 +189,15 @@ class CallWriter:
     @property
     def stats(self) -> WriterStats:
         """A snapshot of the counters."""
-        return replace(self._stats)
-
-    # -- lifecycle ---------------------------------------------------------------------------
+        return replace(self._stats, held=len(self._held))
 
     async def start(self) -> None:
         """Re-ingest rows spilled by a previous run (if the store takes them), then start draining."""
         if self._tasks or self._stopped:
             raise RuntimeError("CallWriter.start() called twice")
-        await self._reingest()
+        self._spill_dirty = await asyncio.to_thread(self._spill.has_data)
+        if await self._ensure_migrated():
+            await self._reingest()
         for coro in (self._drain_loop(), self._spill_loop(), self._retry_loop()):
             self._tasks.append(asyncio.create_task(coro))
 
@@ -221,12 +272,16 @@ class CallWriter:
         rows, feedback = await self._rows_yielding(batch)
         unsaved: list[Spillable] = []
         try:
-            if rows.calls and (skip_db or not await self._insert_rows(rows)):
+            skip_db = skip_db or not await self._ensure_migrated()
+            if rows.calls and not skip_db:
+                unsaved.extend(await self._insert_rows(rows))
+            elif rows.calls:
                 unsaved.extend(codec.calls_from_rows(rows))
             for i, fb in enumerate(feedback):
-                if skip_db or unsaved or not await self._insert_feedback(fb):
+                if skip_db or unsaved:
                     unsaved.extend(feedback[i:])
                     break
+                unsaved.extend(await self._insert_feedback(fb))
             self._stats.written += len(rows.calls) + len(feedback) - len(unsaved)
         except asyncio.CancelledError:
             await self._spill_async([*codec.calls_from_rows(rows), *feedback])
@@ -234,62 +289,90 @@ class CallWriter:
         if unsaved:
             await self._spill_async(unsaved)
 
-    async def _insert_rows(self, rows: codec.CallRows) -> bool:
-        try:
-            await self._store.insert_call_rows(rows)
-        except Exception as e:
-            self._db_failed(e)
-            return False
-        self._written(row[0] for row in rows.calls)
-        return True
-
-    async def _insert_feedback(self, fb: FeedbackRecord) -> bool:
-        try:
-            await self._store.insert_feedback(fb)
-        except Exception as e:
-            self._db_failed(e)
-            return False
-        return True
-
-    def _db_failed(self, e: Exception) -> None:
-        self._stats.failed_batches += 1
-        self._down_until = asyncio.get_running_loop().time() + self._retry_s
-        log.warning("call writer: store insert failed (%s: %s); spilling", type(e).__name__, e)
-
-    def _written(self, call_ids: Iterable[str]) -> None:
-        self._pending.difference_update(call_ids)
-
     async def _rows_yielding(self, lines: list[bytes]) -> tuple[codec.CallRows, list[FeedbackRecord]]:
         """Queued lines as call rows (decoded, prepared, encoded) and feedback records, in slices:
         scrubbing costs up to ~1 ms a call, and a batch of hundreds must not stall the live
-        requests that share this event loop."""
+        requests that share this event loop. A line over `offload_bytes` is prepared on a worker
+        thread instead."""
         rows = codec.CallRows([], [], {}, [])
         feedback: list[FeedbackRecord] = []
-        for start in range(0, len(lines), 8):
-            if start:
-                try:
+        done = 0  # lines[:done] are in rows/feedback (or rejected)
+        try:
+            while done < len(lines):
+                if done:
                     await asyncio.sleep(0)
-                except asyncio.CancelledError:  # stop() timed out on this batch: keep all of it
-                    self._spill_records_now([*codec.calls_from_rows(rows), *feedback])
-                    self._spill_now(lines[start:])  # prepared once: a second pass would re-infer signals
-                    raise
-            calls, fb = self._decoded(lines[start:start + 8])
-            codec.call_rows(calls, rows)
-            feedback += fb
+                line = lines[done]
+                if len(line) > self._offload_bytes:
+                    await self._offloaded(line, rows, feedback)
+                    done += 1
+                    continue
+                end = done
+                while end < len(lines) and end - done < 8 and len(lines[end]) <= self._offload_bytes:
+                    end += 1
+                calls, fb = self._decoded(lines[done:end])
+                codec.call_rows(calls, rows)
+                feedback += fb
+                done = end
+        except asyncio.CancelledError:  # stop() timed out on this batch: keep all of it
+            self._spill_records_now([*codec.calls_from_rows(rows), *feedback])
+            self._spill_now(lines[done:])  # prepared once: a second pass would re-infer signals
+            raise
         return rows, feedback
 
+    async def _offloaded(self, line: bytes, rows: codec.CallRows, feedback: list[FeedbackRecord]) -> None:
+        """Decode, sanitise and encode one large line on a worker thread (its signals are observed
+        here, on the loop, in order with the others)."""
+        self._stats.offloaded += 1
+        try:
+            rec = await asyncio.to_thread(decode, line)
+        except ValueError:
+            log.exception("call writer: an encoded record did not decode; kept in %s", self._spill.rejected)
+            self._reject(line)
+            return
+        prep = self._prepare
+        nul = NUL_JSON in line
+        try:
+            if isinstance(rec, FeedbackRecord):
+                feedback.append(rec if prep is None else await asyncio.to_thread(
+                    lambda: prep.sanitize_feedback(rec, nul=nul)))
+                return
+            call = rec if prep is None else prep.observe(rec)
+            part = await asyncio.to_thread(
+                lambda: codec.call_rows([call if prep is None else prep.sanitize_call(call, nul=nul, size=len(line))]))
+        except Exception:
+            log.exception("call writer: prepare failed on %s; kept in %s", rec.id, self._spill.rejected)
+            self._pending.discard(rec.id)
+            self._reject(line)
+            return
+        rows.calls.extend(part.calls)
+        rows.attempts.extend(part.attempts)
+        rows.blobs.update(part.blobs)
+        rows.refs.extend(part.refs)
+
     def _decoded(self, lines: Sequence[bytes]) -> tuple[list[CallRecord], list[FeedbackRecord]]:
-        """Queued lines as records, calls through the prepare hook; a line that does not decode goes
-        to the rejected file."""
-        records: list[Spillable] = []
+        """Queued lines as records through the prepare hook; a line that does not decode, or that
+        the hook fails on, goes to the rejected file."""
+        calls: list[CallRecord] = []
+        feedback: list[FeedbackRecord] = []
         for line in lines:
             try:
-                records.append(decode(line))
+                rec = decode(line)
             except ValueError:
                 log.exception("call writer: an encoded record did not decode; kept in %s", self._spill.rejected)
                 self._reject(line)
-        calls = self._prepared([r for r in records if isinstance(r, CallRecord)])
-        return calls, [r for r in records if isinstance(r, FeedbackRecord)]
+                continue
+            prep = self._prepare
+            try:
+                if isinstance(rec, CallRecord):
+                    calls.append(rec if prep is None else prep.sanitize_call(
+                        prep.observe(rec), nul=NUL_JSON in line, size=len(line)))
+                else:
+                    feedback.append(rec if prep is None else prep.sanitize_feedback(rec, nul=NUL_JSON in line))
+            except Exception:
+                log.exception("call writer: prepare failed on %s; kept in %s", rec.id, self._spill.rejected)
+                self._pending.discard(rec.id)
+                self._reject(line)
+        return calls, feedback
 
     def _reject(self, line: bytes) -> None:
         self._stats.rejected += 1
@@ -299,50 +382,10 @@ class CallWriter:
             # the line is unscrubbed: its size, never its text, goes to the log
             log.critical("call writer: LOST a row of %d bytes (could not write the rejected file)", len(line))
 
-    def _prepared(self, calls: list[CallRecord]) -> list[CallRecord]:
-        """Calls through the prepare hook; a call it fails on goes to the rejected file."""
-        if self._prepare is None:
-            return calls
-        out: list[CallRecord] = []
-        for c in calls:
-            try:
-                out.append(self._prepare(c))
-            except Exception:
-                log.exception(
-                    "call writer: prepare failed on call %s; kept in %s", c.id, self._spill.rejected
-                )
-                self._pending.discard(c.id)
-                self._reject(encode(c))
-        return out
-
-    async def _spill_async(self, records: Sequence[Spillable]) -> None:
-        async with self._file_lock:
-            try:
-                await asyncio.to_thread(self._spill.append, records)
-            except Exception:
-                self._lost(records)
-                return
-        self._stats.spilled += len(records)
-
     def _spill_now(self, lines: list[bytes]) -> None:
         """Spill from synchronous code (after stop): decode and prepare, then append."""
         calls, feedback = self._decoded(lines)
         self._spill_records_now([*calls, *feedback])
-
-    def _spill_records_now(self, records: list[Spillable]) -> None:
-        try:
-            self._spill.append(records)
-        except Exception:
-            self._lost(records)
-            return
-        self._stats.spilled += len(records)
-
-    def _lost(self, records: Sequence[Spillable]) -> None:
-        ids = [r.id for r in records]
-        log.critical(
-            "call writer: LOST %d rows, spill file %s not writable: %s", len(ids), self._spill.path, ids
-        )
-        self._pending.difference_update(ids)
 
     async def _spill_loop(self) -> None:
         """Spill rows that found the queue full (prepared first: spill files hold scrubbed rows)."""
@@ -364,57 +407,7 @@ class CallWriter:
     async def _retry_loop(self) -> None:
         while True:
             await asyncio.sleep(self._retry_s)
-            if self._spill.has_data():
-                await self._reingest()
-
-    async def _reingest(self) -> bool:
-        """Insert spilled rows; True when no spilled rows remain. Failures leave the file in place."""
-        try:
-            async with self._reingest_lock:
-                while True:
-                    async with self._file_lock:
-                        path = await asyncio.to_thread(self._spill.claim)
-                    if path is None:
-                        return True
-                    if not await self._reingest_file(path):
-                        return False
-        except Exception:
-            log.exception("call writer: re-ingesting %s failed", self._spill.path)
-            return False
-
-    async def _reingest_file(self, path: Path) -> bool:
-        batches = SpillFile.read(path, self._batch_size)
-        index = 0
-        try:
-            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-                # The claimed file never changes, so batch i is the same batch on every try.
-                if index >= self._claim_batches_done:
-                    if not await self._reingest_batch(batch):
-                        return False
-                    self._claim_batches_done = index + 1
-                index += 1
-        finally:
-            batches.close()
-        await asyncio.to_thread(self._spill.release, path)
-        self._claim_batches_done = 0
-        return True
-
-    async def _reingest_batch(self, batch: SpillBatch) -> bool:
-        calls = [r for r in batch.records if isinstance(r, CallRecord)]
-        try:
-            if calls:
-                await self._store.insert_calls(calls)
-            for r in batch.records:
-                if isinstance(r, FeedbackRecord):
-                    await self._store.insert_feedback(r)
-        except Exception as e:
-            self._down_until = asyncio.get_running_loop().time() + self._retry_s
-            log.warning("call writer: re-ingest failed (%s: %s); will retry", type(e).__name__, e)
-            return False
-        self._down_until = 0.0
-        if batch.bad_lines:
-            async with self._file_lock:
-                await asyncio.to_thread(self._spill.reject, batch.bad_lines)
-        self._stats.reingested += len(batch.records)
-        self._written(c.id for c in calls)
-        return True
+            try:
+                await self._retry_round()
+            except Exception:  # never let the retry loop die: it is what brings rows back
+                log.exception("call writer: retry round failed")

@@ -29,6 +29,12 @@ REPO = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("FLYWHEEL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def pseudonym(gw: Any, user: str) -> str:
+    """How the gateway `gw` (a RunningGateway) stores the end-user id `user` (a keyed hash)."""
+    pseudo = gw.gateway.preparer.pseudonymizer()
+    return user if pseudo is None else str(pseudo.user(user))
+
+
 def with_store(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
     """Run `fn(store)` on a fresh connection to the store at `url` (from synchronous test code)."""
 

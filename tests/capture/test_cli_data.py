@@ -52,8 +52,23 @@ def test_forget_deletes_one_users_calls_and_feedback(config: Path, tmp_path: Pat
     feedback = with_store(url, lambda s: s.list_feedback())
     assert len(feedback) == 20 and all(int(f.call_id[-6:]) % 2 == 0 for f in feedback)
     assert with_store(url, lambda s: s.count_attempts()) == 40
-    assert main(["--config", str(config), "forget", "--user", "alice"]) == 0  # nothing left: a no-op
-    assert "0 calls and 0 feedback rows deleted" in capsys.readouterr().out
+    # nothing left: still a no-op on the store, but said and non-zero (a mistyped id must not look like success)
+    assert main(["--config", str(config), "forget", "--user", "alice"]) == 1
+    assert "no calls or feedback of user 'alice'" in capsys.readouterr().err
+
+
+def test_forget_finds_rows_stored_under_the_users_pseudonym(config: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.config.settings import load_settings
+    from gateway.privacy.pseudonym import pseudonymizer
+
+    pseudo = pseudonymizer(load_settings(config).privacy)  # the key a gateway on this config uses
+    assert pseudo is not None
+    stored_as = pseudo.user("carol@example.com")
+    with_store(store_url(tmp_path), lambda s: s.insert_calls([make_call(i, user=stored_as) for i in range(3)]))
+    assert main(["--config", str(config), "forget", "--user", "carol@example.com"]) == 0
+    assert "3 calls" in capsys.readouterr().out
+    assert with_store(store_url(tmp_path), lambda s: s.count_calls()) == 0
 
 
 def test_forget_runs_as_a_command(config: Path, tmp_path: Path) -> None:

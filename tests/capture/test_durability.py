@@ -1,13 +1,12 @@
 """Durability with real processes: no call row is lost when the gateway is stopped under load
-(SIGTERM) or when the database goes down under load. Bounded: each test well under a minute."""
+(SIGTERM) or when the database goes down under load (a throwaway PostgreSQL cluster of the
+test's own, tests/pg_throwaway.py). Bounded: each test well under a minute."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,9 @@ import pytest
 
 from gateway.store.base import Store
 from tests.capture.conftest import Proc, poll_store, with_store, write_config
+from tests.pg_throwaway import ThrowawayCluster, pg_cluster
+
+__all__ = ["pg_cluster"]  # the fixture, used by name below
 
 BODY = orjson.dumps({"model": "bot", "messages": [{"role": "user", "content": "Is my order on its way?"}]})
 Start = Callable[[list[str], Path, str], Proc]
@@ -98,16 +100,12 @@ def test_sigterm_under_load_loses_no_answered_call(processes: Start, tmp_path: P
     assert len(stored) == n
 
 
-def _pg(action: str) -> None:
-    versions = sorted(os.listdir("/etc/postgresql"))
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", action,
-                    *(["-m", "fast"] if action == "stop" else [])], check=True, timeout=60, capture_output=True)
-
-
 @pytest.mark.postgres
-def test_database_down_under_load_spills_and_recovers(processes: Start, tmp_path: Path, pg_url: str) -> None:
-    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
-        pytest.skip("needs a local PostgreSQL cluster managed by pg_ctlcluster")
+def test_database_down_under_load_spills_and_recovers(processes: Start, tmp_path: Path,
+                                                      pg_cluster: ThrowawayCluster) -> None:
+    # The outage is a throwaway cluster of this test's own, stopped and started under load:
+    # never the machine's shared PostgreSQL, whose other clients a stop would disconnect.
+    pg_url = pg_cluster.url
     upstream = _upstream(processes, tmp_path, delay_ms=5)
     config = write_config(tmp_path / "config.toml", pg_url, tmp_path / "spill.jsonl", upstream)
     gw = _gateway(processes, config, tmp_path, "pg")
@@ -130,10 +128,10 @@ def test_database_down_under_load_spills_and_recovers(processes: Start, tmp_path
                 await asyncio.sleep(1.5)
                 try:
                     outage.append(time.monotonic())
-                    await asyncio.to_thread(_pg, "stop")
+                    await asyncio.to_thread(pg_cluster.stop)
                     await asyncio.sleep(2.0)  # serving on, with the database gone
                 finally:
-                    await asyncio.to_thread(_pg, "start")  # always: other tests share this server
+                    await asyncio.to_thread(pg_cluster.start)
                     outage.append(time.monotonic())
                 await asyncio.sleep(1.0)
             finally:

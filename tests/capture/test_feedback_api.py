@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.store.records import FeedbackRecord
-from tests.capture.conftest import poll_store
+from tests.capture.conftest import poll_store, pseudonym
 from tests.conftest import RunningGateway, base_config
 
 
@@ -89,7 +89,8 @@ def test_201_returns_ids_and_the_row_is_stored(gw: RunningGateway) -> None:
     assert out["call_id"] == call_id and out["id"].startswith("fb-")
     [row] = stored_feedback(gw, call_id, 1)
     assert (row.id, row.rating, row.score, row.signal, row.comment, row.user, row.source) == (
-        out["id"], -1, 0.25, "copied", "too short", "end-user-7", "user")
+        out["id"], -1, 0.25, "copied", "too short", pseudonym(gw, "end-user-7"), "user")
+    assert row.user != "end-user-7"  # the end-user id is stored pseudonymised
 
 
 def test_feedback_right_after_the_call_is_accepted(make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:

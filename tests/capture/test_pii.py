@@ -55,7 +55,7 @@ async def _send_all(v1: str, rows: list[dict[str, Any]], tag: str) -> list[str]:
             r = await client.post(v1 + "/feedback", json={
                 "call_id": call_id, "rating": -1, "correction": f"Better: {row['text']}",
                 "comment": f"it ignored {row['text']}"})
-            assert r.status_code == 201, r.text
+            assert r.status_code in (201, 202), r.text  # 202: accepted while the database is down
     return list(ids)
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.store.records import FeedbackRecord
-from tests.capture.conftest import poll_store
+from tests.capture.conftest import poll_store, pseudonym
 from tests.conftest import RunningGateway, base_config
 
 
@@ -41,7 +41,8 @@ def test_regeneration_is_inferred_on_the_earlier_call(gw: RunningGateway) -> Non
     first = chat(gw, "Write a haiku about the sea", "alice")
     second = chat(gw, "Write a haiku about the sea", "alice")
     [fb] = inferred_on(gw, first)
-    assert (fb.signal, fb.source, fb.related_call_id, fb.user) == ("regenerated", "inferred", second, "alice")
+    assert (fb.signal, fb.source, fb.related_call_id, fb.user) == ("regenerated", "inferred", second,
+                                                                      pseudonym(gw, "alice"))
 
 
 def test_rephrasing_is_inferred_on_the_earlier_call(gw: RunningGateway) -> None:

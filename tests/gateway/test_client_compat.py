@@ -1,19 +1,25 @@
 """Clients other than the openai SDK, pointed at the gateway with only a base URL changed:
-langchain-openai, llama-index's OpenAILike, pydantic-ai, instructor and the `llm` CLI, each
-against a real fake upstream (gateway/providers/fakes/server.py), with their own parsing of
-answers, streams, tool calls and structured output."""
+langchain-openai (chat and Responses API), llama-index's OpenAILike (chat and completion models),
+the Agents SDK (Responses API), pydantic-ai, instructor and the `llm` CLI, each against a real fake
+upstream (gateway/providers/fakes/server.py), with their own parsing of answers, streams, tool
+calls and structured output; and an HTTP/1.0 client reading a stream."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import instructor
 import openai
+import orjson
 import pytest
+import uvicorn
 from langchain_core.messages import AIMessageChunk
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
@@ -24,7 +30,10 @@ from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from tests.conftest import base_config
+from flywheel.app import create_app
+from gateway.config.settings import parse_settings
+from gateway.http.connections import uvicorn_options
+from tests.conftest import base_config, free_port, received
 
 
 class City(BaseModel):
@@ -130,3 +139,84 @@ def test_llm_cli_through_extra_openai_models(gw: Any, tmp_path: Path) -> None:
                               "hello there"], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "You said: hello there"
+
+
+def _raw_http10(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):  # the server's close is the body's end
+            data += chunk
+    return data
+
+
+def test_streams_to_http10_clients_are_close_delimited(fake_upstream: str, tmp_path: Path) -> None:
+    settings = parse_settings(base_config(fake_upstream, tmp_path))
+    app = create_app(settings)
+    port = free_port()
+    # served as `flywheel serve` serves it: with the gateway's own protocol class
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           loop="asyncio", **uvicorn_options(settings.server)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        body = orjson.dumps({"model": "bot", "messages": [{"role": "user", "content": "old client"}], "stream": True})
+        head = (f"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        raw = _raw_http10(port, head + body)
+        headers, _, payload = raw.partition(b"\r\n\r\n")
+        assert b" 200 " in headers.split(b"\r\n")[0]
+        assert b"transfer-encoding" not in headers.lower() and b"content-length" not in headers.lower()
+        assert payload.startswith(b"data: {") and payload.endswith(b"data: [DONE]\n\n")
+        # an HTTP/1.1 client still gets it chunked, on a connection it may keep
+        raw11 = _raw_http10(port, head.replace(b"HTTP/1.0", b"HTTP/1.1").replace(
+            b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\nConnection: close\r\n") + body)
+        assert b"transfer-encoding: chunked" in raw11.partition(b"\r\n\r\n")[0].lower()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_agents_sdk_runs_a_tool_using_agent(gw: Any, fake_upstream: str) -> None:
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # its tracing exports to api.openai.com
+    ran: list[str] = []
+
+    @function_tool
+    def lookup_weather(city: str) -> str:
+        """Weather for a city."""
+        ran.append(city)
+        return f"sunny in {city}"
+
+    model = OpenAIResponsesModel(model="bot", openai_client=openai.AsyncOpenAI(base_url=gw.v1, api_key="x",
+                                                                               max_retries=0))
+    agent = Agent(name="weather", instructions="Answer with the tool.", tools=[lookup_weather], model=model)
+    result = Runner.run_sync(agent, "What is the weather in Paris?")
+    assert ran == ["example"]  # the fake model calls the tool with arguments from its schema
+    assert result.final_output == "The tool returned: sunny in example"
+    sent = received(fake_upstream, "a")[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]
+
+
+def test_langchain_with_the_responses_api(gw: Any) -> None:
+    llm = chat_model(gw, use_responses_api=True)
+    answer = llm.invoke("hello there")
+    assert answer.text == "You said: hello there"
+    assert answer.usage_metadata is not None and answer.usage_metadata["total_tokens"] > 0
+    chunks = list(llm.stream("hello there"))
+    whole = chunks[0]
+    for c in chunks[1:]:
+        whole += c
+    assert whole.text == "You said: hello there"
+    called = llm.bind_tools([get_weather]).invoke("What is the weather in Paris?")
+    assert [c["name"] for c in called.tool_calls] == ["get_weather"]
+
+
+def test_llama_index_openai_like_completion_model(gw: Any) -> None:
+    llm = OpenAILike(model="bot", api_base=gw.v1, api_key="anything", is_chat_model=False, max_retries=0)
+    assert llm.complete("hello there").text == "You said: hello there"
+    pieces = [r.delta for r in llm.stream_complete("hello there")]
+    assert "".join(p or "" for p in pieces) == "You said: hello there" and len(pieces) > 1

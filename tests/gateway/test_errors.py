@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gateway.http.auth import hash_key
-from tests.conftest import base_config, script
+from tests.conftest import base_config, received, script
 from tests.openapi import validate
 
 USER = [{"role": "user", "content": "hi"}]
@@ -87,7 +87,7 @@ def test_chunked_body_over_the_limit_is_413(gw: Any) -> None:
     assert r.status_code == 413
 
 
-def test_upstream_failure_after_retries_and_fallback_is_502_with_upstream_message(
+def test_upstream_5xx_after_retries_keeps_its_status_and_stops_sdk_retries(
     make_gateway: Any, fake_upstream: str, tmp_path: Any
 ) -> None:
     name = f"down-{uuid.uuid4().hex[:6]}"
@@ -95,10 +95,12 @@ def test_upstream_failure_after_retries_and_fallback_is_502_with_upstream_messag
     cfg["models"]["down"] = {"provider": "up", "name": name}
     gw = make_gateway(cfg)
     script(fake_upstream, name, *[{"status": 500, "message": "kaboom inside"}] * 3)
-    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=2)  # the SDK's default
     with pytest.raises(openai.InternalServerError) as exc:
         client.chat.completions.create(model="down", messages=USER)  # type: ignore[arg-type]
-    assert exc.value.status_code == 502
+    assert exc.value.status_code == 500  # not 502: SDKs map the two to different exceptions
+    assert exc.value.response.headers["x-should-retry"] == "false"
+    assert len(received(fake_upstream, name)) == 3, "the gateway's 3 attempts, not 3 x 3 with the SDK's"
     err = _envelope(exc.value.response)
     assert "kaboom inside" in err["message"]
     assert "Traceback" not in exc.value.response.text
@@ -160,3 +162,91 @@ def test_admin_key_is_accepted_and_required_for_admin(keyed: Any) -> None:
     assert httpx.get(keyed.url + "/healthz").status_code == 200
     client = openai.OpenAI(base_url=keyed.v1, api_key="fw-admin", max_retries=0)
     assert client.chat.completions.create(model="model-b", messages=USER).choices  # type: ignore[arg-type]
+
+
+def _scripted(make_gateway: Any, fake_upstream: str, tmp_path: Any, attempts: int = 1) -> tuple[Any, str]:
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    cfg = base_config(fake_upstream, tmp_path)
+    cfg["models"]["solo"] = {"provider": "up", "name": name}
+    cfg["retries"]["attempts"] = attempts
+    return make_gateway(cfg), name
+
+
+UPSTREAM_HEADERS = {"x-request-id": "req_up_123", "openai-processing-ms": "42",
+                    "x-ratelimit-remaining-requests": "99", "x-ratelimit-limit-tokens": "1000"}
+
+
+def test_upstream_headers_reach_the_client(make_gateway: Any, fake_upstream: str, tmp_path: Any) -> None:
+    gw, name = _scripted(make_gateway, fake_upstream, tmp_path)
+    script(fake_upstream, name, {"headers": UPSTREAM_HEADERS})
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="solo", messages=USER)  # type: ignore[arg-type]
+    for header, value in UPSTREAM_HEADERS.items():
+        assert raw.headers[header] == value
+    assert raw.parse()._request_id == "req_up_123"
+    script(fake_upstream, name, {"headers": UPSTREAM_HEADERS})
+    r = httpx.post(gw.v1 + "/responses", json={"model": "solo", "input": "hi"})
+    assert r.headers["x-request-id"] == "req_up_123"
+
+
+def test_upstream_4xx_keeps_code_param_and_type(make_gateway: Any, fake_upstream: str, tmp_path: Any) -> None:
+    gw, name = _scripted(make_gateway, fake_upstream, tmp_path)
+    script(fake_upstream, name, {"status": 400, "message": "This model's maximum context length is 8192 tokens.",
+                                 "type": "invalid_request_error", "code": "context_length_exceeded",
+                                 "param": "messages", "headers": {"x-request-id": "req_rejected"}})
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="solo", messages=USER)  # type: ignore[arg-type]
+    err = _envelope(exc.value.response)
+    assert (err["code"], err["param"], err["type"]) == ("context_length_exceeded", "messages",
+                                                         "invalid_request_error")
+    assert exc.value.request_id == "req_rejected"
+    assert "x-should-retry" not in exc.value.response.headers  # one attempt: nothing was retried
+
+
+def test_upstream_429_forwards_retry_after_and_budgets(make_gateway: Any, fake_upstream: str, tmp_path: Any) -> None:
+    gw, name = _scripted(make_gateway, fake_upstream, tmp_path)
+    script(fake_upstream, name, {"status": 429, "retry_after": "2", "code": "rate_limit_exceeded",
+                                 "type": "requests", "headers": {"retry-after-ms": "1500", **UPSTREAM_HEADERS}})
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "solo", "messages": USER})
+    assert r.status_code == 429
+    assert (_envelope(r)["type"], _envelope(r)["code"]) == ("requests", "rate_limit_exceeded")
+    assert r.headers["retry-after"] == "2" and r.headers["retry-after-ms"] == "1500"
+    assert r.headers["x-ratelimit-remaining-requests"] == "99" and r.headers["x-request-id"] == "req_up_123"
+
+
+def test_retried_429_says_do_not_retry(make_gateway: Any, fake_upstream: str, tmp_path: Any) -> None:
+    gw, name = _scripted(make_gateway, fake_upstream, tmp_path, attempts=3)
+    script(fake_upstream, name, *[{"status": 429}] * 3)
+    client = openai.OpenAI(base_url=gw.v1, api_key="x", max_retries=2)
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.chat.completions.create(model="solo", messages=USER)  # type: ignore[arg-type]
+    assert exc.value.response.headers["x-should-retry"] == "false"
+    assert len(received(fake_upstream, name)) == 3
+
+
+@pytest.mark.parametrize(("messages", "param", "code"), [
+    ([], "messages", "empty_array"),
+    ([{"role": ["user"], "content": "x"}], "messages[0].role", None),
+    ([{"role": {"x": 1}, "content": "x"}], "messages[0].role", None),
+    ([{"role": 5, "content": "x"}], "messages[0].role", None),
+])
+def test_conformance_of_message_errors(gw: Any, messages: list[Any], param: str, code: str | None) -> None:
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "bot", "messages": messages})
+    assert r.status_code == 400
+    err = _envelope(r)
+    assert err["param"] == param and err["code"] == code
+
+
+def test_function_role_with_null_content_is_accepted(gw: Any) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "function", "name": "f", "content": None},
+                {"role": "user", "content": "again"}]
+    r = httpx.post(gw.v1 + "/chat/completions", json={"model": "bot", "messages": messages})
+    assert r.status_code == 200, r.text
+
+
+def test_wrong_method_is_405_with_allow(gw: Any) -> None:
+    r = httpx.get(gw.v1 + "/chat/completions")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    _envelope(r)

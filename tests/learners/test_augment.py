@@ -80,7 +80,7 @@ async def test_nothing_to_serve_means_no_augmentation() -> None:
 def test_actor_and_bucket_are_stable() -> None:
     assert actor_of(RequestContext("c1", user="u", session_id="s", key_name="k")) == "u:u"
     assert actor_of(RequestContext("c1", session_id="s", key_name="k")) == "s:s"
-    assert actor_of(RequestContext("c1", key_name="k")) == "k:k"
+    assert actor_of(RequestContext("c1", key_name="k")) == "c:c1"  # never the key: per call
     assert actor_of(RequestContext("c1")) == "c:c1"
     assert bucket("bot", "u:alice") == bucket("bot", "u:alice") != bucket("other", "u:alice")
     share = sum(bucket("bot", f"u:{i}") < 0.1 for i in range(5000)) / 5000

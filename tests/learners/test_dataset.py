@@ -128,3 +128,21 @@ def test_client_messages_undo_the_augmentation() -> None:
     assert [m["content"] for m in client_messages(rec) or []] == ["client system", "first", "reply", "final"]
     logged = logged_call(rec)
     assert logged is not None and logged.question == "final"
+
+
+def test_a_route_that_keeps_entities_keeps_names_in_its_examples_and_nothing_else() -> None:
+    from learners.guardrails import pii_problems
+
+    calls = [call("c1", "Extract the people: Angela Merkel met Emmanuel Macron in Paris."),
+             call("c2", "Extract the people: write to jane.doe@example.com"),
+             call("c3", "Extract the people: <PERSON> called.")]
+    feedback = [fb("c1", 1, correction="Angela Merkel, Emmanuel Macron"), fb("c2", 2, correction="none"),
+                fb("c3", 3, correction="none")]
+    scrubber = Scrubber()
+    default = curate("bot", calls, feedback, EMB, scrubber=scrubber, config=CurateConfig(heldout_share=0))
+    assert [e.source_call_id for e in default.examples] == []  # by default, examples holding names are dropped
+    kept = curate("bot", calls, feedback, EMB, scrubber=scrubber, config=CurateConfig(heldout_share=0),
+                  keep={"PERSON"})
+    assert [e.source_call_id for e in kept.examples] == ["c1"]  # the email and the redaction still go
+    text = [("example", "Angela Merkel, Emmanuel Macron")]
+    assert pii_problems(text, scrubber) and not pii_problems(text, scrubber, {"PERSON"})

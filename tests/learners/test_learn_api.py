@@ -92,7 +92,7 @@ def test_cli_diff_learn_and_rollback(learned: tuple[Client, dict[str, Any]], tmp
     assert main(["--config", str(path), "prompts", "diff", ROUTE, "t7"]) == 1
     assert main(["--config", str(path), "learn", ROUTE, "--url", c.url]) == 0
     out = capsys.readouterr().out
-    assert f"route {ROUTE}" in out and "canary t1 is running" in out
+    assert f"route {ROUTE}" in out and "template t1: waiting" in out  # learning goes on beside the canary
     assert main(["--config", str(path), "rollback", ROUTE, "i1", "--url", c.url]) == 0
     assert "index i1: rolled back" in capsys.readouterr().out
 

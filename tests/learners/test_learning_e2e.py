@@ -64,7 +64,7 @@ def test_corrections_are_learned_and_a_paraphrase_gets_the_corrected_answer(
     assert states["t0"] == "promoted"  # the seed, promoted on first start
     assert any(row["parent"] == "t0" and row["evaluation"] for row in templates["data"] if row["version"] != "t0")
 
-    config_path = write_toml({"store": cfg["store"]}, tmp_path / "config.toml")
+    config_path = write_toml(cfg, tmp_path / "config.toml")  # the CLI checks the route is configured
     assert main(["--config", str(config_path), "prompts", "log", ROUTE, "--width", "300"]) == 0
     log = capsys.readouterr().out
     assert "seed template from" in log
@@ -102,7 +102,7 @@ def test_poisoned_corrections_are_rejected_or_rolled_back(
     again = c.learn()  # the blocked examples are not proposed again
     assert all(x["kind"] != "index" for x in again["candidates"]), again["candidates"]
 
-    config_path = write_toml({"store": cfg["store"]}, tmp_path / "config.toml")
+    config_path = write_toml(cfg, tmp_path / "config.toml")  # the CLI checks the route is configured
     assert main(["--config", str(config_path), "prompts", "log", ROUTE, "--kind", "index", "--width", "300"]) == 0
     log = capsys.readouterr().out
     assert f"{version}" in log and ("-> rejected" in log or "-> rolled_back" in log)

@@ -48,4 +48,4 @@ def test_enough_feedback_wakes_the_loop(make_gateway: Any, fake_upstream: str, t
         call_id, _, _ = c.ask(f"u{i}", q)
         c.feedback(call_id, correction=answer)
     wait_for(lambda: c.get(f"/admin/routes/{ROUTE}/artifacts", kind="index")["data"])
-    assert gw.gateway.capture.new_feedback[ROUTE] < 6  # the counter restarts after a cycle
+    assert gw.gateway.new_feedback()[ROUTE] < 6  # the counter restarts after a cycle

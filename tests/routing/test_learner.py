@@ -19,10 +19,10 @@ from gateway.serve.runtime import build_runtime
 from gateway.store import open_store
 from gateway.store.artifacts import ArtifactRegistry, Manifest
 from gateway.store.records import CallRecord, Escalation, FeedbackRecord
+from learners.rollout import Rollout
 from learners.routing import evaluate, fit_policy, learn_policy
 from learners.routing_data import Example, build_examples
 from learners.routing_eval import estimate_ips, estimate_replay, judge
-from learners.routing_rollout import check_policy_canary
 from policies import Features, LearnedPolicy
 from retrieval.embeddings import HashingEmbedder, threaded
 from tests.routing.conftest import HARD, routing_config, wait_for
@@ -179,11 +179,13 @@ async def test_learn_policy_ships_a_canary_and_the_router_follows_it(tmp_path: P
 
     # the canary gets feedback through the store; enough of it promotes the canary
     settings_tight = settings.learners.model_copy(update={"canary_min_feedback": 1})
-    await store.insert_calls([CallRecord(id="k1", route="smart", variant=CHEAP, model=CHEAP, policy_version="p1",
-                                         created_at=rec.created_at + 1e9)])
-    await store.insert_feedback(FeedbackRecord("k1", rating=1))
-    decision = await check_policy_canary(registry, "smart", "rating", settings_tight)
-    assert decision is not None and decision.action == "promoted", decision
+    for i in range(12):  # the canary answers well, the rest of the route poorly
+        cid, version = f"k{i}", "p1" if i % 2 == 0 else None
+        await store.insert_calls([CallRecord(id=cid, route="smart", variant=CHEAP, model=CHEAP,
+                                             policy_version=version, created_at=rec.created_at + 1e9)])
+        await store.insert_feedback(FeedbackRecord(cid, rating=1 if version else -1))
+    [decision] = await Rollout(registry, lambda: settings_tight).check("smart", ("policy",), "rating")
+    assert decision.action == "promoted", decision
     await router.sync_artifacts()
     assert router.versions.promoted == {"smart": "p1"} and live.updates == rec.body["updates"] > 0
     # explore = 0.05 sends a random ~2.5% elsewhere: judge the greedy choices

@@ -239,6 +239,7 @@ class FakeProvider:
         engine: FakeEngine | None = None,
     ) -> None:
         self.name = name
+        self.timeout_s: float | None = None  # the simulated upstream is bounded by the retries' budget only
         self.latency_s = latency_ms / 1000
         self.error_rate = error_rate
         self.engine = engine or FakeEngine(replies=replies, seed=seed, hard=hard, hard_reply=hard_reply)

@@ -8,7 +8,12 @@ handling is tested against real sockets:
 Each request for model `m` consumes the next step (no step: normal answer). A step may hold
 `status` (+ `message`, `retry_after`), `delay_s` (before answering), `reset` (drop the
 connection before answering), `break_after` (stream: drop the connection after N chunks),
-`stall_after` (stream: go silent after N chunks), `reply` (content to answer with).
+`stall_after` (stream: go silent after N chunks), `reply` (content to answer with), `headers`
+(added to the answer or the error; an error also takes `type`, `code` and `param`),
+`json` (answer 200 with exactly this JSON value: an array, an error object, any non-chat shape),
+`size` (pad the answer to about this many bytes; a stream sends chunks until it has),
+`drip_s` (stream: wait this long before each chunk), `ping_after` (stream: after N chunks send only
+`: keep-alive` comments, every `ping_s` seconds, for ever).
 `GET /_control/requests?model=m` returns the bodies received for `m` (newest last).
 
 aiohttp.web rather than an ASGI app: it can abort the transport, which is what a reset is.
@@ -86,8 +91,10 @@ class FakeUpstream:
             return step, web.Response(status=500)
         if "status" in step:
             headers = {"retry-after": str(step["retry_after"])} if "retry_after" in step else {}
+            headers.update(step.get("headers") or {})
             err = {"error": {"message": step.get("message", f"fake upstream error {step['status']}"),
-                             "type": "server_error", "param": None, "code": None}}
+                             "type": step.get("type", "server_error"), "param": step.get("param"),
+                             "code": step.get("code")}}
             return step, web.Response(status=step["status"], body=orjson.dumps(err), headers=headers,
                                       content_type="application/json")
         return step, None
@@ -102,12 +109,24 @@ class FakeUpstream:
         step, early = await self._step(request, body)
         if early is not None:
             return early
+        if "json" in step:
+            return web.Response(body=orjson.dumps(step["json"]), content_type="application/json")
         engine = FakeEngine(replies={"": step["reply"]}) if "reply" in step else self.engine
         if not body.get("stream"):
-            return web.Response(body=orjson.dumps(engine.complete(body)), content_type="application/json")
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            answer = engine.complete(body)
+            if "size" in step:
+                answer["choices"][0]["message"]["content"] = "x" * int(step["size"])
+            return web.Response(body=orjson.dumps(answer), content_type="application/json",
+                                headers=step.get("headers"))
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", **(step.get("headers") or {})})
         await resp.prepare(request)
-        for i, chunk in enumerate(engine.chunks(body)):
+        for i, chunk in enumerate(_padded(list(engine.chunks(body)), step.get("size"))):
+            if "ping_after" in step and i >= step["ping_after"]:
+                while True:  # alive, never progressing: only a total deadline ends this
+                    await resp.write(b": keep-alive\n\n")
+                    await asyncio.sleep(float(step.get("ping_s", 0.2)))
+            if "drip_s" in step:
+                await asyncio.sleep(float(step["drip_s"]))
             if "break_after" in step and i >= step["break_after"]:
                 # let the chunks already written reach the peer: a reset discards unread data
                 await asyncio.sleep(0.1)
@@ -129,6 +148,14 @@ class FakeUpstream:
             assert isinstance(early, web.Response)
             return early
         return web.Response(body=orjson.dumps(self.engine.embed(body)), content_type="application/json")
+
+
+def _padded(chunks: list[dict[str, Any]], size: Any) -> list[dict[str, Any]]:
+    """The stream's chunks, with ~64 KB content chunks inserted after the first until `size` bytes."""
+    if not size or len(chunks) < 2:
+        return chunks
+    filler = {**chunks[1], "choices": [{"index": 0, "delta": {"content": "x" * 65536}, "finish_reason": None}]}
+    return [chunks[0], *[filler] * (int(size) // 65536 + 1), *chunks[1:]]
 
 
 def _abort(request: web.Request) -> None:

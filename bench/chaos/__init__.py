@@ -1,0 +1,1 @@
+"""Chaos drills for issue #18: `python -m bench.chaos --help`."""

@@ -1,0 +1,178 @@
+"""The evaluation economy: what learning may spend on replays, and what it need not spend twice.
+
+One `Economy` lives as long as the learning loop (across cycles), holding:
+- `judged`: candidates already judged, by content hash and the hash of the data they were judged
+  on: a candidate equal to one judged on the same held-out data is not evaluated again, and one
+  equal to the version serving (current, canary or queued) is not evaluated at all;
+- `backoff`: consecutive rejections per (route, kind); after r of them the kind sits out
+  min(2^(r−1) − 1, `reject_backoff_max`) cycles, so a learner that keeps proposing what the
+  gate refuses stops spending the upstream on it;
+- `cache`: replay answers keyed by (route, pinned variant, augmented prompt and params), i.e. per
+  (prompt, variant, artifact): an arm whose artifacts leave a case's prompt unchanged is not paid
+  for twice (answers are assumed stable for a given prompt, as at temperature 0);
+- `gate`: per upstream (provider) at most `eval_concurrency` replays in flight and
+  `eval_rate_per_s` started per second, so evaluation never crowds out live requests;
+- `embedder(e)`: the gateway's embedder with a memory of the texts it embedded (`CachedEmbedder`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from gateway.config.settings import LearnerSettings
+from gateway.store.records import ArtifactKind, CallRecord
+from retrieval.embeddings import Embedder
+
+
+def content_hash(*parts: Any) -> str:
+    """A stable hash of JSON-able values (keys sorted)."""
+    return hashlib.sha256(orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    version: str
+    data: str  # hash of the data it was judged on
+    passed: bool
+
+
+class UpstreamGate:
+    """Caps evaluation's share of each upstream: concurrency and start rate per provider name."""
+
+    def __init__(self, settings: Callable[[], LearnerSettings]) -> None:
+        self._settings = settings
+        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._next: dict[str, float] = {}
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}  # most replays in flight at once, per upstream (observability)
+
+    @asynccontextmanager
+    async def slot(self, upstream: str) -> AsyncIterator[None]:
+        """Hold one of `upstream`'s evaluation slots, starting no sooner than its rate allows."""
+        cfg = self._settings()
+        sem = self._sems.setdefault(upstream, asyncio.Semaphore(cfg.eval_concurrency))
+        async with sem:
+            if cfg.eval_rate_per_s > 0:
+                now = time.monotonic()
+                start = max(now, self._next.get(upstream, now))
+                self._next[upstream] = start + 1.0 / cfg.eval_rate_per_s
+                if start > now:
+                    await asyncio.sleep(start - now)
+            self.in_flight[upstream] = self.in_flight.get(upstream, 0) + 1
+            self.peak[upstream] = max(self.peak.get(upstream, 0), self.in_flight[upstream])
+            try:
+                yield
+            finally:
+                self.in_flight[upstream] -= 1
+
+
+class ReplayCache:
+    """Replay answers by key, least recently used dropped first."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self._size = size
+        self._items: OrderedDict[str, tuple[str, CallRecord | None]] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: str) -> tuple[str, CallRecord | None] | None:
+        """The cached answer and the replay's call record, or None."""
+        answer = self._items.get(key)
+        if answer is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return answer
+
+    def put(self, key: str, answer: str, record: CallRecord | None) -> None:
+        """Keep an answer (only answers, never errors: a failed call is retried next time)."""
+        self._items[key] = (answer, record)
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+@dataclass(slots=True)
+class Economy:
+    """The learning loop's memory of what evaluation cost and decided (see the module docstring)."""
+
+    settings: Callable[[], LearnerSettings]
+    judged: dict[tuple[str, ArtifactKind, str], Judgement] = field(default_factory=dict)
+    rejections: dict[tuple[str, ArtifactKind], int] = field(default_factory=dict)
+    sitting_out: dict[tuple[str, ArtifactKind], int] = field(default_factory=dict)
+    cache: ReplayCache = field(default_factory=ReplayCache)
+    gate: UpstreamGate = field(init=False)
+
+    _embedders: dict[str, CachedEmbedder] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.gate = UpstreamGate(self.settings)
+
+    def embedder(self, inner: Embedder) -> Embedder:
+        """`inner` with the vectors of earlier cycles remembered (one cache per embedder model)."""
+        cached = self._embedders.get(inner.name)
+        if cached is None or cached.inner is not inner:
+            cached = self._embedders[inner.name] = CachedEmbedder(inner)
+        return cached
+
+    def already_judged(self, route: str, kind: ArtifactKind, content: str, data: str) -> Judgement | None:
+        """The earlier judgement of this content on this data, if any."""
+        j = self.judged.get((route, kind, content))
+        return j if j is not None and j.data == data else None
+
+    def record(self, route: str, kind: ArtifactKind, content: str, data: str, version: str, passed: bool) -> None:
+        """Remember a judgement, and count consecutive rejections for the back-off."""
+        self.judged[(route, kind, content)] = Judgement(version, data, passed)
+        key = (route, kind)
+        if passed:
+            self.rejections.pop(key, None)
+            return
+        r = self.rejections[key] = self.rejections.get(key, 0) + 1
+        self.sitting_out[key] = min(2 ** (r - 1) - 1, self.settings().reject_backoff_max)
+
+    def sits_out(self, route: str, kind: ArtifactKind) -> int:
+        """Cycles this kind still sits out after repeated rejections (0: it may learn); counts one down."""
+        key = (route, kind)
+        left = self.sitting_out.get(key, 0)
+        if left > 0:
+            self.sitting_out[key] = left - 1
+        return left
+
+
+class CachedEmbedder:
+    """An embedder that remembers the vectors of texts it embedded (bounded, oldest dropped).
+
+    Every cycle curates (dedupes) and indexes the route's whole dataset again; without a cache it
+    re-embeds thousands of unchanged texts each time, which made a cycle take tens of seconds on
+    MiniLM and delayed every correction and canary decision behind it.
+    """
+
+    def __init__(self, inner: Embedder, size: int = 50_000) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dim = inner.dim
+        self._size = size
+        self._vectors: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """The inner embedder's vectors, computed only for texts not seen before."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            for text, vec in zip(missing, self.inner.embed(missing), strict=True):
+                self._vectors[text] = vec
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            vec = self._vectors.get(t)
+            out[i] = vec if vec is not None else self.inner.embed([t])[0]  # dropped meanwhile: rare
+        return out

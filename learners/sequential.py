@@ -1,0 +1,107 @@
+"""The canary's sequential decision: Beta posteriors on canary vs current quality, checked every time.
+
+A fixed sample size makes a far better candidate wait as long as a doubtful one, and lets a worse
+one hurt its share of users just as long. Instead, each check compares posteriors:
+
+- current ~ Beta(1 + Σq, 1 + n − Σq) over the calls with feedback served by the rest of the route
+  (quality q in [0, 1] counts as a fractional success);
+- canary ~ the same, plus a weak prior: `prior_weight` pseudo-calls at current's posterior mean
+  shifted by the offline evaluation's delta (the offline figures are on another scale than
+  online feedback; their difference carries over, their level does not).
+
+From 20,000 seeded draws: p_better = P(canary > current), p_worse = P(canary < current − tolerance).
+With at least `min_feedback` canary calls rated, p_worse ≥ confidence rolls back and
+1 − p_worse ≥ confidence promotes; at `max_feedback` (the evidence bound) the posterior means
+decide. Meanwhile the canary's share of traffic grows with the evidence that it is better:
+share = floor + (cap − floor) · max(0, 2·p_better − 1), floor `canary_share`, cap
+`canary_max_share`. Without evidence (p_better ½) it stays at the floor; as p_better nears 1 it
+nears the cap; when the canary looks worse it falls back to the floor, where it still gathers the
+evidence that rolls it back. numpy only: pure, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from gateway.config.settings import LearnerSettings
+
+Verdict = Literal["promote", "roll_back", "continue"]
+_DRAWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ArmEvidence:
+    """Calls with feedback on one arm and their summed quality."""
+
+    n: int
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The settings of the decision (from `[learners]`)."""
+
+    base_share: float
+    max_share: float
+    confidence: float
+    min_feedback: int
+    max_feedback: int
+    tolerance: float
+    prior_weight: float
+
+    @classmethod
+    def of(cls, cfg: LearnerSettings) -> Rule:
+        """The rule configured in `[learners]`."""
+        return cls(cfg.canary_share, max(cfg.canary_share, cfg.canary_max_share), cfg.canary_confidence,
+                   cfg.canary_min_feedback, max(cfg.canary_min_feedback, cfg.canary_max_feedback),
+                   cfg.canary_tolerance, cfg.canary_prior_weight)
+
+
+@dataclass(frozen=True, slots=True)
+class SequentialVerdict:
+    """What to do with the canary now, the share it should serve meanwhile, and why."""
+
+    verdict: Verdict
+    share: float
+    p_better: float
+    p_worse: float
+    canary_mean: float  # posterior means
+    current_mean: float
+    why: str
+
+
+def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: float | None = None,
+           *, seed: int = 0) -> SequentialVerdict:
+    """One check of a running canary (see the module docstring)."""
+    a_cur, b_cur = 1.0 + current.total, 1.0 + current.n - current.total
+    cur_mean = a_cur / (a_cur + b_cur)
+    a_can, b_can = 1.0 + canary.total, 1.0 + canary.n - canary.total
+    if prior_delta is not None and rule.prior_weight > 0:
+        m = min(0.98, max(0.02, cur_mean + prior_delta))
+        a_can, b_can = a_can + rule.prior_weight * m, b_can + rule.prior_weight * (1 - m)
+    can_mean = a_can / (a_can + b_can)
+    rng = np.random.default_rng(seed)
+    x, y = rng.beta(a_can, b_can, _DRAWS), rng.beta(a_cur, b_cur, _DRAWS)
+    p_better = float(np.mean(x > y))
+    p_worse = float(np.mean(x < y - rule.tolerance))
+    share = round(rule.base_share + (rule.max_share - rule.base_share) * max(0.0, 2 * p_better - 1), 2)
+    figures = (f"P(canary better) {p_better:.2f}, P(worse by > {rule.tolerance:.2f}) {p_worse:.2f}; "
+               f"posterior means {can_mean:.2f} vs {cur_mean:.2f}")
+    verdict: Verdict
+    if canary.n < rule.min_feedback:
+        verdict, why = "continue", f"{figures}; waiting for {rule.min_feedback} canary calls with feedback"
+    elif p_worse >= rule.confidence:
+        verdict, why = "roll_back", f"{figures}; worse with confidence {rule.confidence:.2f}"
+    elif 1 - p_worse >= rule.confidence:
+        verdict, why = "promote", f"{figures}; not worse, confidence {rule.confidence:.2f} (within tolerance)"
+    elif canary.n >= rule.max_feedback:
+        ok = can_mean >= cur_mean - rule.tolerance
+        verdict = "promote" if ok else "roll_back"
+        why = (f"{figures}; evidence bound {rule.max_feedback} reached: "
+               + ("within tolerance" if ok else "worse by more than tolerance"))
+    else:
+        verdict, why = "continue", f"{figures}; undecided"
+    return SequentialVerdict(verdict, share, p_better, p_worse, can_mean, cur_mean, why)

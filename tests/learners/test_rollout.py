@@ -1,0 +1,169 @@
+# ruff: noqa: F811 - the `store` fixture is imported (both backends) and named by the tests
+"""The one rollout mechanism, on both store backends: a sequential decision that promotes a clearly
+better canary and rolls back a clearly worse one within the evidence bound, grows the canary's
+share as evidence mounts (recorded where the request path reads it), and queues a newer candidate
+behind a running canary instead of stalling learning."""
+
+from __future__ import annotations
+
+import itertools
+
+from gateway.config.settings import LearnerSettings
+from gateway.store.artifacts import ArtifactRegistry, Manifest
+from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
+from gateway.store.sql import SqlStore
+from learners.rollout import Rollout
+from learners.sequential import ArmEvidence, Rule, decide
+from tests.store.conftest import pg_database, store, store_url  # noqa: F401 - fixtures over both backends
+
+M = Manifest(produced_by="test", note="because")
+CFG = LearnerSettings(canary_share=0.1, canary_min_feedback=5, canary_max_feedback=40)
+FIELD = {"template": "template_version", "index": "index_version", "policy": "policy_version"}
+_ids = itertools.count()
+
+
+async def _serve(store: SqlStore, kind: ArtifactKind, version: str | None, good: bool, at: float) -> None:
+    """One chat call served by `version` of `kind`, rated good or bad."""
+    cid = f"c{next(_ids):06d}"
+    await store.insert_calls([CallRecord(id=cid, route="bot", variant="m", model="m", created_at=at, cost_usd=0.001,
+                                         **{FIELD[kind]: version})])
+    await store.insert_feedback(FeedbackRecord(cid, rating=1 if good else -1, created_at=at + 0.1))
+
+
+async def _canary(reg: ArtifactRegistry, kind: ArtifactKind, delta: float) -> tuple[str, str, float]:
+    """A promoted current version and a canary whose offline evaluation gained `delta`."""
+    cur, can = (f"{kind[0]}1", f"{kind[0]}2")
+    evaluation = {"offline": {"delta": delta}, "verdict": {"quality_delta": delta}}
+    await reg.save_candidate("bot", kind, {"v": 1}, M, version=cur)
+    await reg.move("bot", kind, cur, "promoted", "seed")
+    await reg.save_candidate("bot", kind, {"v": 2}, M, version=can, evaluation=evaluation)
+    assert (await Rollout(reg, lambda: CFG).begin("bot", kind, can, "offline ok")).action == "canary"
+    since = (await reg.states("bot", kind)).versions[can].since
+    return cur, can, since
+
+
+async def test_a_clearly_better_canary_is_promoted_within_the_evidence_bound(store: SqlStore) -> None:
+    for kind in ("template", "index", "policy"):  # the same mechanism for every kind
+        reg = ArtifactRegistry(store)
+        cur, can, t = await _canary(reg, kind, 0.2)
+        rollout = Rollout(reg, lambda: CFG)
+        for i in range(30):  # current fails 4 calls in 5
+            await _serve(store, kind, cur, i % 5 == 0, t + 1 + i)
+        decided_at = None
+        for n in range(1, CFG.canary_max_feedback + 1):
+            await _serve(store, kind, can, True, t + 100 + n)
+            decisions = await rollout.check("bot", (kind,), "any")
+            if decisions and decisions[0].action == "promoted":
+                decided_at = n
+                break
+            assert decisions[0].action == "waiting"
+        assert decided_at is not None and CFG.canary_min_feedback <= decided_at <= 10, (kind, decided_at)
+        assert (await reg.states("bot", kind)).current == can
+        rec = await reg.get("bot", kind, can)
+        assert rec is not None and rec.evaluation["sequential"]["p_better"] > 0.95
+        log = [t.reason for t in await reg.history("bot", kind) if t.version == can and t.to_state == "promoted"]
+        assert "P(canary better)" in log[0] and "online: canary" in log[0]
+
+
+async def test_a_clearly_worse_canary_is_rolled_back_as_fast(store: SqlStore) -> None:
+    reg = ArtifactRegistry(store)
+    cur, can, t = await _canary(reg, "index", 0.1)  # offline said better: the prior is only weak
+    rollout = Rollout(reg, lambda: CFG)
+    for i in range(30):
+        await _serve(store, "index", cur, i % 10 != 0, t + 1 + i)  # current: 90 % good
+    for n in range(1, 11):
+        await _serve(store, "index", can, False, t + 100 + n)
+        [d] = await rollout.check("bot", ("index",), "any")
+        if d.action != "waiting":
+            break
+    assert d.action == "rolled_back" and n <= 8, (n, d.reason)
+    assert "worse with confidence" in d.reason
+    assert (await reg.states("bot", "index")).current == cur
+
+
+async def test_the_share_grows_with_evidence_and_is_recorded_for_the_request_path(store: SqlStore) -> None:
+    reg = ArtifactRegistry(store)
+    cur, can, t = await _canary(reg, "template", 0.0)
+    cfg = CFG.model_copy(update={"canary_min_feedback": 30, "canary_max_feedback": 60})
+    rollout = Rollout(reg, lambda: cfg)
+    for i in range(20):
+        await _serve(store, "template", cur, i % 2 == 0, t + 1 + i)  # current: 50 %
+    for n in range(8):
+        await _serve(store, "template", can, True, t + 100 + n)
+    [d] = await rollout.check("bot", ("template",), "any")
+    assert d.action == "waiting" and d.reason.startswith("share 4")
+    state = (await reg.states("bot", "template")).versions[can]
+    assert state.state == "canary" and 0.4 <= (state.share or 0) <= cfg.canary_max_share
+    assert state.since < t + 100  # a share change keeps the canary's start (its evidence window)
+
+
+def test_without_evidence_the_share_stays_at_the_floor_and_a_worse_canary_gets_no_more() -> None:
+    rule = Rule.of(CFG)
+    assert decide(ArmEvidence(0, 0), ArmEvidence(0, 0), rule).share == CFG.canary_share
+    worse = decide(ArmEvidence(4, 1), ArmEvidence(40, 30), rule)
+    assert worse.verdict == "continue" and worse.share == CFG.canary_share
+    # the offline delta is a prior: with no online evidence yet, a big offline gain already grows the share
+    assert decide(ArmEvidence(0, 0), ArmEvidence(40, 2), rule, 0.3).share > CFG.canary_share
+
+
+async def test_a_newer_candidate_queues_behind_the_canary_and_starts_when_it_is_decided(store: SqlStore) -> None:
+    reg = ArtifactRegistry(store)
+    rollout = Rollout(reg, lambda: CFG)
+    cur, can, t = await _canary(reg, "index", 0.2)
+    for v in ("i3", "i4"):
+        await reg.save_candidate("bot", "index", {"v": v}, M, version=v, evaluation={"added": [f"x{v}"]})
+        d = await rollout.begin("bot", "index", v, "offline +0.1")
+        assert d.action == "queued" and "queued behind canary i2" in d.reason
+    assert (await reg.states("bot", "index")).canary == can
+    for n in range(6):
+        await _serve(store, "index", can, True, t + 10 + n)
+        await _serve(store, "index", cur, False, t + 10.5 + n)
+    decisions = await rollout.check("bot", ("index",), "any")
+    assert [(d.version, d.action) for d in decisions] == [("i2", "promoted"), ("i3", "rejected"), ("i4", "canary")]
+    assert "superseded by i4" in decisions[1].reason
+    # an admin rollback of the canary starts nothing that carries the rolled-back examples
+    await reg.save_candidate("bot", "index", {"v": 5}, M, version="i5", evaluation={"added": ["xi4"]})
+    await rollout.begin("bot", "index", "i5", "offline ok")
+    await reg.annotate("bot", "index", "i4", added=["xi4"])
+    await rollout.rollback("bot", "i4")
+    states = await reg.states("bot", "index")
+    assert states.canary is None and states.versions["i5"].state == "rejected" and states.current == "i2"
+
+
+async def test_without_a_user_the_split_is_per_call_never_per_key() -> None:
+    from gateway.config.settings import parse_settings
+    from gateway.serve.augment import Augmenter, LoadedTemplate, RouteServing, ServingSet
+    from gateway.serve.pipeline import RequestContext
+    from gateway.serve.policy_versions import Canary, PolicyVersions
+    from gateway.serve.templating import CompiledTemplate, Template
+    from policies.base import Features
+    from policies.learned import LearnedPolicy
+
+    settings = parse_settings({"providers": {"p": {"kind": "fake"}}, "models": {"m": {"provider": "p", "name": "m"}},
+                               "routes": {"bot": {"variants": ["m"]}}})
+    aug = Augmenter(lambda: settings, lambda: None)
+    cur = LoadedTemplate("t1", CompiledTemplate(Template("Current.")))
+    can = LoadedTemplate("t2", CompiledTemplate(Template("Canary.")))
+    aug.install("bot", RouteServing(ServingSet(cur, None), can, None, 0.5))
+    msgs = [{"role": "user", "content": "hi"}]
+
+    async def served(ctx: RequestContext) -> str | None:
+        a = await aug.augment("bot", msgs, ctx)
+        assert a is not None
+        return a.template_version
+
+    # one app, one key, no user: its calls land on both sides
+    keyed = {await served(RequestContext(f"call-{i}", key_name="the-app")) for i in range(40)}
+    assert keyed == {"t1", "t2"}
+    # a conversation stays on one side
+    assert len({await served(RequestContext(f"s-{i}", key_name="the-app", session_id="conv-1"))
+                for i in range(20)}) == 1
+
+    live = LearnedPolicy(["a", "b"], explore=0.0)
+    canary = LearnedPolicy(["a", "b"], explore=0.0)
+    versions = PolicyVersions(lambda: None)  # type: ignore[arg-type, return-value]  # share recorded: no settings read
+    versions.canaries["bot"] = Canary("p2", {}, canary, live, share=0.5)
+    arms = {versions.arm("bot", live, Features("bot", None, "the-app", 10, 1, False))[1] for _ in range(40)}
+    assert arms == {None, "p2"}
+    sticky = {versions.arm("bot", live, Features("bot", "alice", "the-app", 10, 1, False))[1] for _ in range(20)}
+    assert len(sticky) == 1
