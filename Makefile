@@ -32,7 +32,7 @@ run: $(RUNTIME)
 	$(VENV)/bin/flywheel --config config.toml serve
 
 test: $(DEV)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check gateway policies retrieval learners flywheel tests bench

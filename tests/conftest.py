@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import uvicorn
 from flywheel.app import create_app
 from gateway.config.settings import Settings, parse_settings
 from gateway.server import Gateway
+from gateway.store.base import Store
 from learners.loop import LearningLoop
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,8 +140,8 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
         gw.stop()
 
 
-def fetch_call(gw: RunningGateway, call_id: str, timeout: float = 10.0) -> Any:
-    """The stored CallRecord for `call_id`, once the batched writer has written it."""
+def poll_store(gw: RunningGateway, get: Callable[[Store], Awaitable[Any]], what: str, timeout: float = 10.0) -> Any:
+    """What `get(store)` finds in the gateway's store, once the batched writer has written it."""
     import asyncio
 
     from gateway.store import open_store
@@ -150,15 +151,20 @@ def fetch_call(gw: RunningGateway, call_id: str, timeout: float = 10.0) -> Any:
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                rec = await store.get_call(call_id)
-                if rec is not None:
-                    return rec
+                found = await get(store)
+                if found is not None:
+                    return found
                 await asyncio.sleep(0.02)
-            raise AssertionError(f"call {call_id} was never written")
+            raise AssertionError(f"{what} was never written")
         finally:
             await store.close()
 
     return asyncio.run(poll())
+
+
+def fetch_call(gw: RunningGateway, call_id: str, timeout: float = 10.0) -> Any:
+    """The stored CallRecord for `call_id`, once the batched writer has written it."""
+    return poll_store(gw, lambda store: store.get_call(call_id), f"call {call_id}", timeout)
 
 
 def write_toml(cfg: dict[str, Any], path: Path) -> Path:

@@ -158,14 +158,20 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _route_store_or_report(args: argparse.Namespace) -> str | None:
+    """The store URL for a read-only command on `args.route`, or None once the problem is reported
+    (a bad config, an unknown route, a store that does not exist)."""
+    settings = settings_or_report(args)
+    if settings is None or not _known_route(settings, args.route):
+        return None
+    return existing_store_or_report(settings, args)
+
+
 # -- flywheel prompts log / diff ----------------------------------------------------------------
 def _log(args: argparse.Namespace) -> int:
     from gateway.reports import explain
 
-    settings = settings_or_report(args)
-    if settings is None or not _known_route(settings, args.route):
-        return 2
-    url = existing_store_or_report(settings, args)
+    url = _route_store_or_report(args)
     if url is None:
         return 2
     entries = asyncio.run(_with_registry(url, lambda r: explain.log(r, args.route, args.kind)))
@@ -215,10 +221,7 @@ def print_diff(d: Any, console: Console) -> None:
 def _diff(args: argparse.Namespace) -> int:
     from gateway.reports import explain
 
-    settings = settings_or_report(args)
-    if settings is None or not _known_route(settings, args.route):
-        return 2
-    url = existing_store_or_report(settings, args)
+    url = _route_store_or_report(args)
     if url is None:
         return 2
     a, b = (None, args.versions[0]) if len(args.versions) == 1 else [*args.versions, None, None][:2]

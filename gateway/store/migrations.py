@@ -175,12 +175,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("005_indices", _INDICES),
     ("006_calls_escalation", "ALTER TABLE calls ADD COLUMN escalation TEXT"),
     ("007_forgotten_users", _FORGOTTEN),
-    ("014_console", _CONSOLE),
+    # what capture changed in a row before storing it (NUL bytes replaced, text truncated)
+    ("008_capture_notes", "ALTER TABLE calls ADD COLUMN notes TEXT; ALTER TABLE feedback ADD COLUMN notes TEXT"),
     ("010_responses", RESPONSES),  # Responses API state (gateway/store/responses.py)
     # a canary's traffic share, recorded on its transitions (learners/rollout.py grows it with evidence)
     ("012_learning_canary_share", "ALTER TABLE transitions ADD COLUMN share DOUBLE PRECISION"),
-    # what capture changed in a row before storing it (NUL bytes replaced, text truncated)
-    ("008_capture_notes", "ALTER TABLE calls ADD COLUMN notes TEXT; ALTER TABLE feedback ADD COLUMN notes TEXT"),
+    ("014_console", _CONSOLE),
 )
 
 _LEDGER = (

@@ -12,7 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import base_config, fetch_call, received
+from tests.conftest import base_config, fetch_call, poll_store, received
 from tests.openapi import RESPONSES, validate
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
@@ -183,25 +183,7 @@ def test_another_keys_response_is_not_found(make_gateway: Any, fake_upstream: st
 
 
 def _stored(gw: Any, response_id: str, timeout: float = 10.0) -> Any:
-    import asyncio
-    import time
-
-    from gateway.store import open_store
-
-    async def poll() -> Any:
-        store = open_store(gw.gateway.settings.store.url)
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                found = await store.get_response(response_id)
-                if found is not None:
-                    return found
-                await asyncio.sleep(0.02)
-            raise AssertionError(f"response {response_id} was never stored")
-        finally:
-            await store.close()
-
-    return asyncio.run(poll())
+    return poll_store(gw, lambda store: store.get_response(response_id), f"response {response_id}", timeout)
 
 
 def test_stored_state_is_scrubbed_but_the_live_conversation_is_not(client: openai.OpenAI, gw: Any,
