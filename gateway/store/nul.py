@@ -48,15 +48,21 @@ def _noted(notes: str | None, replaced: int) -> str:
     return note if not notes else f"{notes}; {note}"
 
 
-def call_without_nul(rec: CallRecord) -> CallRecord:
-    """`rec` with NULs replaced in every text it stores (the count added to its notes)."""
+def _fields_without_nul(obj: object, names: tuple[str, ...]) -> tuple[dict[str, Any], int]:
+    """The named text fields of `obj` that held NULs, with them replaced, and how many were."""
     changes: dict[str, Any] = {}
     replaced = 0
-    for name in _CALL_TEXTS:
-        value, n = strip_nul(getattr(rec, name))
+    for name in names:
+        value, n = strip_nul(getattr(obj, name))
         if n:
             changes[name] = value
             replaced += n
+    return changes, replaced
+
+
+def call_without_nul(rec: CallRecord) -> CallRecord:
+    """`rec` with NULs replaced in every text it stores (the count added to its notes)."""
+    changes, replaced = _fields_without_nul(rec, _CALL_TEXTS)
     attempts = []
     for a in rec.attempts:
         error, n = strip_nul(a.error)
@@ -69,13 +75,7 @@ def call_without_nul(rec: CallRecord) -> CallRecord:
 
 def feedback_without_nul(fb: FeedbackRecord) -> FeedbackRecord:
     """`fb` with NULs replaced in its texts (the count added to its notes)."""
-    changes: dict[str, Any] = {}
-    replaced = 0
-    for name in _FEEDBACK_TEXTS:
-        value, n = strip_nul(getattr(fb, name))
-        if n:
-            changes[name] = value
-            replaced += n
+    changes, replaced = _fields_without_nul(fb, _FEEDBACK_TEXTS)
     if not replaced:
         return fb
     return evolve(fb, **changes, notes=_noted(fb.notes, replaced))
