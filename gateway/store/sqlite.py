@@ -9,6 +9,7 @@ has a single connection for both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,6 +49,26 @@ class _Conn:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._db.execute_fetchall(sql, args))
+
+
+async def _begin(db: aiosqlite.Connection, begin: str) -> None:
+    """Open a transaction on `db`, leaving none open if the caller is cancelled meanwhile.
+
+    aiosqlite runs each statement on its own thread: cancelling the awaiting task (a caller's
+    timeout, such as the feedback handler's store lookup) does not stop the BEGIN, which then
+    completes with nobody left to end it. The connection stayed inside that transaction, so every
+    later BEGIN failed with "cannot start a transaction within a transaction" and the store looked
+    down for good (and a read transaction left open pins the WAL, which then grows without end).
+    """
+    started = asyncio.ensure_future(db.execute(begin))
+    try:
+        await asyncio.shield(started)
+    except asyncio.CancelledError:
+        # let the BEGIN finish on its thread, then end it, before the cancellation goes on
+        with contextlib.suppress(Exception):
+            await started
+            await db.execute("ROLLBACK")
+        raise
 
 
 class SqliteStore(SqlStore):
@@ -95,7 +116,7 @@ class SqliteStore(SqlStore):
     @staticmethod
     @asynccontextmanager
     async def _transaction(db: aiosqlite.Connection, begin: str) -> AsyncIterator[_Conn]:
-        await db.execute(begin)
+        await _begin(db, begin)
         try:
             yield _Conn(db)
         except BaseException:
