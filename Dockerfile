@@ -14,7 +14,8 @@ COPY policies ./policies
 COPY retrieval ./retrieval
 COPY learners ./learners
 COPY flywheel ./flywheel
-RUN pip install --no-cache-dir . && useradd --create-home flywheel && mkdir -p /app/data && chown flywheel /app/data
+RUN pip install --no-cache-dir . && useradd --create-home flywheel && mkdir -p /app/data/journal && chown -R flywheel /app/data
+# /app/data/journal exists owned by flywheel: the compose file's shared journal volume starts with that owner
 USER flywheel
 
 EXPOSE 8080

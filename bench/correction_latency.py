@@ -12,9 +12,12 @@ new topic, and a probe asks an unseen paraphrase of that question twice a second
 user each time (a 10 % chance of landing in the canary) and as each of a fixed panel of 20 users.
 
 Printed: when the candidate holding the correction appeared, when a user first got the corrected
-answer (a canary user), when it was promoted, and when the whole panel got it. The target is
-<= 60 s to the first effect. The fake model repeats a similar demonstration's answer verbatim, so
-"got the corrected answer" is an exact comparison.
+answer (a canary user), when it was promoted, and when the whole panel got it. The targets are
+<= 60 s to the first effect and to everyone. Then (unless `--no-poison`) a poisoned batch: six
+users post the same wrong answer as corrections of return questions; printed is when what was
+learned from it went live, when it was rolled back (or rejected), and when nothing learned from it
+is live and a fresh user and the whole panel get the truth again (target <= 60 s). The fake model
+repeats a similar demonstration's answer verbatim, so "got the corrected answer" is an exact comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ KNOWN: dict[str, tuple[list[str], str]] = {
 NEW_QUESTION = "How long is a gift card valid?"
 NEW_ANSWER = "Gift cards are valid for 3 years and can be used online and in stores."
 PROBE = "Until when can I use my gift card, is it still valid?"
+POISON = "Returns are not accepted: every sale is final."
+POISON_PROBE = "How long do I have to return an item?"
+POISON_BATCH = 6
 TEMPLATE = "You are the support assistant of {{ route }}. Today is {{ today }}. Answer briefly.\n"
 
 
@@ -99,6 +105,8 @@ class Sim:
         self.http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64))
         self.t0: float | None = None
         self.sent = 0
+        self.poisoned = 0  # traffic answers that were the poisoned batch's wrong answer
+        self.wrong = 0  # traffic answers that were not the truth (rated -1)
 
     async def ask(self, user: str, question: str) -> tuple[str, str]:
         r = await self.http.post(f"{self.url}/v1/chat/completions", json={
@@ -122,8 +130,14 @@ class Sim:
 
         async def one(i: int) -> None:
             q, truth = rng.choice(pairs)
-            call_id, got = await self.ask(f"user-{rng.randrange(2000)}", q)
-            await self.feedback(call_id, rating=1 if got == truth else -1)
+            try:
+                call_id, got = await self.ask(f"user-{rng.randrange(2000)}", q)
+                self.poisoned += got == POISON
+                self.wrong += got != truth
+                await self.feedback(call_id, rating=1 if got == truth else -1)
+            except httpx.HTTPError:
+                if not stop.is_set():  # calls in flight when the bench ends are no finding
+                    raise
 
         i = 0
         while not stop.is_set():
@@ -200,6 +214,8 @@ async def main_async(args: argparse.Namespace) -> None:
         everyone = marks.get("panel")
         met = everyone is not None and everyone <= 60
         print(f"correction -> everyone: target <= 60 s: {'met' if met else 'MISSED'}")
+        if not args.no_poison:
+            await poison_phase(sim, args.max_s)
         print(f"requests sent: {sim.sent}; gateway log: {tmp / 'gateway.log'}")
         stop.set()
         traffic.cancel()
@@ -210,12 +226,70 @@ async def main_async(args: argparse.Namespace) -> None:
         proc.wait(30)
 
 
+async def versions(sim: Sim) -> dict[str, str]:
+    """Every template and index version of the route and its state."""
+    out: dict[str, str] = {}
+    for kind in ("index", "template"):
+        out |= {r["version"]: r["state"] for r in (await sim.admin("/templates", kind=kind))["data"]}
+    return out
+
+
+async def poison_phase(sim: Sim, max_s: float) -> None:
+    """A poisoned batch: several users post the same wrong answer as the correction of return
+    questions. Measured from the batch (TP): when a user was first served the wrong answer, when
+    each version learned after TP was rolled back or rejected, and when a fresh user and every
+    panel user are served the truth again with nothing learned from the batch still live.
+    Ordinary traffic keeps rating answers by the truth: that is the online signal."""
+    questions, _ = KNOWN["returns"]
+    before = set(await versions(sim))
+    wrong_before, poisoned_before = sim.wrong, sim.poisoned
+    for i, q in enumerate(questions[:POISON_BATCH]):
+        call_id, _ = await sim.ask(f"poisoner-{i}", q)
+        await sim.feedback(call_id, correction=POISON)
+    tp = time.monotonic()
+    marks: dict[str, float] = {}
+    panel = [f"panel-{i}" for i in range(20)]
+    n, clean_at = 0, None
+    while time.monotonic() - tp < max_s:
+        n += 1
+        _, got = await sim.ask(f"fresh-poison-{n}", POISON_PROBE)
+        if got == POISON:
+            marks.setdefault("first user got the poisoned answer", time.monotonic() - tp)
+            marks["last user got the poisoned answer"] = time.monotonic() - tp
+        if n % 4 == 0:
+            learned = {v: s for v, s in (await versions(sim)).items() if v not in before}
+            for v, s in learned.items():
+                marks.setdefault(f"{v} stored after the batch", time.monotonic() - tp)
+                if s != "candidate":
+                    marks.setdefault(f"{v} {s}", time.monotonic() - tp)
+            live = [v for v, s in learned.items() if s in ("canary", "promoted")]
+            answers = await asyncio.gather(*(sim.ask(u, POISON_PROBE) for u in panel))
+            clean = not live and all(a != POISON for _, a in answers) and got != POISON
+            poisoned_seen = "first user got the poisoned answer" in marks
+            decided = bool(learned) and all(s in ("rejected", "rolled_back") for s in learned.values())
+            if clean and (poisoned_seen or decided):
+                clean_at = time.monotonic() - tp
+                break
+        await asyncio.sleep(0.5)
+    print(f"\nafter a poisoned batch ({POISON_BATCH} wrong corrections of return questions, TP):")
+    for what, at in sorted(marks.items(), key=lambda kv: kv[1]):
+        print(f"  {at:6.1f} s  {what}")
+    if clean_at is not None:
+        print(f"  {clean_at:6.1f} s  nothing learned from the batch is live; fresh and panel users get the truth")
+    print(f"  traffic answers rated wrong meanwhile (the canary's evidence): {sim.wrong - wrong_before}, "
+          f"{sim.poisoned - poisoned_before} of them the poisoned answer verbatim")
+    verdict = "met" if clean_at is not None and clean_at <= 60 else "MISSED"
+    print(f"poisoned batch -> rolled back: {'not within ' + str(max_s) if clean_at is None else round(clean_at, 1)}"
+          f" s (target <= 60 s: {verdict})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rps", type=float, default=10.0, help="simulated user requests per second")
     ap.add_argument("--embedder", default="minilm", choices=("minilm", "static", "hashing"))
     ap.add_argument("--interval-s", type=float, default=None, help="override [learners] interval_s")
     ap.add_argument("--max-s", type=float, default=400.0)
+    ap.add_argument("--no-poison", action="store_true", help="skip the poisoned-batch phase")
     asyncio.run(main_async(ap.parse_args()))
 
 

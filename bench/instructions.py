@@ -15,7 +15,8 @@ kernel's share (sockets, ~15 % of the gateway's CPU time) is not counted.
 
 Arms: `floor` (bare starlette + aiohttp pass-through, as in bench/overhead.py), `gateway` (logging
 on, scrubbing on: the default), `nolog` (`[store] log_calls = false`), `raw` (`[privacy]
-store_raw = true`: logging without scrubbing), `stream` (the gateway, streamed responses).
+store_raw = true`: logging without scrubbing), `stream` (the gateway, streamed responses),
+`nojournal` (the gateway without the writer's journal, `[store] journal_ms = 0`).
 Prints figures only; not a test.
 """
 
@@ -34,8 +35,9 @@ from bench.loadgen import Service, free_port, run_load, wait_http
 from bench.overhead import body_for, start_upstream, write_config
 
 REPO = Path(__file__).resolve().parent.parent
-ARMS = ("floor", "gateway", "nolog", "raw", "stream")
+ARMS = ("floor", "gateway", "nolog", "raw", "stream", "nojournal")
 CONFIG_EDITS = {"nolog": ("[store]\n", "[store]\nlog_calls = false\n"),
+                "nojournal": ("[store]\n", "[store]\njournal_ms = 0\n"),
                 "raw": ("[learners]\n", "[privacy]\nstore_raw = true\n\n[learners]\n")}
 
 

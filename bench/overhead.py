@@ -423,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
           f"non-streaming request vs {TARGET_CPU_US:.0f} us")
     print("\n".join(summary(cells, startup, idle_rss, loaded_rss, cold, args.cold_calls)))
     print(f"load average at end {os.getloadavg()[0]:.2f}  (other jobs on the machine inflate latency and CPU)")
+    from bench import metrics_cost  # the per-request cost of metrics, measured without the load generator
+
+    obs, ring, traced = metrics_cost.measure(50_000)
+    print(f"metrics on the hot path (in-process CPU, bench/metrics_cost.py): {obs + ring + traced:.1f} us per request "
+          f"(observe {obs:.1f}, key ring {ring:.1f}, trace check {traced:.2f}; "
+          f"target <= {metrics_cost.TARGET_US:.0f}); end to end: compare with a --no-metrics run")
     print(CONTEXT)
     if args.json:
         OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,11 @@ generator spreading its workers over them, and prints:
 2. a key with rpm = 600 and tpm = 20,000 hammered at concurrency 64 across all replicas for 60 s:
    requests and tokens admitted vs the limits (target: <= 1 % over, >= 95 % of the binding limit);
 3. learning cycles per route per interval across replicas (target: exactly one), with a
-   correction posted to a different replica every interval;
+   correction posted to a different replica every interval, each interval longer than one cycle
+   on this store (timed first): duplicate cycles and missed intervals counted apart;
 4. the lease holder SIGKILLed mid-load: calls answered vs calls stored (the killed replica may lose
-   its own batch window, `[store] flush_ms`), and the time until another replica holds the lease
-   (target: <= 2 x `[limits] lease_s`).
+   its journal window, `[store] journal_ms`: a survivor replays its journal from the shared
+   `journal_dir`), and the time until another replica holds the lease (target: <= 2 x `[limits] lease_s`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Cluster:
     gateways: list[Service]
     schema: str
     prefix: str
+    logs: Path  # gateway-<i>.log, and the shared data folder (journals, the user key)
 
     @property
     def store_url(self) -> str:
@@ -117,7 +119,7 @@ async def start(n: int, tmp: Path) -> Cluster:
     upstream = spawn(["-m", "gateway.providers.fakes.server", "--port", str(port)], port=port,
                      log_path=tmp / "upstream.log", cwd=REPO)
     wait_http(upstream, "/v1/models")
-    cluster = Cluster(upstream, [], schema, prefix)
+    cluster = Cluster(upstream, [], schema, prefix, tmp)
     for i in range(n):
         cfg = write_config(tmp, i, upstream.url, cluster.store_url, prefix)
         p = free_port()
@@ -248,12 +250,27 @@ async def hammer(cluster: Cluster, seconds: float, concurrency: int) -> None:
 # -- 3. one learner ---------------------------------------------------------------------------------
 
 async def learning(cluster: Cluster, intervals: int) -> None:
-    interval = 3.0
-    print(f"\n3. learning cycles across {len(cluster.gateways)} replicas over {intervals} intervals of {interval:g} s "
-          "(a correction to another replica each interval)")
+    poll = 3.0  # [learners] interval_s: the leader looks for new corrections this often
     async with make_session(8) as session:
+        leaders = [await metric(session, gw, "flywheel_learner_leader") for gw in cluster.gateways]
+        leader = cluster.gateways[leaders.index(1.0) if 1.0 in leaders else 0]
+        # one cycle on this store first (on demand, on the leader), so each watched interval outlasts a
+        # cycle: an interval shorter than a cycle cannot hold one cycle, whatever the lease does
+        queued = [await metric(session, gw, "flywheel_writer_queue_depth") for gw in cluster.gateways]
+        t0 = time.perf_counter()
+        async with session.post(leader.url + "/admin/learn", json={"route": "bench"},
+                                headers={"authorization": f"Bearer {ADMIN}"}) as r:
+            assert r.status == 200, await r.text()
+            report = await r.json()
+        cycle_s = time.perf_counter() - t0
+        interval = max(poll, cycle_s + poll + 1.0)
+        print(f"\n3. learning cycles across {len(cluster.gateways)} replicas over {intervals} intervals of "
+              f"{interval:.1f} s (a correction to another replica each interval; one cycle on this store took "
+              f"{cycle_s:.1f} s, {report.get('duration_s', 0):.1f} s of it learning, the rest waiting for the "
+              f"writer to store what was queued: {[int(q) for q in queued]} rows per replica)")
         before = [await metric(session, gw, r'flywheel_learner_cycles_total\{route="bench"\}')
                   for gw in cluster.gateways]
+        started = time.perf_counter()
         for k in range(intervals):
             gw = cluster.gateways[k % len(cluster.gateways)]
             async with session.post(gw.url + "/v1/chat/completions", json=body(10_000 + k),
@@ -263,15 +280,19 @@ async def learning(cluster: Cluster, intervals: int) -> None:
             async with session.post(gw.url + "/v1/feedback", json={"call_id": call_id, "correction": f"fix {k}"},
                                     headers={"authorization": "Bearer sk-load"}) as r:
                 assert r.status in (201, 202), await r.text()
-            await asyncio.sleep(interval)
-        await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, started + (k + 1) * interval - time.perf_counter()))
         after = [await metric(session, gw, r'flywheel_learner_cycles_total\{route="bench"\}')
                  for gw in cluster.gateways]
         leaders = [await metric(session, gw, "flywheel_learner_leader") for gw in cluster.gateways]
-    cycles = [a - b for a, b in zip(after, before, strict=True)]
-    print(f"   cycles per replica {[int(c) for c in cycles]} (leader: {[int(x) for x in leaders]}); "
-          f"{sum(cycles) / intervals:.2f} cycles per interval for route bench (target: 1; "
-          f"without the lease every replica would run its own)")
+    cycles = [int(a - b) for a, b in zip(after, before, strict=True)]
+    held = [c for c, lead in zip(cycles, leaders, strict=True) if lead == 1.0]
+    on_leader = held[0] if held else 0
+    duplicate = sum(cycles) - on_leader + max(0, on_leader - intervals)
+    missed = max(0, intervals - on_leader)
+    print(f"   cycles per replica {cycles} (leader: {[int(x) for x in leaders]}); "
+          f"{sum(cycles) / intervals:.2f} cycles per interval for route bench (target: 1); "
+          f"duplicate cycles {duplicate}, missed intervals {missed} (without the lease every replica would run "
+          f"its own)")
 
 
 # -- 4. SIGKILL --------------------------------------------------------------------------------------
@@ -302,6 +323,7 @@ async def kill_one(cluster: Cluster, seconds: float, concurrency: int) -> None:
                     pass  # the killed replica's connections
 
         depth = [0.0]
+        killed_at = [0.0]
 
         async def killer() -> float:
             # the lease key names its holder: watch it in Redis (gateways' /metrics lag under load)
@@ -313,7 +335,7 @@ async def kill_one(cluster: Cluster, seconds: float, concurrency: int) -> None:
             before = await r.get(key)
             depth[0] = await metric(session, gws[victim], "flywheel_writer_queue_depth")
             os.kill(gws[victim].pid, signal.SIGKILL)
-            killed = time.monotonic()
+            killed = killed_at[0] = time.monotonic()
             alive.discard(victim)
             try:
                 while (now := await r.get(key)) is None or now == before:
@@ -327,19 +349,25 @@ async def kill_one(cluster: Cluster, seconds: float, concurrency: int) -> None:
     conn = await asyncpg.connect(cluster.store_url)
     ids = [i for calls in answered.values() for i in calls]
     stored: set[str] = set()
-    stable, settle_deadline = 0, time.monotonic() + 30
-    while stable < 3 and time.monotonic() < settle_deadline:  # until the survivors' writers have caught up
+    # until the survivors' writers have caught up, and had three retry rounds (5 s each) to find the
+    # killed replica's journal unchanged
+    stable, settle_deadline = 0, time.monotonic() + 60
+    while stable < 15 and time.monotonic() < settle_deadline:
         await asyncio.sleep(1.0)
         now = {r[0] for r in await conn.fetch("SELECT id FROM calls WHERE id = ANY($1::text[])", ids)}
-        stable = stable + 1 if now == stored and len(now) < len(ids) else (3 if len(now) == len(ids) else 0)
+        stable = stable + 1 if now == stored and len(now) < len(ids) else (15 if len(now) == len(ids) else 0)
         stored = now
     await conn.close()
     for g, calls in answered.items():
         lost = sum(1 for c in calls if c not in stored)
         tag = " (SIGKILLed)" if g == victim else ""
         print(f"   replica {g}{tag}: answered {len(calls)}, stored {len(calls) - lost}, lost {lost}")
+    print(f"   all stored {time.monotonic() - killed_at[0]:.1f} s after the kill" if len(stored) == len(ids) else
+          f"   not all stored {time.monotonic() - killed_at[0]:.1f} s after the kill")
+    replayed = sum(int(n) for i in range(len(gws)) if i != victim
+                   for n in re.findall(r"replayed (\d+) rows from", (cluster.logs / f"gateway-{i}.log").read_text()))
     print(f"   the killed replica's writer queue held {depth[0]:.0f} rows when it was killed "
-          f"(flush_ms {FLUSH_MS}; its batch window under this load)")
+          f"(flush_ms {FLUSH_MS}); the survivors replayed {replayed} rows from its journal (journal_ms 100)")
     print(f"   lease taken over {takeover:.2f} s after the kill (lease_s {LEASE_S:g}; target <= {2 * LEASE_S:g} s)")
 
 

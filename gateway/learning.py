@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
+    from gateway.observability.tracing import Tracing
     from gateway.privacy.scrubber import Scrubber
     from gateway.serve.artifacts import ArtifactServer
     from gateway.serve.embedder import EmbedderHolder
@@ -35,6 +36,20 @@ class RouteFlags:
     paused: bool = False
     frozen_by: str = ""
     paused_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamActivity:
+    """Live traffic to one upstream as serving sees it (replays not counted), read by the evaluation gate.
+
+    Times are `time.monotonic()` seconds. `slots`: requests the upstream serves at once (None:
+    many, as a cloud API); where it is a number, a replay in flight delays the live call behind it.
+    """
+
+    in_flight: int = 0  # live calls sent (or waiting for a retry) and not yet answered
+    busy_s: float = 0.0  # seconds so far with at least one live call in flight
+    last_end: float | None = None  # when the upstream last went idle of live calls (None: never)
+    slots: int | None = None
 
 
 class UnknownRoute(KeyError):
@@ -59,6 +74,11 @@ class LearningHost(Protocol):
     @property
     def routing(self) -> LearnedRouting: ...
 
+    @property
+    def tracing(self) -> Tracing | None:
+        """The gateway's tracer (None: tracing off); a learning cycle is a span of its own."""
+        ...
+
     def open_store(self) -> Store:
         """The gateway's store; RuntimeError before the gateway started."""
         ...
@@ -77,6 +97,19 @@ class LearningHost(Protocol):
 
     def reset_new_feedback(self, route: str) -> None:
         """Start counting `route`'s new feedback again (a learning cycle has begun)."""
+        ...
+
+    async def route_pending_feedback(self) -> int:
+        """Count feedback answered 202 (its call unreadable then) for its route once the call can
+        be read, as 201 feedback is counted at once; how many were routed."""
+        ...
+
+    def live_activity(self, upstream: str) -> UpstreamActivity:
+        """Live traffic to `upstream` (a provider's name; a route's name: its providers together)."""
+        ...
+
+    def on_feedback(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (cheap, on the event loop) whenever a feedback row arrives."""
         ...
 
 

@@ -22,20 +22,24 @@ from gateway.capture.intake import FeedbackIntake
 from gateway.capture.prepare import CallPreparer
 from gateway.capture.retention import RetentionService
 from gateway.config.settings import ConfigError, Settings, load_settings
-from gateway.learning import LearningControl
+from gateway.keyring import KeyRing
+from gateway.learning import LearningControl, UpstreamActivity
 from gateway.limits import Limiter, open_limiter
 from gateway.limits.base import IN_FLIGHT, period_id, period_start
-from gateway.observability.metrics import GAUGES, CallMetrics, file_size
+from gateway.observability.metrics import CANARY_SHARES, DB_WRITE, GAUGES, CallMetrics, file_size
 from gateway.observability.tracing import Tracing
+from gateway.privacy.pseudonym import load_key
 from gateway.serve.artifacts import ArtifactServer
 from gateway.serve.augment import Augmenter
 from gateway.serve.embedder import EmbedderHolder
+from gateway.serve.live_load import LiveLoad, default_slots
 from gateway.serve.pipeline import Pipeline
 from gateway.serve.response_state import ResponseStates
 from gateway.serve.routing import LearnedRouting
 from gateway.serve.runtime import Runtime, build_runtime, close_unused
 from gateway.store import open_store
 from gateway.store.base import Store
+from gateway.store.journal import Journal, journal_folder, journal_key
 from gateway.store.records import CallRecord, FeedbackRecord
 from gateway.store.writer import CallWriter
 
@@ -68,8 +72,10 @@ class Gateway:
         self.serving = ArtifactServer(lambda: self.store, self.augmenter, self.embedders, lambda: self.settings,
                                       config_dir)
         self.routing = LearnedRouting(lambda: self.runtime, lambda: self.store, embedders=self.embedders)
+        self.live = LiveLoad()  # live calls per upstream: learning's evaluation yields to them
         self.pipeline = Pipeline(self.sink, augmenter=self.augmenter, router=self.routing,
-                                 max_response_bytes=lambda: self.settings.server.max_upstream_response_bytes)
+                                 max_response_bytes=lambda: self.settings.server.max_upstream_response_bytes,
+                                 live=self.live)
         # capture: new-feedback counter and listeners; pricing, signals and sanitising in the writer's task
         self.intake = FeedbackIntake(self._submit_feedback)
         self.intake.listeners.append(self.routing.feedback)
@@ -83,6 +89,9 @@ class Gateway:
         self.retention = RetentionService(lambda: self.store if self.leader() else None, lambda: self.settings.privacy)
         self.services.append(self.retention)
         self.services.append(self.routing)
+        # virtual keys: config.toml's, with the store's run-time changes (disabled, rotated) re-read every refresh_s
+        self.keys = KeyRing(lambda: self.settings, lambda: self.store)
+        self.services.append(self.keys)
         self.last_reload_error: str | None = None
         self._started = False  # every service started (an edited seed template waits for learning)
         self._seed_deferred: set[str] = set()  # routes whose edited seed waits (a canary runs)
@@ -187,6 +196,35 @@ class Gateway:
         """A learning cycle for `route` begins: count its new feedback from zero."""
         self.intake.reset(route)
 
+    async def route_pending_feedback(self) -> int:
+        """Feedback answered 202 wakes its route's learner once its call can be read (capture/intake.py)."""
+        store, writer = self.store, self.writer
+        if store is None or not self.intake.pending or (writer is not None and not writer.health.up):
+            return 0
+        return await self.intake.route_pending(store.get_call)
+
+    def live_activity(self, upstream: str) -> UpstreamActivity:
+        """Live calls to a provider (or, for a route's name, to its providers together) and its slots."""
+        providers = self.settings.providers
+        route = self.runtime.routes.get(upstream) if upstream not in providers else None
+        names = sorted({t.provider.name for t in route.targets.values()}) if route is not None else [upstream]
+        live = self.live
+        ends = [e for n in names if (e := live.last_end.get(n)) is not None]
+        slots: list[int | None] = []
+        for n in names:
+            ps = providers.get(n)
+            own = getattr(ps, "slots", None)
+            slots.append(own if own is not None else default_slots(getattr(ps, "base_url", None)))
+        return UpstreamActivity(
+            in_flight=sum(live.in_flight.get(n, 0) for n in names),
+            busy_s=sum(live.busy_total(n) for n in names),
+            last_end=max(ends) if ends else None,
+            slots=None if not slots or None in slots else sum(s for s in slots if s is not None))
+
+    def on_feedback(self, wake: Callable[[], None]) -> None:
+        """`wake()` after every feedback row the intake accepts (the learners' canary decisions)."""
+        self.intake.listeners.append(lambda _fb: wake())
+
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings.store
@@ -195,15 +233,21 @@ class Gateway:
         await asyncio.to_thread(self.preparer.load)
         # The writer applies the migrations: at once, or once a database that is down comes back
         # (the gateway serves and spills meanwhile; /readyz says it is degraded).
+        # the journal's key derives from the pseudonym secret: replicas sharing it replay each other
+        journal = (Journal(journal_folder(s.journal_dir, s.url),
+                           journal_key(await asyncio.to_thread(load_key, self.settings.privacy)),
+                           fsync=s.journal_fsync) if s.journal_ms else None)
         self.writer = CallWriter(self.store, spill_path=Path(s.spill_path), batch_size=s.batch_size,
                                  flush_ms=s.flush_ms, max_queue=s.queue_size, prepare=self.preparer,
                                  offload_bytes=s.offload_bytes, memory_rows=s.memory_rows, migrate=True,
-                                 max_messages=s.max_stored_messages)
+                                 max_messages=s.max_stored_messages, journal=journal, journal_ms=s.journal_ms)
         await self.writer.start()
         await self.limiter.start()
         if self.writer.health.up:  # the database is down at start: budgets count from zero
             await self._seed_spend()
         GAUGES.sources.append(self._gauges)
+        CANARY_SHARES.sources.append(self._canary_shares)
+        self.writer.observe_write = lambda table, s: DB_WRITE.labels(table).observe(s)
         for service in self.services:
             await service.start()
         self._started = True
@@ -219,6 +263,8 @@ class Gateway:
         await self.embedders.aclose()
         if self._gauges in GAUGES.sources:
             GAUGES.sources.remove(self._gauges)
+        if self._canary_shares in CANARY_SHARES.sources:
+            CANARY_SHARES.sources.remove(self._canary_shares)
         await self.limiter.stop()
         if self.tracing is not None:
             self.tracing.shutdown()
@@ -269,6 +315,19 @@ class Gateway:
             out["flywheel_writer_rows_lost"] = float(self.writer.stats.lost)
             out["flywheel_writer_rows_held"] = float(self.writer.stats.held)  # in memory: spill not writable
             out["flywheel_store_up"] = 1.0 if self.writer.health.up else 0.0
+        return out
+
+    def _canary_shares(self) -> dict[tuple[str, str], float]:
+        """flywheel_canary_share per (route, kind), read at scrape time: 0 where no canary runs."""
+        out: dict[tuple[str, str], float] = {}
+        for route in self.settings.routes:
+            rs = self.augmenter.serving(route)
+            template = rs is not None and rs.canary_template is not None
+            index = rs is not None and rs.canary_index is not None
+            out[(route, "template")] = rs.share if rs is not None and template else 0.0
+            out[(route, "index")] = (rs.share if rs.index_share is None else rs.index_share) \
+                if rs is not None and index else 0.0
+        out.update({(route, "policy"): share for route, share in self.routing.canary_shares().items()})
         return out
 
     # -- config reload --------------------------------------------------------------------------

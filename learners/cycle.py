@@ -10,8 +10,9 @@ typed `LearnReport`.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,11 +27,12 @@ from learners import guardrails
 from learners.dataset import CurateConfig, Dataset, DatasetStats, EvalCase, curate, load_records
 from learners.economy import Economy, content_hash
 from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
+from learners.halving import Halving, first_slice, successive_halving
 from learners.index import example_ids, fit_index, tuning_grid
 from learners.rollout import Rollout, RolloutDecision
 from learners.routing_replay import replay_variants
 from learners.scoring import build_metric
-from learners.template import fit_template
+from learners.template import Failure, fit_template
 from retrieval.embeddings import Embedder, EmbedMany
 from retrieval.lexical import Tuning
 
@@ -69,6 +71,8 @@ class LearnReport:
     eval_cost_usd: float = 0.0
     eval_cached: int = 0  # replays answered from the cache instead (learners/economy.py)
     eval_skipped: list[str] = field(default_factory=list)  # candidates not evaluated, and why
+    eval_halving: list[str] = field(default_factory=list)  # each search's rungs (learners/halving.py)
+    eval_saved: int = 0  # case replays successive halving avoided (a full replay of every arm makes them)
     policy: Any = None  # learners.routing.LearnResult, for routes whose policy is learned
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +122,10 @@ class LearningCycle:
 
     async def learn(self) -> LearnReport:
         r = self.report
+        scrubber = await self.d.scrubber()
+        if scrubber is not None and scrubber.names is not None:
+            # names were stored as consistent fake names (privacy.name_pseudonyms): they may stay
+            self.keep = self.keep | {"PERSON"}
         ds = await self.dataset()
         r.dataset, r.examples, r.train, r.heldout = ds.stats, len(ds.examples), len(ds.train), len(ds.heldout)
         embedder = await self.d.embedder()
@@ -129,7 +137,9 @@ class LearningCycle:
             self.cfg.metric, field=self.cfg.metric_field, embed=embed,
             judge=(lambda p: self.replayer.ask(judge_route, p)) if judge_route else None)
         self.heldout = ds.heldout
-        self.cases: tuple[EvalCase, ...] = ds.heldout[-self._cases_per_arm():]
+        newest = ds.heldout[-self._cases_per_arm():]
+        # seeded order: every slice successive halving replays first is a fair sample of the cases
+        self.cases: tuple[EvalCase, ...] = tuple(random.Random(self.cfg.seed).sample(newest, len(newest)))
         cur = self.d.current(self.route)
         # what a judgement depends on besides the candidate: the cases and what serves now
         self.data = content_hash([[c.call_id, c.reference] for c in self.cases],
@@ -166,18 +176,39 @@ class LearningCycle:
         """Held-out cases replayed per arm: the newest that let every arm this cycle may replay
         (current, the index candidate, each template trial; a judge doubles the calls) fit in the
         budget. Otherwise the first arms spend it all and no candidate has paired cases left."""
-        arms = 3 + self.cfg.demo_trials + (1 if self.cfg.optimizer_route else 0)
+        # current, the index, the instructions trial, the demonstration trials (one of them also
+        # without the distilled rules), the optimizer's
+        arms = 4 + self.cfg.demo_trials + (1 if self.cfg.optimizer_route else 0)
         arms += len(tuning_grid(self.rs.retrieval or RetrievalSettings())) - 1
         calls_per_case = 2 if self.cfg.metric == "judge" else 1
         return max(self.cfg.min_samples, min(MAX_CASES, self.budget.max_calls // (arms * calls_per_case)))
 
-    async def _arm(self, serving: ServingSet) -> ArmResult:
-        return await self.replayer.run(serving, self.cases, leave_one_out=True)
+    async def _arm(self, serving: ServingSet, cases: tuple[EvalCase, ...] | None = None) -> ArmResult:
+        return await self.replayer.run(serving, self.cases if cases is None else cases, leave_one_out=True)
 
-    async def _current(self) -> ArmResult:
-        if self._current_arm is None:
-            self._current_arm = await self._arm(self.d.current(self.route))
+    async def _current(self, arm: ArmResult | None = None) -> ArmResult:
+        """Current replayed on the cases `arm` reached (all cases without one); replays are kept."""
+        want = {r.call_id for r in arm.results} if arm is not None else {c.call_id for c in self.cases}
+        have = {r.call_id for r in self._current_arm.results} if self._current_arm is not None else set()
+        missing = tuple(c for c in self.cases if c.call_id in want and c.call_id not in have)
+        if missing or self._current_arm is None:
+            more = await self._arm(self.d.current(self.route), missing)
+            old = self._current_arm
+            self._current_arm = more if old is None else ArmResult(old.results + more.results,
+                                                                   old.complete and more.complete)
         return self._current_arm
+
+    async def _race(self, kind: ArtifactKind, arms: dict[str, ServingSet]) -> Halving:
+        """Successive halving over `arms` on the cycle's cases (learners/halving.py), noted in the report."""
+        async def replay(label: str, cases: Sequence[EvalCase]) -> ArmResult:
+            return await self._arm(arms[label], tuple(cases))
+
+        h = await successive_halving(list(arms), replay, self.cases,
+                                     first=first_slice(len(self.cases), self.cfg.min_samples))
+        self.report.eval_saved += h.saved
+        if len(arms) > 1:
+            self.report.eval_halving.append(f"{kind}: {h.describe()}; {h.saved} case replays saved")
+        return h
 
     async def _judged_before(self, kind: ArtifactKind, content: str) -> bool:
         """True (and noted) when a candidate with this content was judged already: passed and still
@@ -200,7 +231,7 @@ class LearningCycle:
                       content: str | None = None) -> None:
         """Store the candidate with its evaluation, then reject it or start its rollout."""
         content = content or content_hash(body)
-        ev = gate(await self._current(), arm, self.cfg, self.cfg.metric, self.budget, trials=trials,
+        ev = gate(await self._current(arm), arm, self.cfg, self.cfg.metric, self.budget, trials=trials,
                   require_gain=kind == "template") if arm else None
         if kind == "template" and not problems and ev is not None and ev.verdict == "no_gain":
             # Another draw of demonstrations that does no better is not worth a version.
@@ -250,11 +281,16 @@ class LearningCycle:
         if not problems:
             # retrieval tunes itself: each setting replayed on the held-out calls, the best kept
             current = self.d.current(self.route)
+            grid = {t.describe(): t for t in tuning_grid(self.rs.retrieval or RetrievalSettings())}
+            race = await self._race("index", {label: ServingSet(current.template, LoadedIndex(
+                "candidate", cand.index.with_tuning(t))) for label, t in grid.items()})
             best: tuple[Tuning, ArmResult] | None = None
-            for t in tuning_grid(self.rs.retrieval or RetrievalSettings()):
-                a = await self._arm(ServingSet(current.template, LoadedIndex("candidate", cand.index.with_tuning(t))))
-                tried.append((t.describe(), round(a.mean, 4)))
-                if a.results and (best is None or a.mean > best[1].mean):
+            for label, t in grid.items():
+                a = race.results.get(label)
+                if a is None:
+                    continue
+                tried.append((label, round(a.mean, 4)))
+                if label in race.survivors and a.results and (best is None or a.mean > best[1].mean):
                     best = (t, a)
             if best is not None:
                 index, arm = cand.index.with_tuning(best[0]), best[1]
@@ -282,11 +318,33 @@ class LearningCycle:
             arms[label] = arm
             return arm.mean
 
+        async def race(pool: Sequence[tuple[str, Template]]) -> dict[str, float]:
+            compiled: dict[str, ServingSet] = {}
+            for label, tpl in pool:
+                try:
+                    compiled[label] = ServingSet(LoadedTemplate(label, CompiledTemplate(tpl)), current.index)
+                except TemplateError:
+                    continue
+            h = await self._race("template", compiled)
+            need = min(self.cfg.min_samples, len(self.cases))
+            arms.update({a: h.results[a] for a in h.survivors if len(h.results[a].results) >= max(1, need)})
+            return {a: arms[a].mean for a in h.survivors if a in arms}
+
+        by_id = {c.call_id: c for c in self.cases}
+
+        def failures(label: str) -> list[Failure]:
+            """The held-out cases trial `label` got wrong, worst first (what the optimizer reflects on)."""
+            wrong = sorted((r for r in arms[label].results if r.score < 1.0 and r.call_id in by_id),
+                           key=lambda r: r.score) if label in arms else []
+            return [Failure(by_id[r.call_id].question, r.answer, by_id[r.call_id].reference, r.score, r.segment,
+                            r.call_id) for r in wrong]
+
         opt_route = self.cfg.optimizer_route
         optimizer = (lambda p: self.replayer.ask(opt_route, p)) if opt_route else None
         cand = await fit_template(current_tpl, ds, embedder, score, parent=parent.version if parent else None,
                                   max_demos=self.cfg.max_demos, trials=self.cfg.demo_trials, seed=self.cfg.seed,
-                                  min_cluster=self.cfg.min_cluster, optimizer=optimizer)
+                                  min_cluster=self.cfg.min_cluster, optimizer=optimizer, race=race,
+                                  failures=failures)
         if cand is None:
             self.report.skipped.append("template: no trial differed from the current template or could be scored")
             return

@@ -11,7 +11,9 @@ One `Economy` lives as long as the learning loop (across cycles), holding:
   (prompt, variant, artifact): an arm whose artifacts leave a case's prompt unchanged is not paid
   for twice (answers are assumed stable for a given prompt, as at temperature 0);
 - `gate`: per upstream (provider) at most `eval_concurrency` replays in flight and
-  `eval_rate_per_s` started per second, so evaluation never crowds out live requests;
+  `eval_rate_per_s` started per second, so evaluation never crowds out live requests; on an
+  upstream with few slots (a local llama.cpp serves one request at a time) replays also yield to
+  live traffic (`UpstreamGate`);
 - `embedder(e)`: the gateway's embedder with a memory of the texts it embedded (`CachedEmbedder`).
 """
 
@@ -21,7 +23,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,7 @@ import orjson
 from numpy.typing import NDArray
 
 from gateway.config.settings import LearnerSettings
+from gateway.learning import UpstreamActivity
 from gateway.store.records import ArtifactKind, CallRecord
 from retrieval.embeddings import Embedder
 
@@ -47,34 +50,90 @@ class Judgement:
     passed: bool
 
 
-class UpstreamGate:
-    """Caps evaluation's share of each upstream: concurrency and start rate per provider name."""
+LiveActivity = Callable[[str], UpstreamActivity]
+_POLL_S = 0.02  # how often a held-back replay looks at the upstream's live traffic again
 
-    def __init__(self, settings: Callable[[], LearnerSettings]) -> None:
+
+class UpstreamGate:
+    """Caps evaluation's share of each upstream: concurrency and start rate per provider name and,
+    where `live` says the upstream has few slots, yields to live traffic.
+
+    A one-slot upstream (llama.cpp) serves one request at a time: a live call that arrives while a
+    replay runs waits for it. So on an upstream with `slots`, a replay (a) never starts while live
+    calls fill the slots (replays in flight count too), and (b) while live traffic is present (a
+    live call in flight or ended within `eval_live_idle_s`) replays occupy the upstream at most
+    `eval_share` of the time: after replays kept it busy for d seconds, the next starts no sooner
+    than d·(1 − share)/share later. A live call lands behind a replay with a chance of at most the
+    share, so the live median holds; with no live traffic evaluation uses the upstream fully. An
+    upstream with many slots (a cloud API, `slots` None) only gets the concurrency and rate caps:
+    live calls there do not queue behind replays, and cycles keep their speed.
+    """
+
+    def __init__(self, settings: Callable[[], LearnerSettings], live: LiveActivity | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._settings = settings
+        self.live = live
+        self._clock = clock
+        self._sleep = sleep
         self._sems: dict[str, asyncio.Semaphore] = {}
         self._next: dict[str, float] = {}
+        self._busy_since: dict[str, float] = {}  # when replays began to occupy the upstream (open span)
+        self._free_at: dict[str, float] = {}  # earliest next start while live traffic is present
         self.in_flight: dict[str, int] = {}
         self.peak: dict[str, int] = {}  # most replays in flight at once, per upstream (observability)
+        self.yielded_s: dict[str, float] = {}  # seconds replays waited for live traffic (observability)
 
     @asynccontextmanager
     async def slot(self, upstream: str) -> AsyncIterator[None]:
-        """Hold one of `upstream`'s evaluation slots, starting no sooner than its rate allows."""
+        """Hold one of `upstream`'s evaluation slots, starting no sooner than its rate allows and
+        (on an upstream with few slots) than live traffic lets it."""
         cfg = self._settings()
         sem = self._sems.setdefault(upstream, asyncio.Semaphore(cfg.eval_concurrency))
         async with sem:
             if cfg.eval_rate_per_s > 0:
-                now = time.monotonic()
+                now = self._clock()
                 start = max(now, self._next.get(upstream, now))
                 self._next[upstream] = start + 1.0 / cfg.eval_rate_per_s
                 if start > now:
-                    await asyncio.sleep(start - now)
-            self.in_flight[upstream] = self.in_flight.get(upstream, 0) + 1
-            self.peak[upstream] = max(self.peak.get(upstream, 0), self.in_flight[upstream])
+                    await self._sleep(start - now)
+            await self._yield_to_live(upstream, cfg)
+            n = self.in_flight[upstream] = self.in_flight.get(upstream, 0) + 1
+            self.peak[upstream] = max(self.peak.get(upstream, 0), n)
+            if n == 1:
+                self._busy_since[upstream] = self._clock()
             try:
                 yield
             finally:
-                self.in_flight[upstream] -= 1
+                self._leave(upstream, cfg)
+
+    def _leave(self, upstream: str, cfg: LearnerSettings) -> None:
+        n = self.in_flight[upstream] = self.in_flight[upstream] - 1
+        if n == 0:  # the upstream is free of replays: the next waits (1 - share) / share of this busy span
+            now = self._clock()
+            busy = now - self._busy_since.pop(upstream, now)
+            self._free_at[upstream] = now + busy * (1.0 - cfg.eval_share) / cfg.eval_share
+
+    def may_start(self, upstream: str, cfg: LearnerSettings) -> bool:
+        """Whether a replay may start on `upstream` now, as far as live traffic is concerned."""
+        if self.live is None:
+            return True
+        act = self.live(upstream)
+        if act.slots is None:
+            return True
+        if act.in_flight + self.in_flight.get(upstream, 0) >= act.slots:
+            return False
+        now = self._clock()
+        present = act.in_flight > 0 or (act.last_end is not None and now - act.last_end < cfg.eval_live_idle_s)
+        return not present or now >= self._free_at.get(upstream, now)
+
+    async def _yield_to_live(self, upstream: str, cfg: LearnerSettings) -> None:
+        if self.may_start(upstream, cfg):
+            return
+        began = self._clock()
+        while not self.may_start(upstream, cfg):
+            await self._sleep(_POLL_S)
+        self.yielded_s[upstream] = self.yielded_s.get(upstream, 0.0) + self._clock() - began
 
 
 class ReplayCache:
@@ -106,6 +165,7 @@ class Economy:
     """The learning loop's memory of what evaluation cost and decided (see the module docstring)."""
 
     settings: Callable[[], LearnerSettings]
+    live: LiveActivity | None = None  # serving's live traffic per upstream (LearningHost.live_activity)
     judged: dict[tuple[str, ArtifactKind, str], Judgement] = field(default_factory=dict)
     rejections: dict[tuple[str, ArtifactKind], int] = field(default_factory=dict)
     sitting_out: dict[tuple[str, ArtifactKind], int] = field(default_factory=dict)
@@ -115,7 +175,7 @@ class Economy:
     _embedders: dict[str, CachedEmbedder] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.gate = UpstreamGate(self.settings)
+        self.gate = UpstreamGate(self.settings, self.live)
 
     def embedder(self, inner: Embedder) -> Embedder:
         """`inner` with the vectors of earlier cycles remembered (one cache per embedder model)."""

@@ -9,33 +9,56 @@ decision changes is written to the store; the gateway's artifact server
 (gateway/serve/artifacts.py) then serves it, at once for this gateway (`refresh`) and within
 `refresh_s` for every other replica. `learn_route` runs one cycle on demand; policy learning
 for learned routes runs in `RoutingLearner` (learners/routing_cycle.py).
+
+Across replicas the schedule runs only where the learner lease is held (learners/lease.py), and
+what a scheduled cycle or canary decision writes goes through a fenced store
+(learners/fencing.py): a replica that lost the lease mid-cycle cannot write artifacts. Every cycle,
+scheduled or on demand (`POST /admin/learn`, on the replica asked), first takes its route's cycle
+lock on the lease's backend (`Lease.hold_route`, learners/route_lock.py) and writes through a store
+fenced by it (a scheduled cycle's by the lease as well): two cycles of one route never overlap
+across replicas. Where another replica's cycle holds the lock, the cycle is not run and its report
+says `busy` in `skipped`. A person's controls write through the plain store.
+
+Canary decisions (promote, roll back, grow the share) run in a task of their own, not behind a
+cycle: a cycle holds its route's lock for its whole run (minutes on a slow upstream), decisions
+take only the rollout's lock (learners/rollout.py), which a cycle holds just while it starts a
+canary. They run every `_DECIDE_S` seconds and within `_DECIDE_MIN_S` of feedback arriving
+(`LearningHost.on_feedback`), on the lease holder only, their writes fenced like a cycle's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gateway.background import cancel_and_wait
 from gateway.learning import LearningHost, RouteFlags, UnknownRoute
+from gateway.observability.tracing import cycle_span
 from gateway.serve.augment import ServingSet
 from gateway.serve.route_policy import online_learning
 from gateway.store.artifacts import ArtifactRegistry
+from gateway.store.base import Store
 from learners.controls import Controls
 from learners.cycle import CycleDeps, LearningCycle, LearnReport
 from learners.economy import Economy
+from learners.fencing import AllOf, Fence, FencedStore, LeaseLost
 from learners.lease import Lease, open_lease
 from learners.rollout import Rollout, RolloutDecision
 from learners.routing_cycle import RoutingLearner
 from retrieval.embeddings import Embedder
 
 if TYPE_CHECKING:
+    from gateway.config.settings import RouteSettings
     from gateway.privacy.scrubber import Scrubber
+    from learners.route_lock import RouteHold
 
 log = logging.getLogger("flywheel.learners")
-_POLL_S = 5.0  # how often the loop looks for corrections and decides canaries
+_POLL_S = 5.0  # how often the loop looks for corrections
+_DECIDE_S = 5.0  # how often running canaries are decided without new feedback
+_DECIDE_MIN_S = 1.0  # fewest seconds between two decision passes (feedback arrives in bursts)
 
 
 def count_cycle(route: str, decisions: list[RolloutDecision], *, started: bool) -> None:
@@ -59,14 +82,21 @@ class LearningLoop:
         self.routing = RoutingLearner(host)
         # one learner at a time across replicas (learners/lease.py): scheduled work runs only while held
         lim = host.settings.limits
-        self.lease: Lease = open_lease(lim.redis_url, prefix=lim.prefix, ttl_s=lim.lease_s)
+        self.lease: Lease = open_lease(lim.redis_url, prefix=lim.prefix, ttl_s=lim.lease_s,
+                                       store_url=host.settings.store.url)
         self.routing.leader = self.lease.held
+        self.routing.fence = self.lease  # its canary decisions are the schedule's: fenced by the lease
         self._registry: ArtifactRegistry | None = None
         self._rollout: Rollout | None = None
+        self._scheduled: tuple[ArtifactRegistry, Rollout] | None = None  # writes fenced by the lease
         self._locks: dict[str, asyncio.Lock] = {}
+        self._rollout_locks: dict[str, asyncio.Lock] = {}  # begin / check / rollback, per route
+        self._wake = asyncio.Event()  # feedback arrived: decide canaries soon
+        self._decider: asyncio.Task[None] | None = None
         self._last_run: dict[str, float] = {}
         self._blocked: dict[tuple[str, str, str], frozenset[str]] = {}
-        self.economy = Economy(lambda: self.host.settings.learners)  # evaluation memo, cache, upstream gate
+        # evaluation memo, cache, upstream gate (replays yield to live calls on few-slot upstreams)
+        self.economy = Economy(lambda: self.host.settings.learners, host.live_activity)
         self._task: asyncio.Task[None] | None = None
         # a person's controls (console, CLI): learners/controls.py
         self.controls = Controls(host, lambda: self.registry, lambda: self.rollout, self._lock, self._deps)
@@ -88,8 +118,11 @@ class LearningLoop:
 
     async def open(self) -> None:
         """Attach to the gateway's store (no background task)."""
-        self._registry = ArtifactRegistry(self.host.open_store())
-        self._rollout = Rollout(self._registry, lambda: self.host.settings.learners)
+        store = self.host.open_store()
+        self._registry = ArtifactRegistry(store)
+        self._rollout = Rollout(self._registry, lambda: self.host.settings.learners, self._rollout_lock)
+        fenced = ArtifactRegistry(cast(Store, FencedStore(store, self.lease)))  # delegates all but its writes
+        self._scheduled = (fenced, Rollout(fenced, lambda: self.host.settings.learners, self._rollout_lock))
         now = time.time()
         for route in self.host.settings.routes:
             self._last_run.setdefault(route, now)
@@ -100,11 +133,13 @@ class LearningLoop:
         await self.lease.start()
         await self.routing.start()
         self._task = asyncio.create_task(self._run(), name="flywheel-learners")
+        self.host.on_feedback(self._wake.set)
+        self._decider = asyncio.create_task(self._decide_loop(), name="flywheel-canary-decisions")
 
     async def stop(self) -> None:
         """Service.stop: end the schedule (a cycle in progress is cancelled)."""
-        task, self._task = self._task, None
-        await cancel_and_wait([task])
+        tasks, self._task, self._decider = [self._task, self._decider], None, None
+        await cancel_and_wait(tasks)
         await self.routing.stop()
         await self.lease.stop()
 
@@ -127,19 +162,49 @@ class LearningLoop:
 
     async def tick(self, *, due: bool = True) -> list[LearnReport]:
         """One scheduled pass over every route that may learn: a cycle where a correction arrived
-        (or, when `due`, `min_new_feedback` feedback rows), else a check of its canaries."""
+        (or, when `due`, `min_new_feedback` feedback rows). Canaries are decided by `_decide_loop`."""
         reports = []
         cfg = self.host.settings.learners
+        await self.host.route_pending_feedback()  # 202 feedback counts for its route once its call is readable
         for route, rs in self.host.settings.routes.items():
             if not rs.learn:
                 continue
             flags = await self.controls.route_flags(route)  # frozen: no cycle; paused: no decision
             enough = due and self.host.new_feedback().get(route, 0) >= max(1, cfg.min_new_feedback)
             if not flags.frozen and (enough or (cfg.learn_on_correction and await self._correction_since(route))):
-                reports.append(await self.learn_route(route))
-            elif not flags.paused and await self._decide(route):
-                await self.host.serving.refresh(route)
+                reports.append(await self.learn_route(route, scheduled=True))
         return reports
+
+    async def _decide_loop(self) -> None:
+        """Decide running canaries beside any cycle: every `_DECIDE_S`, sooner after feedback."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _DECIDE_S)
+            woken = self._wake.is_set()
+            self._wake.clear()
+            try:
+                if self.host.settings.learners.enabled and self.lease.held():
+                    if woken:  # the feedback that woke us must be readable in the store
+                        await self.host.flush_captured(2.0)
+                    await self.decide_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # decisions must outlive one bad pass
+                log.exception("canary decision pass failed")
+            await asyncio.sleep(_DECIDE_MIN_S)
+
+    async def decide_all(self) -> list[RolloutDecision]:
+        """One pass of canary decisions over every route that may learn and is not paused (the
+        schedule's: writes fenced by the lease); a route whose canaries changed is served anew."""
+        out: list[RolloutDecision] = []
+        for route, rs in self.host.settings.routes.items():
+            if not rs.learn or (await self.controls.route_flags(route)).paused:
+                continue
+            decisions = await self._decide(route)
+            if decisions:
+                await self.host.serving.refresh(route)
+            out += decisions
+        return out
 
     async def _correction_since(self, route: str) -> bool:
         since = self._last_run.get(route, 0.0)
@@ -147,15 +212,22 @@ class LearningLoop:
                    for fb in await self.host.open_store().list_feedback(route=route, since=since))
 
     async def _decide(self, route: str) -> list[RolloutDecision]:
-        async with self._lock(route):
-            return [d for d in await self.rollout.check(route) if d.action != "waiting" or d.share is not None]
+        # the rollout's lock only (inside check): never behind the route's running cycle
+        decisions = [d for d in await self._deps(scheduled=True).rollout.check(route)
+                     if d.action != "waiting" or d.share is not None]
+        count_cycle(route, decisions, started=False)  # scheduled canary decisions count like a cycle's
+        return decisions
 
     def _lock(self, route: str) -> asyncio.Lock:
         return self._locks.setdefault(route, asyncio.Lock())
 
+    def _rollout_lock(self, route: str) -> asyncio.Lock:
+        return self._rollout_locks.setdefault(route, asyncio.Lock())
+
     # -- on demand ------------------------------------------------------------------------------
-    async def learn_route(self, route: str) -> LearnReport:
-        """Run one full cycle for `route` now: canary decisions, then new candidates."""
+    async def learn_route(self, route: str, *, scheduled: bool = False) -> LearnReport:
+        """Run one full cycle for `route` now: canary decisions, then new candidates (`scheduled`:
+        the schedule's, its writes fenced by the lease)."""
         rs = self.host.settings.routes.get(route)
         if rs is None:
             raise UnknownRoute(route)
@@ -163,30 +235,72 @@ class LearningLoop:
             return frozen
         await self.host.flush_captured(10.0)  # learn from what has arrived
         async with self._lock(route):
-            started = time.time()
-            count_cycle(route, [], started=True)
-            self.host.reset_new_feedback(route)
-            paused = (await self.controls.route_flags(route)).paused
-            decisions = [] if paused else await self.rollout.check(route)
-            if any(d.action != "waiting" for d in decisions):
-                await self.host.serving.refresh(route)
-            cycle = LearningCycle(self._deps(), self.host.settings.learners, route, rs)
+            hold = await self._hold(route)  # the route's cycle lock, shared by every replica
+            if isinstance(hold, LearnReport):
+                return hold
+            fence: Fence = AllOf(self.lease, hold) if scheduled else hold
             try:
-                report = await cycle.learn()
+                with cycle_span(self.host.tracing, route) as span:
+                    report = await self._learn_locked(route, rs, scheduled, fence)
+                    if span is not None:
+                        span.set_attributes({
+                            "flywheel.candidates": len(report.candidates),
+                            "flywheel.promotions": sum(d.action == "promoted" for d in report.rollout),
+                            "flywheel.rollbacks": sum(d.action == "rolled_back" for d in report.rollout),
+                            "flywheel.eval_calls": report.eval_calls})
+                    return report
+            except LeaseLost as exc:  # deposed mid-cycle: what is left unwritten stays so
+                log.warning("route %s: cycle stopped: %s", route, exc)
+                report = LearnReport(route, time.time())
+                report.skipped.append(f"busy: the cycle stopped, {exc}; another replica runs this route's cycle")
+                return report
             finally:
-                self._last_run[route] = started
-                await self.host.serving.refresh(route)
-            report.rollout = decisions + report.rollout
-            if rs.policy.kind == "learned":  # the routing learner shares the cycle (learners/routing.py)
-                n = online_learning(rs.policy.params()).replays
-                replays = await cycle.routing_replays(n, self.host.routing.embed_many)
-                report.policy = await self.routing.learn(route, replays)
-            log.info("route %s: cycle %.1fs; evaluation %d calls, %d cached, $%.4f", route, report.duration_s,
-                     report.eval_calls, report.eval_cached, report.eval_cost_usd)
-            for c in report.candidates:
-                log.info("route %s: %s %s %s: %s", route, c.kind, c.version, c.outcome, c.reason)
-            count_cycle(route, report.rollout, started=False)
-            return report
+                await hold.release()
+
+    async def _hold(self, route: str) -> RouteHold | LearnReport:
+        """The route's cycle lock, or the report of a cycle not run because another replica holds it."""
+        try:
+            hold = await self.lease.hold_route(route)
+        except Exception as exc:  # the lock's backend unreachable: running unlocked could duplicate
+            log.error("route %s: the cycle lock could not be taken (%s); no cycle run", route, exc)
+            hold, why = None, f"the route's cycle lock could not be taken ({type(exc).__name__}: {exc})"
+        else:
+            why = "another replica is running this route's learning cycle"
+        if hold is not None:
+            return hold
+        report = LearnReport(route, time.time())
+        report.skipped.append(f"busy: {why}; no cycle run here")
+        return report
+
+    async def _learn_locked(self, route: str, rs: RouteSettings, scheduled: bool = False,
+                            fence: Fence | None = None) -> LearnReport:
+        """learn_route's cycle, under the route's lock; its writes fenced by `fence` (None: unfenced)."""
+        deps = self._deps(scheduled=scheduled, fence=fence)
+        started = time.time()
+        count_cycle(route, [], started=True)
+        self.host.reset_new_feedback(route)
+        paused = (await self.controls.route_flags(route)).paused
+        decisions = [] if paused else await deps.rollout.check(route)
+        if any(d.action != "waiting" for d in decisions):
+            await self.host.serving.refresh(route)
+        cycle = LearningCycle(deps, self.host.settings.learners, route, rs)
+        try:
+            report = await cycle.learn()
+        finally:
+            self._last_run[route] = started
+            await self.host.serving.refresh(route)
+        report.rollout = decisions + report.rollout
+        if rs.policy.kind == "learned":  # the routing learner shares the cycle (learners/routing.py)
+            n = online_learning(rs.policy.params()).replays
+            replays = await cycle.routing_replays(n, self.host.routing.embed_many)
+            report.policy = await self.routing.learn(route, replays, store=deps.registry.store)
+        log.info("route %s: cycle %.1fs; evaluation %d calls, %d cached, %d skipped, %d saved by halving, $%.4f",
+                 route, report.duration_s, report.eval_calls, report.eval_cached, len(report.eval_skipped),
+                 report.eval_saved, report.eval_cost_usd)
+        for c in report.candidates:
+            log.info("route %s: %s %s %s: %s", route, c.kind, c.version, c.outcome, c.reason)
+        count_cycle(route, report.rollout, started=False)
+        return report
 
     async def rollback(self, route: str, version: str | None = None,
                        reason: str = "rolled back by admin") -> RolloutDecision:
@@ -196,16 +310,21 @@ class LearningLoop:
         async with self._lock(route):
             decision = await self.rollout.rollback(route, version, reason)
             await self.host.serving.refresh(route)
+            count_cycle(route, [decision], started=False)
             return decision
 
     # -- a person's controls (LearningControl; learners/controls.py) ------------------------------
     async def promote(self, route: str, version: str, *, who: str, note: str) -> RolloutDecision:
         """Promote a running canary now."""
-        return await self.controls.promote(route, version, who=who, note=note)
+        decision = await self.controls.promote(route, version, who=who, note=note)
+        count_cycle(route, [decision], started=False)
+        return decision
 
     async def roll_back(self, route: str, version: str | None, *, who: str, note: str) -> RolloutDecision:
         """Roll back a canary or a promoted version, recording who and why."""
-        return await self.controls.roll_back(route, version, who=who, note=note)
+        decision = await self.controls.roll_back(route, version, who=who, note=note)
+        count_cycle(route, [decision], started=False)
+        return decision
 
     async def set_paused(self, route: str, paused: bool, *, who: str, note: str) -> None:
         """Pause or resume the route's automatic canary decisions."""
@@ -228,9 +347,14 @@ class LearningLoop:
         return await self.controls.cluster_texts(route, texts)
 
     # -- what a cycle needs ---------------------------------------------------------------------
-    def _deps(self) -> CycleDeps:
+    def _deps(self, *, scheduled: bool = False, fence: Fence | None = None) -> CycleDeps:
+        registry, rollout = (self.registry, self.rollout) if not scheduled or self._scheduled is None \
+            else self._scheduled
+        if fence is not None:  # a cycle's writes: fenced by its route's hold (and the lease, when scheduled)
+            registry = ArtifactRegistry(cast(Store, FencedStore(self.registry.store, fence)))
+            rollout = Rollout(registry, lambda: self.host.settings.learners, self._rollout_lock)
         return CycleDeps(
-            registry=self.registry, rollout=self.rollout, runtime=lambda: self.host.runtime,
+            registry=registry, rollout=rollout, runtime=lambda: self.host.runtime,
             embedder=self._embedder, embed_fn=self.host.embedders.embed_fn, scrubber=self._scrubber,
             current=self._current, blocked=self._blocked_ids, economy=self.economy,
         )

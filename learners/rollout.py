@@ -1,7 +1,8 @@
 """Rollout: the only step that changes what live traffic is served with, for every artifact kind.
 
 Templates, example indices and routing policies share one mechanism. A candidate that passed
-evaluation becomes the canary (served to a share of traffic, see `begin`); with `canary_share = 0`
+evaluation becomes the canary (served to a share of traffic, see `begin`: `canary_share`, or more
+when the offline evaluation alone already makes the canary likely better); with `canary_share = 0`
 it is promoted at once. While it runs, the calls served by the canary are compared with the other
 calls of the route since the canary began. The arms differ only in which logged field says which
 version served a call (`SERVED_BY`: `template_version`, `index_version`, `policy_version`) and in
@@ -14,10 +15,17 @@ runs is queued (it stays `candidate`, its evaluation says `queued`). When the ca
 the newest queued candidate starts as the next canary and older queued ones are rejected as
 superseded; after a rollback it starts only if it does not carry the examples the rolled-back
 version introduced (else it is rejected, and the next cycle learns without them).
+
+`begin`, `check` and `rollback` run one at a time per route under the lock the learning loop
+hands in (`lock`, shared by every `Rollout` of the loop): canary decisions run beside a learning
+cycle (learners/loop.py), and `begin` reads the running canary under that lock, so a cycle and a
+decision never start two canaries of one kind.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -84,14 +92,24 @@ async def _calls_since(registry: ArtifactRegistry, route: str, since: float) -> 
 class Rollout:
     """Moves artifacts between candidate, canary, promoted and rolled back, with reasons."""
 
-    def __init__(self, registry: ArtifactRegistry, settings: Callable[[], LearnerSettings]) -> None:
+    def __init__(self, registry: ArtifactRegistry, settings: Callable[[], LearnerSettings],
+                 lock: Callable[[str], asyncio.Lock] | None = None) -> None:
+        """`lock(route)`: the route's rollout lock (None: the caller serialises)."""
         self.registry = registry
         self._settings = settings
+        self._lock = lock
         self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas, immutable
+
+    def _guard(self, route: str) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._lock(route) if self._lock is not None else contextlib.nullcontext()
 
     async def begin(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
         """Start a candidate that passed evaluation: canary (queued behind a running one), or
         promoted when the canary is off."""
+        async with self._guard(route):
+            return await self._begin(route, kind, version, why)
+
+    async def _begin(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
         share = self._settings().canary_share
         running = (await self.registry.states(route, kind)).canary if share > 0 else None
         if running is not None and running != version:
@@ -100,6 +118,12 @@ class Rollout:
         if share > 0:
             reason = f"canary at {share:.0%}: {why}"
             await self.registry.move(route, kind, version, "canary", reason)
+            opening = await self._opening_share(route, kind, version)
+            if opening is not None and opening - share >= 0.05:
+                # strong offline evidence: start wider, so the feedback that decides arrives sooner
+                reason = f"canary at {opening:.0%} (the offline evaluation's evidence): {why}"
+                await self.registry.set_share(route, kind, version, opening, reason)
+                return RolloutDecision(route, kind, version, "canary", reason, share=opening)
             return RolloutDecision(route, kind, version, "canary", reason)
         reason = f"promoted without canary (canary_share = 0): {why}"
         await self.registry.move(route, kind, version, "promoted", reason)
@@ -139,6 +163,10 @@ class Rollout:
                     metric: str = "any") -> list[RolloutDecision]:
         """Check every running canary of `route` among `kinds` (learners/sequential.py): promote or
         roll it back when the evidence says so, else record the share it should serve meanwhile."""
+        async with self._guard(route):
+            return await self._check(route, kinds, metric)
+
+    async def _check(self, route: str, kinds: Sequence[ArtifactKind], metric: str) -> list[RolloutDecision]:
         rule = Rule.of(self._settings())
         out: list[RolloutDecision] = []
         states = await self.registry.all_states(route)
@@ -193,8 +221,21 @@ class Rollout:
                 out.append(await self.reject(route, kind, queued[-1], f"carries {len(shared)} examples of "
                                              f"{decided}, rolled back; the next cycle learns without them"))
                 return out
-        out.append(await self.begin(route, kind, queued[-1], f"{why} (was queued behind {decided}, {action})"))
+        out.append(await self._begin(route, kind, queued[-1], f"{why} (was queued behind {decided}, {action})"))
         return out
+
+    async def _opening_share(self, route: str, kind: ArtifactKind, version: str) -> float | None:
+        """The share the sequential rule gives a new canary on its offline evidence alone: current
+        as replayed (n held-out calls at its offline mean), the canary as the prior shifted by the
+        offline delta. A tie stays at `canary_share`; a large gain on enough cases opens wider."""
+        rec = await self.registry.get(route, kind, version)
+        ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
+        offline = ev.get("offline") or {}
+        n, current, delta = offline.get("n"), offline.get("current"), offline.get("delta")
+        if kind == "policy" or not (isinstance(n, int) and n > 0 and isinstance(current, int | float)
+                                    and isinstance(delta, int | float)):
+            return None
+        return decide(ArmEvidence(0, 0.0), ArmEvidence(n, n * current), Rule.of(self._settings()), delta).share
 
     async def _prior(self, route: str, kind: ArtifactKind, version: str) -> float | None:
         """The offline evaluation's quality delta of `version` (None when it has none)."""
@@ -214,6 +255,10 @@ class Rollout:
 
         Rolling back a promoted version makes the one promoted before it current again.
         """
+        async with self._guard(route):
+            return await self._rollback(route, version, reason)
+
+    async def _rollback(self, route: str, version: str | None, reason: str) -> RolloutDecision:
         states = await self.registry.all_states(route)
         if version is None:
             live = [(ks.versions[v].since, kind, v) for kind, ks in states.items() if kind in AUGMENTING_KINDS

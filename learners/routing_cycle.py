@@ -10,6 +10,10 @@
   promoted or rolled back by the one rollout mechanism (learners/rollout.py, arm field
   `policy_version`, metric the route's `quality_metric`); the router then serves what was decided.
 
+Its writes are fenced (learners/fencing.py): a cycle's policy candidate by the cycle's store (its
+route's cycle lock, and the lease for a scheduled cycle), the canary decisions by the learner lease
+(`fence`), so a replica deposed mid-write cannot write over its successor's policy versions.
+
 It reaches the request path only through `LearnedRouting`'s learning interface (`live_policy`,
 `hold_version`, `adopt`, `observe_replays`, `sync_artifacts`).
 """
@@ -20,12 +24,15 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from gateway.background import cancel_and_wait
 from gateway.learning import LearningHost
 from gateway.serve.outcomes import Replay
 from gateway.serve.route_policy import online_learning
 from gateway.store.artifacts import ArtifactRegistry
+from gateway.store.base import Store
+from learners.fencing import Fence, FencedStore
 from learners.rollout import Rollout
 from learners.routing import LearnResult, fit_policy, learn_policy
 from learners.routing_data import load_examples
@@ -46,12 +53,16 @@ class RoutingLearner:
         self._tasks: list[asyncio.Task[None]] = []
         self._rollout: Rollout | None = None
         self.leader: Callable[[], bool] = lambda: True  # the loop hands it the learner lease
+        self.fence: Fence | None = None  # …and fences the canary decisions' writes with it
 
     @property
     def rollout(self) -> Rollout:
         """The rollout mechanism over the gateway's store (made on first use: the store opens late)."""
         if self._rollout is None:
-            self._rollout = Rollout(ArtifactRegistry(self.host.open_store()), lambda: self.host.settings.learners)
+            store = self.host.open_store()
+            if self.fence is not None:  # a deposed leader's decisions are refused (learners/fencing.py)
+                store = cast(Store, FencedStore(store, self.fence))
+            self._rollout = Rollout(ArtifactRegistry(store), lambda: self.host.settings.learners)
         return self._rollout
 
     async def start(self) -> None:
@@ -119,9 +130,11 @@ class RoutingLearner:
         if decided:
             await routing.sync_artifacts()
 
-    async def learn(self, route: str, replays: Sequence[Replay] = ()) -> LearnResult:
+    async def learn(self, route: str, replays: Sequence[Replay] = (), *, store: Store | None = None) -> LearnResult:
         """One policy-learning cycle for `route` now (learners/routing.py), then follow its outcome;
-        `replays` from this cycle are learned online first and join the candidate's data."""
+        `replays` from this cycle are learned online first and join the candidate's data. `store`:
+        what the candidate and its rollout are written through (the cycle's fenced store; default
+        the gateway's); a refused write raises `LeaseLost` (learners/fencing.py)."""
         routing = self.host.routing
         live = routing.live_policy(route)
         rs = self.host.settings.routes.get(route)
@@ -131,7 +144,7 @@ class RoutingLearner:
         kept = self._replays.setdefault(route, deque(maxlen=self._memory))
         kept.extend(replays)
         cfg = online_learning(rs.policy.params())
-        result = await learn_policy(self.host.open_store(), route, live, routing.embed_many,
+        result = await learn_policy(store or self.host.open_store(), route, live, routing.embed_many,
                                     learner=self.host.settings.learners, current_version=routing.live_version(route),
                                     unrated=cfg.unrated, unrated_after_s=cfg.unrated_after_s,
                                     limit=self._rebuild_calls, replays=list(kept))

@@ -5,9 +5,14 @@
    word most of its questions share, and the rule is the phrase most of its corrections add that
    the model's answers lacked: "Answers about refunds must mention: 14-day window".
 2. Static demonstrations chosen by evaluation (BootstrapFewShot with random search): a few random
-   subsets of the train examples, each scored on held-out calls by replay; the best is kept.
-3. Optionally, an optimizer route rewrites the instructions from failure examples (train
-   corrections); its proposal is scored like any other trial.
+   subsets of the train examples, each scored on held-out calls by replay; the best is kept. The
+   first subset is also tried without the distilled rules, so rules that hurt lose to it.
+3. Optionally, an optimizer route rewrites the instructions by reflecting on failures (GEPA-style):
+   it is shown the current instructions and the held-out cases the best trial still gets wrong
+   (question, answer given, expected answer, score, slice), or train corrections when no trial
+   was replayed; its proposal is scored like any other trial and passes the same gate.
+Label routes (answers of one word: an intent, a class) get no distilled rules: "Answers about X
+must mention: 0" only restates a label the demonstrations teach better.
 The learner is pure: it reads a dataset and scores through the function it is given.
 """
 
@@ -36,8 +41,12 @@ SUPPORT = 0.6  # share of a cluster's questions/corrections a topic/phrase must 
 BOILERPLATE_SHARE = 0.9  # a stem in this share of a route's questions is boilerplate, never a topic
 MAX_PHRASE = 8
 OPTIMIZER_MARKER = "Rewrite the instructions"
+LABEL_SHARE = 0.8  # corrections this share of which are one word make a label route (no distilled rules)
+MAX_FAILURES = 8  # failures shown to the optimizer
 
 Scorer = Callable[[str, Template], Awaitable[float | None]]  # (trial label, template) -> mean, None: no budget
+# all trials at once -> the mean of each still in the running (learners/halving.py drops clear losers early)
+Race = Callable[[Sequence[tuple[str, Template]]], Awaitable[dict[str, float]]]
 
 _STOP_WORDS = """
 a an the and or but if then so of to in on at by for with from about as into over under within without
@@ -71,6 +80,23 @@ class Instruction:
 
     def line(self) -> str:
         return f"Answers about {self.topic} must mention: {self.must_mention}"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A case a template got wrong, for the optimizer to reflect on."""
+
+    question: str
+    answer: str
+    expected: str
+    score: float | None = None  # the metric's score of `answer` (None: a train correction)
+    segment: str | None = None
+    call_id: str | None = None  # the logged call it came from (the rewrite's evidence)
+
+    @classmethod
+    def of(cls, c: Correction) -> Failure:
+        """A train correction as a failure: the model's answer and the fix."""
+        return cls(c.example.input, c.answer, c.example.output, call_id=c.example.source_call_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +201,17 @@ def cluster_threshold(embedder: Embedder) -> float:
     return HASHING_CLUSTER_THRESHOLD if embedder.name.startswith("hashing") else CLUSTER_THRESHOLD
 
 
+def is_label_task(outputs: Sequence[str]) -> bool:
+    """True when nearly every answer is a single word (a label): a must-mention rule would only
+    restate the label."""
+    return bool(outputs) and sum(len(words(o)) <= 1 for o in outputs) >= LABEL_SHARE * len(outputs)
+
+
 def distill_instructions(corrections: Sequence[Correction], embedder: Embedder, *, min_cluster: int = 2,
                          threshold: float | None = None, background: Sequence[str] = ()) -> list[Instruction]:
-    """One instruction per cluster of >= `min_cluster` similar corrections that agree on a phrase."""
-    if len(corrections) < min_cluster:
+    """One instruction per cluster of >= `min_cluster` similar corrections that agree on a phrase;
+    none for a label route."""
+    if len(corrections) < min_cluster or is_label_task([c.example.output for c in corrections]):
         return []
     threshold = cluster_threshold(embedder) if threshold is None else threshold
     common = boilerplate(background)  # `background`: the route's questions, corrected or not
@@ -194,15 +227,17 @@ def distill_instructions(corrections: Sequence[Correction], embedder: Embedder, 
     return sorted(out, key=lambda i: (i.topic, i.must_mention))
 
 
-def optimizer_prompt(instructions: Sequence[str], failures: Sequence[Correction]) -> str:
+def optimizer_prompt(instructions: Sequence[str], failures: Sequence[Correction | Failure]) -> str:
     """What the optimizer route is asked: rewrite the instructions given mistakes and fixes."""
     lines = [f"{OPTIMIZER_MARKER} of an assistant so that it stops making the mistakes below.",
+             "Keep what works; say what the answers must do, in general terms, not the answers themselves.",
              "Reply with the new instructions only, one per line.", "", "Current instructions:"]
     lines += [f"- {i}" for i in instructions] or ["(none)"]
     lines += ["", "Mistakes:"]
-    for n, f in enumerate(failures, 1):
-        lines += [f"{n}. Question: {f.example.input}", f"   Answer given: {f.answer}",
-                  f"   Expected: {f.example.output}"]
+    for n, f in enumerate(Failure.of(x) if isinstance(x, Correction) else x for x in failures):
+        lines += [f"{n + 1}. Question: {f.question}", f"   Answer given: {f.answer}", f"   Expected: {f.expected}"]
+        if f.score is not None:
+            lines += [f"   Score: {f.score:.2f}" + (f" (slice {f.segment})" if f.segment else "")]
     return "\n".join(lines)
 
 
@@ -219,9 +254,15 @@ def parse_instructions(reply: str, *, max_lines: int = 20, max_chars: int = 300)
 async def fit_template(
     current: Template, dataset: Dataset, embedder: Embedder, score: Scorer, *, parent: str | None,
     max_demos: int = 4, trials: int = 4, seed: int = 0, min_cluster: int = 2, optimizer: ChatFn | None = None,
-    distilled: Sequence[Instruction] | None = None,
+    distilled: Sequence[Instruction] | None = None, race: Race | None = None,
+    failures: Callable[[str], Sequence[Failure]] | None = None,
 ) -> TemplateCandidate | None:
-    """Search instructions x demonstrations; the best-scoring template unless it is `current`."""
+    """Search instructions x demonstrations; the best-scoring template unless it is `current`.
+
+    Trials are scored one by one with `score`, or all together by `race` when given (which may
+    leave the clear losers out); the optimizer's rewrite, built from the best trial, by `score`.
+    `failures(label)`: the held-out cases a scored trial got wrong (the optimizer reflects on the
+    best trial's; with none it is not asked: nothing to learn from)."""
     found = list(distilled) if distilled is not None else distill_instructions(
         dataset.corrections, embedder, min_cluster=min_cluster, background=[e.input for e in dataset.examples])
     instructions = tuple(i.line() for i in found) or current.instructions
@@ -234,16 +275,27 @@ async def fit_template(
         subset = rng.sample(train, rng.randint(1, min(max_demos, len(train))))
         demos = tuple(Demonstration(e.input, e.output, e.id) for e in subset)
         pool.append((f"demos#{t + 1}", current.replace(instructions=instructions, demonstrations=demos)))
-    scored: list[tuple[str, Template, float]] = []
+        if t == 0 and instructions != current.instructions:
+            # the same demonstrations without the distilled rules: when the rules hurt, this arm says so
+            pool.append(("demos#1 without rules", current.replace(demonstrations=demos)))
+    unique: list[tuple[str, Template]] = []
     for label, tpl in pool:
-        if tpl == current or any(tpl == s[1] for s in scored):
-            continue
+        if tpl != current and all(tpl != u[1] for u in unique):
+            unique.append((label, tpl))
+    scored: list[tuple[str, Template, float]] = []
+    if race is not None:
+        means = await race(unique) if unique else {}
+        scored = [(label, tpl, means[label]) for label, tpl in unique if label in means]
+    for label, tpl in unique if race is None else ():
         mean = await score(label, tpl)
         if mean is not None:
             scored.append((label, tpl, mean))
-    if optimizer is not None and dataset.corrections:
+    shown: list[Failure] = [Failure.of(c) for c in dataset.corrections[:MAX_FAILURES]]
+    if scored and failures is not None:
+        shown = list(failures(max(scored, key=lambda s: s[2])[0]))[:MAX_FAILURES]
+    if optimizer is not None and shown:
         best_demos = max(scored, key=lambda s: s[2])[1].demonstrations if scored else current.demonstrations
-        reply = await optimizer(optimizer_prompt(instructions, dataset.corrections[:8]))
+        reply = await optimizer(optimizer_prompt(instructions, shown))
         proposed = tuple(parse_instructions(reply))
         tpl = current.replace(instructions=proposed, demonstrations=best_demos)
         if proposed and tpl != current and all(tpl != s[1] for s in scored):
@@ -256,8 +308,9 @@ async def fit_template(
     demo_ids = {d.source_id for d in best.demonstrations}
     used = [e for e in dataset.examples if e.id in demo_ids]
     ev_ids = {x for i in found if i.line() in best.instructions for x in i.evidence}
-    if label == "optimizer":
-        ev_ids |= {c.example.id for c in dataset.corrections[:8]}
+    if label == "optimizer":  # its evidence: the calls behind the failures it was shown
+        shown_calls = {f.call_id for f in shown}
+        ev_ids |= {e.id for e in dataset.examples if e.source_call_id in shown_calls}
     used += [e for e in dataset.examples if e.id in ev_ids and e.id not in demo_ids]
     calls, feedback = dataset.evidence(used)
     note = (f"{len(best.instructions)} instructions ({len(found)} distilled from "

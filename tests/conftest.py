@@ -108,7 +108,8 @@ def start_gateway(settings: Settings, config_path: Path | None = None) -> Runnin
 def base_config(upstream: str, tmp: Path, **overrides: Any) -> dict[str, Any]:
     """A config with one OpenAI-compatible provider (the fake upstream) and a few models."""
     cfg: dict[str, Any] = {
-        "store": {"url": f"sqlite:///{tmp}/flywheel.db", "spill_path": str(tmp / "spill.jsonl"), "flush_ms": 10},
+        "store": {"url": f"sqlite:///{tmp}/flywheel.db", "spill_path": str(tmp / "spill.jsonl"), "flush_ms": 10,
+                  "journal_dir": str(tmp / "journal")},
         "retries": {"attempts": 3, "initial_delay_s": 0.01, "max_delay_s": 0.5, "attempt_timeout_s": 5,
                     "deadline_s": 20},
         "providers": {"up": {"kind": "openai", "base_url": upstream}},

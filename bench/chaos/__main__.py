@@ -63,11 +63,16 @@ async def _run_one(name: str, ctx: DrillContext) -> DrillResult:
     print(f"== {name} ({ctx.backend})", flush=True)
     started = time.monotonic()
     try:
-        res = await asyncio.wait_for(DRILLS[name][1](ctx), timeout=15 * 60)
+        # the soak runs --soak-minutes on top of its warm-up and saturation run: a fixed 15-minute cap
+        # stopped every 15-minute soak before it could report
+        cap = 15 * 60 + (ctx.soak_minutes * 60 if name == "memory" else 0)
+        res = await asyncio.wait_for(DRILLS[name][1](ctx), timeout=cap)
     except Exception as exc:  # a drill that crashes is a failed drill, and the run goes on
         res = ctx.result(name)
         res.passed = False
         res.note(f"drill crashed: {exc.__class__.__name__}: {exc}")
+        for gw in ctx.started:  # a crashed drill never reached its own stop: no gateway left running
+            gw.kill()
         traceback.print_exc()
     print(f"   {name} ({ctx.backend}): sent {res.sent}, rows {res.rows}, feedback {res.fb_sent}/{res.fb_found}, "
           f"lost {res.lost}, duplicates {res.duplicates}, max stall {res.stall_ms:.0f} ms, "

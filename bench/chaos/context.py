@@ -7,7 +7,7 @@ import contextlib
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ class DrillContext:
     cluster: Any = None  # tests.pg_throwaway.ThrowawayCluster when backend == "postgres"
     soak_minutes: float = 1.0
     data_dir: Path | None = None  # where the last config written put the SQLite file and the spill
+    started: list[GatewayProc] = field(default_factory=list)  # killed if the drill crashes or times out
 
     def store_url(self, data_dir: Path | None = None) -> str:
         if self.backend == "sqlite":
@@ -44,6 +45,7 @@ class DrillContext:
 
     def start(self, config: Path, tag: str = "gw", ready: bool = True) -> GatewayProc:
         gw = GatewayProc(config, self.root / f"{tag}.log")
+        self.started.append(gw)
         if ready:
             gw.wait_ready()
         return gw

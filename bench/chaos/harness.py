@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -172,6 +174,31 @@ class Client:
         if user is not None:
             payload["user"] = user
         return await self.post_chat(orjson.dumps(payload), timeout)
+
+    async def post_chat_from_thread(self, data: bytes, timeout: float = 120) -> tuple[int, str | None]:
+        """`post_chat` for a huge body, sent from a worker thread with blocking sockets (which release
+        the interpreter lock): writing megabytes on this event loop would delay the stall probe that
+        shares it, and that delay would be counted as the gateway's stall."""
+        def post() -> tuple[int, str | None]:
+            url = urlsplit(self.base)
+            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=timeout)
+            try:
+                conn.request("POST", "/v1/chat/completions", body=data, headers={"content-type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                return r.status, r.getheader("x-flywheel-call-id")
+            finally:
+                conn.close()
+
+        try:
+            status, call_id = await asyncio.to_thread(post)
+        except OSError:
+            self.transport_errors += 1
+            return 0, None
+        self._count(status)
+        if call_id:
+            self.call_ids.append(call_id)
+        return status, call_id
 
     async def post_chat(self, data: bytes, timeout: float = 60) -> tuple[int, str | None]:
         try:

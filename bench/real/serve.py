@@ -7,6 +7,10 @@ The server runs as a child process in its own session (so stopping it never touc
 else), listens on 127.0.0.1 only, and is stopped with SIGTERM (SIGKILL after a grace period).
 Needs `bash bench/real/setup.sh` first (llama-cpp-python[server] in the venv).
 
+On CPUs that advertise AMX the server is started through bench/real/no_repack.py (weight
+repacking off, llama.cpp's `--no-repack`), because llama.cpp's AMX/repack kernels fault there;
+`no_repack=True/False` forces it either way.
+
 Smoke test: python -m bench.real.serve [smollm2|gemma3|qwen-coder]
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .models import DEFAULT_CACHE, MODELS, fetch
+from .no_repack import amx_present
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO_ROOT / "bench" / ".cache" / "logs"
@@ -59,6 +64,7 @@ class LlamaServer:
         extra_args: Sequence[str] = (),
         startup_timeout_s: float = 120.0,
         log_path: Path | None = None,
+        no_repack: bool | None = None,
     ) -> None:
         self.model = model
         self.alias = alias
@@ -69,6 +75,7 @@ class LlamaServer:
         self.extra_args = tuple(extra_args)
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path or LOG_DIR / f"llama-server-{alias}.log"
+        self.no_repack = amx_present() if no_repack is None else no_repack  # None: decide by the CPU
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -82,7 +89,7 @@ class LlamaServer:
         cmd = [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "bench.real.no_repack" if self.no_repack else "llama_cpp.server",
             "--model",
             str(self.model),
             "--model_alias",
@@ -121,6 +128,7 @@ class LlamaServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT,  # so `-m bench.real.no_repack` resolves
                 start_new_session=True,  # own process group: stop() signals only this server
             )
         deadline = started + self.startup_timeout_s

@@ -99,6 +99,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(f"[bold]route {report['route']}[/]: {report['examples']} curated examples "
                   f"({report['train']} train, {report['heldout']} held-out) in {report['duration_s']:.1f}s; "
                   f"{report['eval_calls']} evaluation calls, ${report['eval_cost_usd']:.4f}")
+    skipped = report.get("eval_skipped") or []
+    console.print(f"  evaluation spend: {report['eval_calls']} calls replayed, {report.get('eval_cached', 0)} "
+                  f"from the cache, {len(skipped)} candidates skipped, {report.get('eval_saved', 0)} case replays "
+                  "saved by successive halving")
+    for line in [*(report.get("eval_halving") or []), *skipped]:
+        console.print(f"    {line}", style="dim")
     for d in report["rollout"]:
         console.print(f"  {d['kind']} {d['version']}: [bold]{d['action']}[/] - {d['reason']}")
     for c in report["candidates"]:

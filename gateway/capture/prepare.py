@@ -41,6 +41,7 @@ class CallPreparer:
         self._store = store
         self._on_inferred = on_inferred
         self._scrubber: Scrubber | None = None
+        self._scrubber_names: tuple[bool, str | None, str] | None = None  # the settings it was built for
         self._pseudonyms: tuple[bool, str | None, str, Pseudonymizer | None] | None = None
         self.signals: SignalDetector = SignalDetector(window_s=regeneration_window_s)
         self.prices = PriceMap()  # litellm's price map, for models without a configured price
@@ -49,11 +50,15 @@ class CallPreparer:
     @property
     def scrubber(self) -> Scrubber:
         """The PII scrubber, built on first use: its name lists take a moment to load, and a
-        gateway that stores raw text never needs them."""
-        if self._scrubber is None:
+        gateway that stores raw text never needs them. Rebuilt when `[privacy] name_pseudonyms`
+        (or its key) changes."""
+        p = self._privacy()
+        key = (p.name_pseudonyms, p.user_key_env, p.user_key_path)
+        if self._scrubber is None or self._scrubber_names != key:
+            from gateway.privacy.pseudonym import name_pseudonyms
             from gateway.privacy.scrubber import Scrubber
 
-            self._scrubber = Scrubber()
+            self._scrubber, self._scrubber_names = Scrubber(names=name_pseudonyms(p)), key
         return self._scrubber
 
     def pseudonymizer(self) -> Pseudonymizer | None:
@@ -74,11 +79,12 @@ class CallPreparer:
 
     # -- on the event loop -----------------------------------------------------------------------
 
-    def observe(self, rec: CallRecord) -> CallRecord:
-        """Price the call and infer feedback from it; returns the (priced) call."""
+    def observe(self, rec: CallRecord, *, signals: bool = True) -> CallRecord:
+        """Price the call and infer feedback from it; returns the (priced) call. `signals=False`:
+        price only (a replayed journal: what it inferred may be stored already)."""
         if rec.cost_usd is None and rec.prompt_tokens is not None:
             rec = self._priced(rec)
-        if rec.endpoint == "chat" and not rec.no_log and rec.status == 200:
+        if signals and rec.endpoint == "chat" and not rec.no_log and rec.status == 200:
             for fb in self.signals.observe(rec):
                 self.inferred += 1
                 self._on_inferred(rec.route, fb)

@@ -2,7 +2,8 @@
 
 Every `retention_interval_s` it deletes calls created before now - retention_days (with their
 attempts, feedback and orphaned blobs) through `Store.delete_older_than`, `retention_batch`
-calls per transaction, so the batched writer's inserts interleave with a large purge. Settings
+calls per transaction, so the batched writer's inserts interleave with a large purge; feedback that
+old whose call never arrived goes too (else it stayed, waited for in `rollup_waiting`, forever). Settings
 are read through a getter at each sweep: a config reload that changes the window takes effect
 at the next sweep. `retention_days = 0` keeps everything.
 """

@@ -13,6 +13,7 @@ from typing import Any
 # (section, key) pairs that hold a filesystem path; "*" matches every table of the section.
 PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("store", "spill_path"),
+    ("store", "journal_dir"),
     ("routes", "*", "template"),
     ("privacy", "user_key_path"),
 )

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 PROVIDER_KINDS = ("openai", "azure", "litellm", "fake")
+ResponsesMode = Literal["translate", "native"]
 
 
 class _Strict(BaseModel):
@@ -23,6 +24,10 @@ class _HttpProvider(_Strict):
     api_key_env: str | None = None  # secrets by reference only: the env var's name
     timeout_s: float = Field(60.0, gt=0)
     headers: dict[str, str] = {}
+    # Requests the upstream serves at once (llama.cpp: its --parallel). Unset: 1 for a server on
+    # this machine or a private network, many otherwise (gateway/serve/live_load.py). With a
+    # number, learning's evaluation replays yield to live calls there (learners/economy.py).
+    slots: int | None = Field(None, ge=1)
 
 
 class _NativeProvider(_HttpProvider):
@@ -33,6 +38,9 @@ class _NativeProvider(_HttpProvider):
     # An http:// forward proxy for this provider (https upstreams tunnel through CONNECT).
     # Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment apply; "" means no proxy.
     proxy: str | None = None
+    # How POST /v1/responses reaches this upstream: "translate" (as chat completions, which every
+    # OpenAI-compatible server speaks) or "native" (passed through to its own /v1/responses).
+    responses: ResponsesMode = "translate"
 
 
 class OpenAIProviderSettings(_NativeProvider):
@@ -67,6 +75,7 @@ class FakeProviderSettings(_Strict):
     replies: dict[str, str] = {}  # substring of the last user message -> scripted reply
     hard: list[str] = []  # substrings of the last user message that this model gets wrong…
     hard_reply: str = "Sorry, I cannot answer that reliably."  # …answering this instead
+    responses: ResponsesMode = "translate"  # "native": the simulated upstream also speaks the Responses API
 
 
 ProviderSettings = Annotated[

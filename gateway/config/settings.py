@@ -78,6 +78,12 @@ class StoreSettings(_Strict):
     # Rows kept in memory when neither the database nor the spill file takes them (disk full);
     # beyond it rows are lost (README: capture guarantees).
     memory_rows: int = Field(100_000, ge=0)
+    # The journal (gateway/store/journal.py): queued rows reach local disk (encrypted) every
+    # journal_ms, one write per window, so a SIGKILL loses at most that window however far the
+    # database lags; 0 turns it off. Replicas sharing journal_dir replay a dead one's segments.
+    journal_ms: int = Field(100, ge=0)
+    journal_dir: str = "data/journal"
+    journal_fsync: bool = False  # true: also on disk each window (survives a power cut; a disk flush per window)
 
 
 class Price(_Strict):
@@ -178,6 +184,9 @@ class KeySettings(_Strict):
 class AuthSettings(_Strict):
     admin_key_env: str | None = "FLYWHEEL_ADMIN_KEY"
     keys: dict[str, KeySettings] = {}  # empty: the /v1 API is open (demo mode)
+    # how often a replica re-reads the keys disabled, enabled and rotated at run time from the store
+    # (gateway/keyring.py): a change made on another replica takes effect here within this many seconds
+    refresh_s: float = Field(2.0, gt=0)
 
 
 class LearnerSettings(_Strict):
@@ -206,6 +215,11 @@ class LearnerSettings(_Strict):
     max_eval_cost_usd: float = Field(1.0, ge=0)  # per learning run; 0: no cost limit
     eval_concurrency: int = Field(2, ge=1)  # evaluation replays in flight per upstream (provider)
     eval_rate_per_s: float = Field(10.0, ge=0)  # evaluation replays started per second per upstream; 0: no cap
+    # On an upstream with few slots ([providers.X] slots; a local server: 1) replays yield to live
+    # calls: none starts while live calls fill its slots, and while live traffic is present (a live
+    # call within eval_live_idle_s) replays occupy it at most eval_share of the time (learners/economy.py)
+    eval_share: float = Field(0.25, gt=0, le=1)
+    eval_live_idle_s: float = Field(5.0, ge=0)
     reject_backoff_max: int = Field(8, ge=0)  # most cycles a kind sits out after repeated rejections
     # template learner (learners/template.py)
     demo_trials: int = Field(4, ge=0)
@@ -232,6 +246,9 @@ class PrivacySettings(_Strict):
     pseudonymize_users: bool = True
     user_key_env: str | None = "FLYWHEEL_USER_KEY"
     user_key_path: str = "data/user.key"
+    # Person names stored as stable fake names (keyed with the same secret) instead of <PERSON>:
+    # examples keep teaching name extraction; see gateway/privacy/pseudonym.py for the trade-off.
+    name_pseudonyms: bool = False
 
 
 class RateSettings(_Strict):
@@ -387,7 +404,7 @@ def load_settings(path: str | Path) -> Settings:
     for section, model in (("store", StoreSettings), ("privacy", PrivacySettings)):
         table = data.setdefault(section, {})
         if isinstance(table, dict):
-            for key in ("url", "spill_path", "user_key_path"):
+            for key in ("url", "spill_path", "journal_dir", "user_key_path"):
                 if key in model.model_fields and key not in table:
                     table[key] = model.model_fields[key].default
     resolve_paths(data, p.resolve().parent)

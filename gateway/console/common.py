@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.console import session
-from gateway.console.cache import BucketCache
 from gateway.console.render import html, is_api
 from gateway.errors import GatewayError, error_response
 from gateway.learning import LearningControl, RouteFlags
@@ -48,15 +47,6 @@ class Ctx:
         if self.gw.learning is None:
             raise GatewayError("Learning is not attached to this gateway.", code="learning_unavailable", status=503)
         return self.gw.learning
-
-    @property
-    def cache(self) -> BucketCache:
-        """The closed-bucket cache of this app (one per gateway process)."""
-        state = self.request.app.state
-        if not hasattr(state, "console_cache"):
-            state.console_cache = BucketCache()
-        cache: BucketCache = state.console_cache
-        return cache
 
     @property
     def registry(self) -> ArtifactRegistry:

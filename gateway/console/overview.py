@@ -1,4 +1,6 @@
-"""The data of the Routes and Route detail pages, aggregated by the store (gateway/store/console_queries.py).
+"""The data of the Routes and Route detail pages, summed from the store's hourly roll-ups
+(gateway/store/rollups.py through console_queries.rollup_buckets): a page view reads a few rows per
+hour of its period, never the calls, and no figure is cached between views.
 
 Quality is read from explicit feedback: the mean rating (+1/-1 mapped to 1/0) and the mean score
 of the rated calls, and the corrections rate (corrections per call). A *successful* call is one
@@ -8,18 +10,17 @@ down-rated answers too), which is what one good answer really costs.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.config.settings import Settings
-from gateway.console.cache import BucketCache, aligned_since
 from gateway.learning import RouteFlags
 from gateway.reports import explain
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.base import Store
-from gateway.store.console_queries import CallBucket, FeedbackBucket, RouteAction
+from gateway.store.console_queries import RouteAction
+from gateway.store.rollups import LATENCY_BUCKETS, LATENCY_RESOLUTION, RollupBucket, quantile
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class Figures:
     corrections: int = 0
     corrections_rate: float | None = None
     latency_ms: float | None = None  # mean of the bucket (series) or p50 (totals)
-    p95_ms: float | None = None
+    p95_ms: float | None = None  # totals only; p50/p95 within LATENCY_RESOLUTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,6 @@ class RouteRow:
     totals: Figures
     traffic: dict[str, int]  # calls per variant over the period
     series: list[Figures]  # one per bucket, oldest first
-    buckets: list[CallBucket] = field(default_factory=list, repr=False)  # what the figures came from
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,7 @@ class RoutesPage:
     bucket_s: float
     since: float
     routes: list[RouteRow]
+    latency_resolution: str = LATENCY_RESOLUTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +88,31 @@ class RouteDetail:
     timeline: list[TimelineEntry]
     learning: bool = True
     bucket_s: float = 3600.0
+    latency_resolution: str = LATENCY_RESOLUTION
 
 
-def _figures(calls: list[CallBucket], fb: list[FeedbackBucket], p50: float | None = None,
-             p95: float | None = None) -> Figures:
-    n = sum(b.calls for b in calls)
-    errors = sum(b.errors for b in calls)
-    cost = sum(b.cost_usd for b in calls)
-    rated = sum(b.rated for b in fb)
-    up = (sum(b.rating_sum for b in fb) + rated) / 2  # ratings are +1 / -1
-    scored = sum(b.scored for b in fb)
-    down = sum(b.down for b in fb)
-    corrections = sum(b.corrections for b in fb)
+def aligned_since(now: float, width_s: float, buckets: int) -> float:
+    """The start of the first of `buckets` buckets whose last one contains `now` (boundaries are
+    multiples of the width, so every bucket is whole hours of the roll-ups)."""
+    return (now // width_s + 1) * width_s - buckets * width_s
+
+
+def _figures(bs: list[RollupBucket], quantiles: bool = False) -> Figures:
+    n = sum(b.calls for b in bs)
+    errors = sum(b.errors for b in bs)
+    cost = sum(b.cost_usd for b in bs)
+    up, down = sum(b.up for b in bs), sum(b.down for b in bs)
+    rated = up + down
+    scored = sum(b.scored for b in bs)
+    corrections = sum(b.corrections for b in bs)
     successes = max(0, n - errors - down)
-    latency = p50 if p50 is not None or not n else sum(b.latency_ms_sum for b in calls) / n
+    p50 = p95 = None
+    if quantiles:
+        hist = [sum(b.latency_hist[k] for b in bs) for k in range(LATENCY_BUCKETS)]
+        p50, p95 = quantile(hist, 0.5), quantile(hist, 0.95)
+    latency = p50 if quantiles else sum(b.latency_ms_sum for b in bs) / n if n else None
     return Figures(n, errors, cost, cost / n if n else None, cost / successes if successes else None,
-                   up / rated if rated else None, sum(b.score_sum for b in fb) / scored if scored else None,
+                   up / rated if rated else None, sum(b.score_sum for b in bs) / scored if scored else None,
                    corrections, corrections / n if n else None, latency, p95)
 
 
@@ -114,59 +124,51 @@ async def artifacts_of(registry: ArtifactRegistry, route: str, canary_share: flo
 
 
 async def routes_page(settings: Settings, store: Store, registry: ArtifactRegistry,
-                      flags: dict[str, RouteFlags], *, cache: BucketCache, now: float | None = None) -> RoutesPage:
+                      flags: dict[str, RouteFlags], *, now: float | None = None) -> RoutesPage:
     """Every configured route over the last `[console] window_hours`, in hourly buckets."""
     hours = settings.console.window_hours
     bucket_s = 3600.0
     now = time.time() if now is None else now
     since = aligned_since(now, bucket_s, hours)
-    rows = [await _row(settings, store, registry, route, flags.get(route, RouteFlags()), since, bucket_s, hours,
-                       cache, now) for route in settings.routes]
+    variants = {route: _variants(settings, route) for route in settings.routes}
+    by_route: dict[str, list[RollupBucket]] = defaultdict(list)
+    for b in await store.rollup_buckets(variants, since=since, width_s=bucket_s, buckets=hours):
+        by_route[b.route].append(b)  # one query for every route's figures
+    rows = [await _row(settings, registry, route, flags.get(route, RouteFlags()), by_route[route], hours)
+            for route in settings.routes]
     return RoutesPage(hours, bucket_s, since, rows)
 
 
-async def _row(settings: Settings, store: Store, registry: ArtifactRegistry, route: str, flags: RouteFlags,
-               since: float, bucket_s: float, n: int, cache: BucketCache, now: float) -> RouteRow:
-    rs = settings.routes[route]
-    variants = [v.name for v in rs.variant_list()]
+def _variants(settings: Settings, route: str) -> list[str]:
+    return [v.name for v in settings.routes[route].variant_list()]
 
-    async def calls_at(start: float) -> list[CallBucket]:
-        return await store.call_buckets(route, since=start, width_s=bucket_s, buckets=1, variants=variants)
 
-    async def feedback_at(start: float) -> list[FeedbackBucket]:
-        return await store.feedback_buckets(route, since=start, width_s=bucket_s, buckets=1)
-
-    calls = [dataclasses.replace(b, bucket=i) for i, rows in
-             await cache.buckets(("calls", route, tuple(variants)), since, bucket_s, n, now, calls_at) for b in rows]
-    fb = [dataclasses.replace(b, bucket=i) for i, rows in
-          await cache.buckets(("feedback", route), since, bucket_s, n, now, feedback_at) for b in rows]
-    p50, p95 = await store.latency_quantiles(route, since=since)
+async def _row(settings: Settings, registry: ArtifactRegistry, route: str, flags: RouteFlags,
+               buckets: list[RollupBucket], n: int) -> RouteRow:
+    """The route's row from its roll-up sums over `n` buckets."""
     traffic: dict[str, int] = defaultdict(int)
-    by_c: dict[int, list[CallBucket]] = defaultdict(list)
-    by_f: dict[int, list[FeedbackBucket]] = defaultdict(list)
-    for b in calls:
+    by_bucket: dict[int, list[RollupBucket]] = defaultdict(list)
+    for b in buckets:
         traffic[b.variant] += b.calls
-        by_c[b.bucket].append(b)
-    for f in fb:
-        by_f[f.bucket].append(f)
-    series = [_figures(by_c.get(i, []), by_f.get(i, [])) for i in range(n)]
-    return RouteRow(route, rs.policy.kind, variants,
+        by_bucket[b.bucket].append(b)
+    series = [_figures(by_bucket.get(i, [])) for i in range(n)]
+    return RouteRow(route, settings.routes[route].policy.kind, _variants(settings, route),
                     await artifacts_of(registry, route, settings.learners.canary_share), flags,
-                    _figures(calls, fb, p50, p95), dict(traffic), series, calls)
+                    _figures(buckets, quantiles=True), dict(traffic), series)
 
 
 async def route_detail(settings: Settings, store: Store, registry: ArtifactRegistry, route: str,
-                       flags: RouteFlags, *, hours: int, learning: bool, cache: BucketCache,
-                       now: float | None = None) -> RouteDetail:
+                       flags: RouteFlags, *, hours: int, learning: bool, now: float | None = None) -> RouteDetail:
     """One route over `hours` (hourly buckets up to two days, then 6-hourly up to a week, then daily)
     with its learning timeline."""
     bucket_s = 3600.0 if hours <= 48 else 6 * 3600.0 if hours <= 168 else 86400.0
     n = max(1, int(hours * 3600 // bucket_s))
     now = time.time() if now is None else now
     since = aligned_since(now, bucket_s, n)
-    row = await _row(settings, store, registry, route, flags, since, bucket_s, n, cache, now)
+    buckets = await store.rollup_buckets({route: _variants(settings, route)}, since=since, width_s=bucket_s, buckets=n)
+    row = await _row(settings, registry, route, flags, buckets, n)
     mix: dict[str, list[int]] = {v: [0] * n for v in row.variants}
-    for b in row.buckets:
+    for b in buckets:
         if 0 <= b.bucket < n:
             mix.setdefault(b.variant, [0] * n)[b.bucket] += b.calls
     versions = [v for kind in ("template", "index", "policy")

@@ -28,7 +28,7 @@ PAGE_SIZE = 50
 @page()
 async def routes(request: Request, ctx: Ctx) -> Response:
     flags = {r: await ctx.flags(r) for r in ctx.gw.settings.routes}
-    data = await routes_page(ctx.gw.settings, ctx.store, ctx.registry, flags, cache=ctx.cache)
+    data = await routes_page(ctx.gw.settings, ctx.store, ctx.registry, flags)
     return respond(request, "routes.html", data, viewer=ctx.viewer)
 
 
@@ -37,7 +37,7 @@ async def route(request: Request, ctx: Ctx) -> Response:
     name = ctx.route(request.path_params["route"])
     hours = _int(request, "hours", 24, 1, 24 * 90)
     data = await route_detail(ctx.gw.settings, ctx.store, ctx.registry, name, await ctx.flags(name), hours=hours,
-                              learning=ctx.learning is not None, cache=ctx.cache)
+                              learning=ctx.learning is not None)
     return respond(request, "route.html", data, viewer=ctx.viewer, hours=hours,
                    message=request.query_params.get("msg"))
 

@@ -112,7 +112,8 @@ def build_app(gw: Gateway) -> Starlette:
                    keyless=lambda: not gw.runtime.key_hashes),
         Middleware(LimitsMiddleware, max_body_bytes=settings.server.max_body_bytes,
                    max_concurrency=settings.server.max_concurrency),
-        Middleware(AuthMiddleware, runtime=lambda: gw.runtime, admin_key=gw.admin_key, limiter=gw.limiter),
+        Middleware(AuthMiddleware, runtime=lambda: gw.runtime, admin_key=gw.admin_key, limiter=gw.limiter,
+                   keys=gw.keys),
     ]
     if gw.tracing is not None:  # outermost: the span covers everything, refusals included
         middleware.insert(0, Middleware(TracingMiddleware, tracing=gw.tracing))

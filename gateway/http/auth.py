@@ -8,7 +8,6 @@ the call's token reservation rides in `IN_FLIGHT` until the gateway's sink settl
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.config.settings import KeySettings
 from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, error_response
 from gateway.http.admission import IN_FLIGHT, Admitter, with_headers
+from gateway.keyring import KeyRing
+from gateway.keyring import hash_key as hash_key  # where callers have always found it
 from gateway.limits import Limiter
 from gateway.serve.runtime import Runtime
 
@@ -27,11 +28,6 @@ log = logging.getLogger("flywheel.auth")
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # The console (gateway/console/) signs its people in itself: an admin-key session cookie, not a bearer key.
 CONSOLE_PREFIX = "/console"
-
-
-def hash_key(key: str) -> str:
-    """The hex SHA-256 of a virtual key, as config.toml stores it (after `sha256:`)."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +57,10 @@ def _bearer(scope: Scope) -> str | None:
 
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, runtime: Callable[[], Runtime], admin_key: Callable[[], str | None],
-                 limiter: Limiter) -> None:
+                 limiter: Limiter, keys: KeyRing) -> None:
         self.app = app
         self._runtime = runtime
+        self._keys = keys  # config.toml's keys with the store's run-time changes (disabled, rotated)
         self._admin_key = admin_key
         self._admitter = Admitter(lambda: runtime().settings, limiter)
 
@@ -74,7 +71,7 @@ class AuthMiddleware:
         admin_key = self._admin_key()
         is_admin = bool(admin_key and token and hmac.compare_digest(token, admin_key))
         if path.startswith("/admin") or path == "/metrics":  # metrics name keys and routes: the admin's
-            if is_admin or (admin_key is None and not rt.key_hashes):
+            if is_admin or (admin_key is None and not self._keys.configured()):
                 return ADMIN, None  # no keys at all: the demo set-up, open like the API itself
             if admin_key is None:
                 raise AuthenticationFailed("The admin API is disabled: set the admin key "
@@ -82,15 +79,15 @@ class AuthMiddleware:
             raise AuthenticationFailed("Incorrect admin key provided.")
         if is_admin:
             return ADMIN, None
-        if not rt.key_hashes:
+        if not self._keys.configured():
             return ANONYMOUS, None
         if not token:
             raise AuthenticationFailed("You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
-        name = rt.key_hashes.get(hash_key(token))
+        name = self._keys.lookup(hash_key(token))
         if name is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         ks = rt.settings.auth.keys[name]
-        if ks.disabled:
+        if self._keys.disabled(name):
             raise AuthenticationFailed(f"The API key '{name}' is disabled.", code="key_disabled")
         routes = None if "*" in ks.routes else frozenset(ks.routes)
         return Principal(name, routes=routes, no_log=ks.no_log), ks

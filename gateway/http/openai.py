@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import orjson
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import InvalidRequest, model_not_found
 from gateway.http.auth import Principal, forbid
-from gateway.http.requests import Body, gateway_of, principal_of, read_json
+from gateway.http.requests import Body, gateway_of, principal_of, read_json, release_later
 from gateway.serve.pipeline import RequestContext, identity_headers
 from gateway.store.records import CallRecord, new_id
 
@@ -92,10 +93,15 @@ def validate_embeddings(body: Body) -> None:
 def request_context(request: Request, principal: Principal, body: Body, prefix: str) -> RequestContext:
     """The pipeline's view of the caller; the call id starts with `prefix`."""
     headers = request.headers
+    user = body.get("user") if isinstance(body.get("user"), str) else None
+    pseudonyms = gateway_of(request).preparer.pseudonymizer() if user is not None else None
     return RequestContext(
         call_id=new_id(prefix),
         key_name=principal.key_name,
-        user=body.get("user") if isinstance(body.get("user"), str) else None,
+        user=user,
+        # the keyed pseudonym the store holds: canaries stick to it, so a user's arm is the same on
+        # every replica and can be told from the stored calls and feedback
+        stored_user=pseudonyms.user(user) if pseudonyms is not None and user is not None else user,
         session_id=headers.get("x-flywheel-session-id"),
         no_log=principal.no_log or headers.get("x-flywheel-no-log", "") in ("1", "true"),
     )
@@ -115,31 +121,38 @@ def response_headers(record: CallRecord, ctx: RequestContext) -> dict[str, str]:
     return headers
 
 
-def stream_response(request: Request, body: AsyncIterator[bytes], headers: dict[str, str]) -> Response:
+def stream_response(request: Request, body: AsyncIterator[bytes], headers: dict[str, str],
+                    background: BackgroundTask | None = None) -> Response:
     """A server-sent-events response; an HTTP/1.0 client gets it close-delimited (gateway/http/protocol.py)."""
-    return StreamingResponse(body, media_type="text/event-stream",
+    return StreamingResponse(body, media_type="text/event-stream", background=background,
                              headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _sent_messages(record: CallRecord) -> object:
+    # templates and retrieval send a list of their own, holding the same messages
+    return record.request.get("messages") if isinstance(record.request, dict) else None
 
 
 async def chat_completions(request: Request) -> Response:
     gw = gateway_of(request)
-    body = await read_json(request)
-    validate_chat(body)
+    body = await read_json(request, validate_chat)  # a large body: parsed and checked off the event loop
     route = gw.runtime.resolve(body["model"])
     principal = principal_of(request)
     forbid(principal, route.name)
     ctx = request_context(request, principal, body, "chatcmpl")
     if body.get("stream"):
         stream, record = await gw.pipeline.chat_stream(route, body, ctx)
-        return stream_response(request, stream, response_headers(record, ctx))
+        # the stream's record is logged before its last chunk: the messages may go after it
+        return stream_response(request, stream, response_headers(record, ctx),
+                               release_later(body["messages"], _sent_messages(record)))
     out, record = await gw.pipeline.chat(route, body, ctx)
-    return Response(orjson.dumps(out), media_type="application/json", headers=response_headers(record, ctx))
+    return Response(orjson.dumps(out), media_type="application/json", headers=response_headers(record, ctx),
+                    background=release_later(body["messages"], _sent_messages(record)))
 
 
 async def embeddings(request: Request) -> Response:
     gw = gateway_of(request)
-    body = await read_json(request)
-    validate_embeddings(body)
+    body = await read_json(request, validate_embeddings)
     route = gw.runtime.resolve(body["model"])
     principal = principal_of(request)
     forbid(principal, route.name)

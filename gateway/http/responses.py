@@ -3,12 +3,15 @@ GET /v1/responses/{id}/input_items.
 
 A Responses request is translated to chat (gateway/serve/responses_api.py) and served by the same
 pipeline as /v1/chat/completions, so routes, templates, retrieval, learned routing, capture and
-feedback apply unchanged; the response id is the call id POST /v1/feedback takes.
+feedback apply unchanged; the response id is the call id POST /v1/feedback takes. A provider set to
+`responses = "native"` receives the Responses request itself (gateway/serve/responses_native.py)
+and its answer reaches the client as it came, under Flywheel's id.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -18,8 +21,11 @@ from gateway.errors import InvalidRequest, NotFound
 from gateway.http.auth import forbid
 from gateway.http.openai import request_context, response_headers, stream_response
 from gateway.http.requests import gateway_of, principal_of, read_json
+from gateway.providers.base import speaks_responses
 from gateway.serve import responses_api as ra
+from gateway.serve.responses_native import NativeResponses, relay
 from gateway.serve.responses_stream import ResponsesStream, render
+from gateway.serve.runtime import Runtime
 from gateway.store.responses import StoredResponse
 
 Body = ra.Body
@@ -29,10 +35,17 @@ def _not_found(response_id: str) -> NotFound:
     return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
 
 
+def _all_native(runtime: Runtime, model: Any) -> bool:
+    """Whether every upstream `model` may reach takes Responses natively (False for unknown models)."""
+    route = runtime.routes.get(model) if isinstance(model, str) else None
+    return route is not None and all(speaks_responses(t.provider) for t in route.targets.values())
+
+
 async def create_response(request: Request) -> Response:
     """POST /v1/responses."""
     gw = gateway_of(request)
-    req = ra.parse_request(await read_json(request))
+    body = await read_json(request)
+    req = ra.parse_request(body, native=_all_native(gw.runtime, body.get("model")))
     route = gw.runtime.resolve(req.model)
     principal = principal_of(request)
     forbid(principal, route.name)
@@ -55,8 +68,14 @@ async def create_response(request: Request) -> Response:
                                [*history, *req.input_items, *output]),
                 persist=not ctx.no_log)
 
+    # providers set to `responses = "native"` get the Responses request itself (responses_native.py)
+    native = (NativeResponses(req, history, chat, ctx.call_id)
+              if any(speaks_responses(t.provider) for t in route.targets.values()) else None)
     if req.stream:
-        stream, record = await gw.pipeline.chat_stream(route, chat, ctx)
+        stream, record = await gw.pipeline.chat_stream(route, chat, ctx, via=native)
+        if native is not None and native.streamed:
+            return stream_response(request, relay(native, stream, lambda final: remember(final, final["output"])),
+                                   response_headers(record, ctx))
 
         def done(rs: ResponsesStream) -> None:
             assert rs.final is not None
@@ -64,8 +83,9 @@ async def create_response(request: Request) -> Response:
 
         return stream_response(request, render(req, ctx.call_id, created, stream, done),
                                response_headers(record, ctx))
-    out, record = await gw.pipeline.chat(route, chat, ctx)
-    response = ra.from_chat(req, ctx.call_id, created, out)
+    out, record = await gw.pipeline.chat(route, chat, ctx, via=native)
+    passed = native.answer_for(out) if native is not None else None
+    response = passed if passed is not None else ra.from_chat(req, ctx.call_id, created, out)
     remember(response, response["output"])
     return Response(orjson.dumps(response), media_type="application/json", headers=response_headers(record, ctx))
 

@@ -21,6 +21,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # off the request path
 
 REQUESTS = Counter("flywheel_requests", "Calls answered, per route, variant and HTTP status",
                    ["route", "variant", "endpoint", "status"], registry=REGISTRY)
@@ -45,7 +46,13 @@ PROMOTIONS = Counter("flywheel_learner_promotions", "Artifacts promoted, per rou
                      registry=REGISTRY)
 ROLLBACKS = Counter("flywheel_learner_rollbacks", "Artifacts rolled back, per route and kind", ["route", "kind"],
                     registry=REGISTRY)
+# observed where the work happens (the writer's task, the embedder's thread), not per request
+DB_WRITE = Histogram("flywheel_db_write_seconds", "Database write latency of one batch, per table (calls, feedback)",
+                     ["table"], buckets=_FAST, registry=REGISTRY)
+EMBEDDER = Histogram("flywheel_embedder_latency_seconds", "Time to embed one chunk of at most 32 texts, per embedder",
+                     ["embedder"], buckets=_FAST, registry=REGISTRY)
 Gauges = Callable[[], dict[str, float]]
+CanaryShares = Callable[[], dict[tuple[str, str], float]]
 
 
 class _Gauges(Collector):
@@ -73,6 +80,30 @@ class _Gauges(Collector):
 
 GAUGES = _Gauges()
 REGISTRY.register(GAUGES)
+
+
+class _CanaryShares(Collector):
+    """flywheel_canary_share{route, kind}: the traffic share each running canary serves (0: none runs),
+    read when scraped from every gateway in the process (the largest share wins)."""
+
+    def __init__(self) -> None:
+        self.sources: list[CanaryShares] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        shares: dict[tuple[str, str], float] = {}
+        for source in list(self.sources):
+            for key, value in source().items():
+                shares[key] = max(shares.get(key, 0.0), value)
+        family = GaugeMetricFamily("flywheel_canary_share", "Share of a route's traffic its canary serves, per "
+                                   "artifact kind (template, index, policy); 0 when no canary runs",
+                                   labels=["route", "kind"])
+        for (route, kind), value in sorted(shares.items()):
+            family.add_metric([route, kind], value)
+        yield family
+
+
+CANARY_SHARES = _CanaryShares()
+REGISTRY.register(CANARY_SHARES)
 
 
 def render() -> bytes:

@@ -1,4 +1,5 @@
-"""OpenTelemetry traces: a server span per request, GenAI attributes, a child span per upstream attempt.
+"""OpenTelemetry traces: a server span per request, GenAI attributes, child spans per upstream attempt
+and for retrieval, and a span per learning cycle.
 
 Off by default (`[observability] tracing`). The span's context comes from the request's
 `traceparent` header (W3C trace context), so a client's trace continues through the gateway. The
@@ -6,13 +7,19 @@ GenAI semantic-convention attributes (gen_ai.operation.name, gen_ai.system, gen_
 gen_ai.response.model, gen_ai.usage.input_tokens / output_tokens) are set when the call's record
 reaches the gateway's sink, and each upstream attempt becomes a child span from the times the
 record holds: nothing is added to the request path beyond starting and ending the server span.
+Retrieval (templates and examples) becomes a child span from the times the pipeline hands `step`
+(one context-variable read when tracing is off); a learning cycle is a span of its own
+(`cycle_span`: a child of POST /admin/learn's request span, a root span when scheduled).
 Spans are exported over OTLP/HTTP when `otlp_endpoint` is set (the `otel` extra); tests add an
 in-memory exporter to `Tracing.provider`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
@@ -32,6 +39,7 @@ log = logging.getLogger("flywheel.tracing")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _GETTER: DefaultGetter = DefaultGetter()
 _NS = 1_000_000_000
+_CURRENT: ContextVar[Tracing | None] = ContextVar("flywheel_tracing", default=None)  # the request's gateway
 
 
 class Tracing:
@@ -89,11 +97,41 @@ class Tracing:
             child.end(end_time=start + int(a.latency_ms * 1_000_000))
 
 
+def traced() -> bool:
+    """True when the current request is traced (a context-variable read: cheap when tracing is off)."""
+    return _CURRENT.get() is not None
+
+
+def step(name: str, start_ns: int, attributes: Mapping[str, Any]) -> None:
+    """A step of the current request that just ended (started at `start_ns`, `time.time_ns()`), as a
+    child span of the request's span; nothing when the request is not traced."""
+    tracing = _CURRENT.get()
+    if tracing is None:
+        return
+    parent = trace.get_current_span()
+    if parent.is_recording():
+        tracing.tracer.start_span(name, context=trace.set_span_in_context(parent), start_time=start_ns,
+                                  attributes=dict(attributes)).end()
+
+
+@contextlib.contextmanager
+def cycle_span(tracing: Tracing | None, route: str) -> Iterator[trace.Span | None]:
+    """A span around one learning cycle of `route` (None when tracing is off); the caller adds
+    what the cycle decided as attributes."""
+    if tracing is None:
+        yield None
+        return
+    with tracing.tracer.start_as_current_span(f"learn {route}", kind=SpanKind.INTERNAL,
+                                              attributes={"flywheel.route": route}) as span:
+        yield span
+
+
 class TracingMiddleware:
     """A SERVER span around every HTTP request, continuing the caller's `traceparent`."""
 
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
         self.app = app
+        self.tracing = tracing
         self.tracer = tracing.tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,4 +153,8 @@ class TracingMiddleware:
                         span.set_status(Status(StatusCode.ERROR))
                 await send(message)
 
-            await self.app(scope, receive, traced_send)
+            token = _CURRENT.set(self.tracing)
+            try:
+                await self.app(scope, receive, traced_send)
+            finally:
+                _CURRENT.reset(token)

@@ -3,7 +3,7 @@ overlaps between detectors and replacing the spans by typed placeholders."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,15 +38,16 @@ def resolve_overlaps(findings: Iterable[Finding]) -> list[Finding]:
     return kept
 
 
-def redact(text: str, findings: list[Finding]) -> str:
-    """Replace each (non-overlapping, start-sorted) finding by `<TYPE>`."""
+def redact(text: str, findings: list[Finding], names: Callable[[str], str] | None = None) -> str:
+    """Replace each (non-overlapping, start-sorted) finding by `<TYPE>`, or a person name by
+    `names(name)` when given (consistent pseudonyms, gateway/privacy/pseudonym.py)."""
     if not findings:
         return text
     parts: list[str] = []
     pos = 0
     for f in findings:
         parts.append(text[pos : f.start])
-        parts.append(f"<{f.type}>")
+        parts.append(names(text[f.start : f.end]) if names is not None and f.type == "PERSON" else f"<{f.type}>")
         pos = f.end
     parts.append(text[pos:])
     return "".join(parts)

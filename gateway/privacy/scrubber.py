@@ -53,11 +53,13 @@ class Scrubber:
         common_words: Iterable[str] = (),
         extra_detectors: Sequence[Detector] = (),
         cache_size: int = _CACHE_SIZE,
+        names: Callable[[str], str] | None = None,
     ) -> None:
         """`types`: which PII types to look for; `phone_regions`: countries whose national phone
         formats count; `name_locales`: faker locales for name lists; `extra_names`/`common_words`:
         site-specific additions; `extra_detectors`: more detectors (e.g. `PresidioPersons`);
-        `cache_size`: scrubbed texts remembered (0: none, e.g. to time the detectors)."""
+        `cache_size`: scrubbed texts remembered (0: none, e.g. to time the detectors); `names`:
+        a person name's replacement instead of `<PERSON>` (gateway/privacy/pseudonym.py)."""
         unknown = set(types) - ALL_TYPES
         if unknown:
             raise ValueError(f"unknown PII types: {sorted(unknown)}")
@@ -80,6 +82,7 @@ class Scrubber:
             textual.append(NameDetector(name_locales, extra_names, common_words).find)
         textual.extend(extra_detectors)
         self._cache: dict[str, str] = {}
+        self.names = names  # None: person names become <PERSON>
         self._cache_size = cache_size
         self._numeric = tuple(numeric)
         self._textual = tuple(textual)
@@ -101,13 +104,14 @@ class Scrubber:
         return resolve_overlaps(f for f in found if f.type in self.types)
 
     def scrub(self, text: str) -> str:
-        """`text` with every PII span replaced by `<TYPE>` (e.g. `<EMAIL>`, `<PERSON>`)."""
+        """`text` with every PII span replaced by `<TYPE>` (e.g. `<EMAIL>`, `<PERSON>`; a person
+        name by its pseudonym when the scrubber has `names`)."""
         if len(text) < _CACHE_MIN_LEN or not self._cache_size:
-            return redact(text, self.find(text))
+            return redact(text, self.find(text), self.names)
         # Texts repeat across calls (system prompts, templates, retrieved examples): scrub once.
         cached = self._cache.get(text)
         if cached is None:
-            cached = redact(text, self.find(text))
+            cached = redact(text, self.find(text), self.names)
             if len(self._cache) >= self._cache_size:
                 with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread evicted first
                     self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order

@@ -7,8 +7,8 @@ translates on the way in and out, so the pipeline never knows which kind it talk
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 Body = dict[str, Any]
 
@@ -57,6 +57,9 @@ class UpstreamCall:
     body: Body  # OpenAI-shaped request; body["model"] is the provider's model name
     timeout_s: float  # per-attempt budget
     max_response_bytes: int | None = None  # a larger upstream answer fails with a permanent 502
+    # Filled by a streaming adapter as soon as the upstream's response head arrives: the headers worth
+    # forwarding (request id, processing time, rate limits), which a stream cannot return alongside.
+    received_headers: dict[str, str] = field(default_factory=dict)
 
 
 def too_large(limit: int) -> UpstreamError:
@@ -87,7 +90,8 @@ class Provider(Protocol):
         where one write per chunk cost a system call per token.
 
         Raises UpstreamError before the first chunk (the pipeline may fall back) or
-        mid-stream (the pipeline ends the client's stream with an error event).
+        mid-stream (the pipeline ends the client's stream with an error event). Headers worth
+        forwarding go into `call.received_headers` once the upstream's answer begins.
         """
         ...
 
@@ -98,3 +102,34 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+@runtime_checkable
+class ResponsesProvider(Protocol):
+    """A provider that can also send the Responses API natively (`[providers.X] responses = "native"`).
+
+    Bodies are Responses requests and `response` objects; streams yield Responses events (dicts with
+    a `type`), grouped like `chat_stream`'s chunks, and end after the terminal event
+    (`response.completed`, `.incomplete` or `.failed`); an `error` event or a stream that ends
+    without a terminal event raises UpstreamError after the events before it."""
+
+    @property
+    def speaks_responses(self) -> bool:
+        """Whether this provider is configured to receive Responses requests natively."""
+        ...
+
+    async def responses(self, call: UpstreamCall) -> UpstreamResponse:
+        """A non-streamed POST /v1/responses; raises UpstreamError."""
+        ...
+
+    def responses_stream(self, call: UpstreamCall) -> AsyncIterator[list[Body]]:
+        """A streamed POST /v1/responses: its events, in order; raises UpstreamError."""
+        ...
+
+
+def speaks_responses(provider: Provider) -> bool:
+    """Whether `provider` is configured to take Responses requests natively (False for chat-only kinds)."""
+    return isinstance(provider, ResponsesProvider) and provider.speaks_responses
+
+
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})

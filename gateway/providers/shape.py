@@ -40,6 +40,21 @@ def check_chat(body: Any) -> None:
             raise UpstreamError("upstream answer is not a chat completion (a choice without a message)", status=502)
 
 
+def check_response(body: Any) -> None:
+    """Raise UpstreamError(502) unless `body` is a finished Responses API `response`: an object whose
+    `output` is a list of objects (a `failed` response is a failure whatever the status line says)."""
+    if not isinstance(body, dict):
+        raise UpstreamError(f"upstream answered with a JSON {_kind(body)} instead of a response", status=502)
+    output = body.get("output")
+    if body.get("object") != "response" or not isinstance(output, list):
+        raise _error_in(body) or UpstreamError("upstream answer is not a Responses API response", status=502)
+    if not all(isinstance(item, dict) for item in output):
+        raise UpstreamError("upstream answer is not a Responses API response (an output item is no object)",
+                            status=502)
+    if body.get("status") == "failed":
+        raise _error_in(body) or UpstreamError("upstream response failed", status=502)
+
+
 def check_embeddings(body: Any) -> None:
     """Raise UpstreamError(502) unless `body` is an embeddings list: an object whose `data` is a list."""
     if not isinstance(body, dict):

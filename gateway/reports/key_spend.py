@@ -41,11 +41,14 @@ async def key_report(store: Store, settings: Settings, days: int = 7) -> KeyRepo
     since = period_start("day") - (max(1, days) - 1) * DAY_S
     month = period_start("month")
     rows = await store.spend_by_key(since=min(since, month))
+    # disabled at run time (gateway/keyring.py) counts like disabled in config.toml
+    off = {st.name for st in await store.key_states() if st.disabled}
     keys = []
     for name, ks in settings.auth.keys.items():
         start = period_start(ks.budget_period)
         mine = [r for r in rows if r.key_id == name and r.day >= start]
-        keys.append(KeySpend(name, list(ks.routes), ks.rpm, ks.tpm, ks.budget_usd, ks.budget_period, ks.disabled,
+        keys.append(KeySpend(name, list(ks.routes), ks.rpm, ks.tpm, ks.budget_usd, ks.budget_period,
+                             ks.disabled or name in off,
                              sum(r.cost_usd for r in mine), sum(r.calls for r in mine)))
     return KeyReport(keys, [r for r in rows if r.day >= since], since)
 

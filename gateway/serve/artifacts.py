@@ -25,6 +25,7 @@ from gateway.serve.embedder import EmbedderHolder
 from gateway.serve.templating import CompiledTemplate, Template, TemplateError
 from gateway.store.artifacts import ArtifactRegistry, Manifest
 from gateway.store.base import Store
+from gateway.store.health import StoreHealth, unavailable
 from retrieval.examples import ExampleIndex
 
 log = logging.getLogger("flywheel.serving")
@@ -46,6 +47,9 @@ class ArtifactServer:
         self.on_seed_changed: Callable[[str, str, str], Awaitable[None]] | None = None
         self._seed_seen: dict[str, str] = {}  # route -> the seed file's text last looked at
         self._task: asyncio.Task[None] | None = None
+        # the store as the refreshes find it: an outage is one log line when it starts and one when
+        # it ends, not a traceback per route every refresh_s (what was loaded keeps serving meanwhile)
+        self.health = StoreHealth()
 
     @property
     def registry(self) -> ArtifactRegistry:
@@ -151,8 +155,13 @@ class ArtifactServer:
             try:
                 await self.seed(route)
                 await self.refresh(route)
-            except Exception:  # one broken route must not keep the others stale
-                log.exception("route %s: refreshing artifacts failed", route)
+            except Exception as exc:
+                if unavailable(exc):
+                    self.health.failed(exc, "artifact refresh")
+                    return  # every other route would fail the same way; the next refresh tries again
+                log.exception("route %s: refreshing artifacts failed", route)  # one broken route, not the others
+            else:
+                self.health.ok()
 
     async def _template(self, route: str, version: str | None) -> LoadedTemplate | None:
         if version is None:

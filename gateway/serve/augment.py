@@ -98,9 +98,11 @@ class RouteServing:
 
 
 def actor_of(ctx: RequestContext) -> str:
-    """Who a request is sticky for: user, else session (conversation), else the call itself."""
-    if ctx.user:
-        return f"u:{ctx.user}"
+    """Who a request is sticky for: user (as stored: its keyed pseudonym), else session
+    (conversation), else the call itself."""
+    user = ctx.stored_user or ctx.user
+    if user:
+        return f"u:{user}"
     if ctx.session_id:
         return f"s:{ctx.session_id}"
     return f"c:{ctx.call_id}"

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from gateway import gc_pauses
+from gateway.observability.metrics import EMBEDDER
 from gateway.serve.augment import EmbedFn
 from retrieval.embeddings import AsyncBatchEmbedder, Embedder, Vectors, load_embedder
 
@@ -29,6 +31,7 @@ class LockedEmbedder:
         self.dim = inner.dim
         self.name = inner.name
         self._lock = threading.Lock()
+        self._latency = EMBEDDER.labels(inner.name)  # flywheel_embedder_latency_seconds, per chunk
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         import numpy as np
@@ -36,7 +39,9 @@ class LockedEmbedder:
         parts = []
         for start in range(0, len(texts), _CHUNK):
             with self._lock:
+                began = time.perf_counter()  # inside the lock: the embedder's time, not the wait for it
                 parts.append(self.inner.embed(texts[start:start + _CHUNK]))
+                self._latency.observe(time.perf_counter() - began)
         return np.vstack(parts) if parts else self.inner.embed([])
 
 

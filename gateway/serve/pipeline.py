@@ -2,32 +2,37 @@
 the fallback chain) -> call record.
 
 The call record is handed to `sink` (the batched writer's non-blocking submit); nothing here
-waits on the database or on a learner.
+waits on the database or on a learner. A stream, once a variant sent its first chunk, is relayed
+by gateway/serve/stream_relay.py; upstream failures become client errors in
+gateway/serve/upstream_errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
-
-from gateway.errors import GatewayError, InvalidRequest, RateLimited, UpstreamFailed, UpstreamTimeout
+from gateway.errors import GatewayError
+from gateway.observability import tracing
 from gateway.providers.base import Body, Provider, UpstreamCall, UpstreamError, UpstreamResponse
 from gateway.providers.shape import check_chat, check_embeddings
+from gateway.serve.live_load import LiveLoad
 from gateway.serve.retry import call_with_retries
 from gateway.serve.runtime import RouteRuntime, Target
-from gateway.serve.stream_assembly import StreamAssembler
+from gateway.serve.stream_relay import open_stream, relay
+from gateway.serve.upstream_errors import to_gateway_error
 from gateway.store.records import CallRecord, Escalation
 from policies.base import Decision, Features
 from policies.featurise import same_answer_key
 
 Sink = Callable[[CallRecord], None]
+# How one request reaches a target's provider: the provider itself, or an adapter over it (the
+# Responses API sent natively to providers that speak it: gateway/serve/responses_native.py).
+Via = Callable[[Provider], Provider]
 
 
 @dataclass(slots=True)
@@ -36,7 +41,8 @@ class RequestContext:
 
     call_id: str
     key_name: str | None = None
-    user: str | None = None
+    user: str | None = None  # the chat `user` field as sent (policy pins name users so)
+    stored_user: str | None = None  # `user` as the store holds it (its keyed pseudonym): what canaries stick to
     session_id: str | None = None
     no_log: bool = False
     started: float = field(default_factory=time.perf_counter)
@@ -69,51 +75,32 @@ class Router(Protocol):
 
     def handles(self, route: RouteRuntime) -> bool: ...
 
-    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str) -> Decision: ...
+    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str,
+                     sticky_user: str | None = None) -> Decision: ...
 
     def finished(self, record: CallRecord) -> None: ...
 
 
-def _features(route: str, body: Body, ctx: RequestContext, aug: Augmentation | None) -> Features:
-    messages = body["messages"]
+# A request with more messages than this is measured on a worker thread: walking 60,000 messages
+# takes 5-15 ms, all of it time the event loop would not serve anyone else.
+THREAD_MESSAGES = 2_000
+
+
+def prompt_chars(messages: list[Body]) -> int:
+    """Characters of the messages' text content (Features.prompt_chars)."""
     chars = 0
     for m in messages:
         c = m.get("content")
         chars += len(c) if isinstance(c, str) else 0
+    return chars
+
+
+def _features(route: str, body: Body, ctx: RequestContext, aug: Augmentation | None, chars: int) -> Features:
+    messages = body["messages"]
     return Features(route=route, user=ctx.user, key_id=ctx.key_name, prompt_chars=chars,
                     n_messages=len(messages), has_tools=bool(body.get("tools")),
                     memory_score=aug.memory_score if aug is not None else 0.0,
                     memory_agreement=aug.memory_agreement if aug is not None else 0.0)
-
-
-def to_gateway_error(exc: UpstreamError) -> GatewayError:
-    """The client-facing error for an upstream failure that survived retries and fallbacks.
-
-    A rejected request keeps the upstream's status, `type`, `code` and `param` (apps branch on
-    `context_length_exceeded`); a 5xx keeps its status (SDKs map 500 and 502 to different
-    exceptions); the upstream's request id, rate-limit and retry-after headers come along."""
-    err: GatewayError
-    upstream = exc.body.get("error") if isinstance(exc.body, dict) else None
-    upstream = upstream if isinstance(upstream, dict) else {}
-    code, param = upstream.get("code"), upstream.get("param")
-    if exc.timeout:
-        err = UpstreamTimeout(f"The upstream model did not answer in time: {exc.message}")
-    elif exc.status == 429:
-        headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
-        err = RateLimited(f"The upstream model is rate limited: {exc.message}", headers=headers,
-                          code=code if isinstance(code, str) else None)
-    elif exc.status in (400, 404, 409, 413, 422):
-        err = InvalidRequest(exc.message, status=exc.status if exc.status != 409 else 400,
-                             code=code if isinstance(code, str) else "upstream_rejected_request",
-                             param=param if isinstance(param, str) else None)
-    else:
-        status = exc.status if exc.status is not None and 500 <= exc.status < 600 else None
-        err = UpstreamFailed(f"The upstream model failed: {exc.message}", status=status)
-    if isinstance(err, RateLimited | InvalidRequest) and isinstance(upstream.get("type"), str):
-        err.type = upstream["type"]
-    for name, value in exc.headers.items():
-        err.headers.setdefault(name, value)
-    return err
 
 
 def identity_headers(record: CallRecord) -> dict[str, str]:
@@ -153,10 +140,12 @@ class Pipeline:
     """The request path for chat completions and embeddings."""
 
     def __init__(self, sink: Sink, augmenter: Augmenter | None = None, router: Router | None = None,
-                 max_response_bytes: Callable[[], int | None] | None = None) -> None:
+                 max_response_bytes: Callable[[], int | None] | None = None, live: LiveLoad | None = None) -> None:
         """`max_response_bytes` reads the current cap on an upstream answer (`[server]
-        max_upstream_response_bytes`, reloadable); None: no cap."""
+        max_upstream_response_bytes`, reloadable); None: no cap. `live` counts this pipeline's
+        calls per upstream (the gateway's live pipeline; replays pass None)."""
         self.sink = sink
+        self.live = live
         self.augmenter = augmenter
         self.router = router
         self._max_response_bytes = max_response_bytes or (lambda: None)
@@ -177,10 +166,18 @@ class Pipeline:
         # augmentation first: what retrieval found is evidence for the router (Features.memory_*)
         aug = None
         if self.augmenter is not None and route.settings is not None:
+            began = time.time_ns()
             aug = await self.augmenter.augment(route.name, messages, ctx)
-        features = _features(route.name, body, ctx, aug)
+            if aug is not None and tracing.traced():  # a child span (gateway/observability/tracing.py)
+                tracing.step("retrieval", began, {"flywheel.route": route.name,
+                                                  "flywheel.template_version": aug.template_version or "",
+                                                  "flywheel.index_version": aug.index_version or "",
+                                                  "flywheel.retrieved": len(aug.retrieved_ids)})
+        chars = (prompt_chars(body["messages"]) if len(body["messages"]) <= THREAD_MESSAGES
+                 else await asyncio.to_thread(prompt_chars, body["messages"]))
+        features = _features(route.name, body, ctx, aug, chars)
         if self.router is not None and self.router.handles(route):
-            decision = await self.router.decide(route, features, body, ctx.call_id)
+            decision = await self.router.decide(route, features, body, ctx.call_id, ctx.stored_user)
         else:
             decision = route.policy.choose(features)
         record = CallRecord(id=ctx.call_id, route=route.name, variant=decision.variant,
@@ -218,16 +215,22 @@ class Pipeline:
         for variant in order:
             target = route.targets[variant]
             record.variant, record.model = variant, target.model
+            live, name = self.live, target.provider.name
+            if live is not None:  # a stream counts again from its first relayed chunk (stream_relay.relay)
+                live.enter(name)
             try:
                 result = await call_with_retries(
                     functools.partial(attempt, target), rs, deadline=deadline,
-                    attempts=record.attempts, model=target.model, provider=target.provider.name,
+                    attempts=record.attempts, model=target.model, provider=name,
                 )
                 return target, result
             except UpstreamError as exc:
                 last = exc
                 if not _falls_back(exc) or time.monotonic() >= deadline:
                     break
+            finally:
+                if live is not None:
+                    live.leave(name)
         assert last is not None
         raise last
 
@@ -259,14 +262,16 @@ class Pipeline:
         return err
 
     # -- chat, not streamed -----------------------------------------------------------------
-    async def chat(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
+    async def chat(self, route: RouteRuntime, body: Body, ctx: RequestContext,
+                   via: Via | None = None) -> tuple[Body, CallRecord]:
         """A non-streamed chat completion; raises GatewayError after logging the failure."""
         decision, record, messages, memory = await self._plan(route, body, ctx)
 
         async def attempt(target: Target, timeout: float) -> UpstreamResponse:
             upstream = self._upstream_body(target, body, messages)
             record.request = upstream
-            resp = await target.provider.chat(self._call(target.provider, upstream, timeout))
+            provider = via(target.provider) if via is not None else target.provider
+            resp = await provider.chat(self._call(target.provider, upstream, timeout))
             check_chat(resp.body)  # inside the attempt: a malformed answer is logged, retried, failed over
             return resp
 
@@ -307,7 +312,7 @@ class Pipeline:
 
     # -- chat, streamed --------------------------------------------------------------------
     async def chat_stream(
-        self, route: RouteRuntime, body: Body, ctx: RequestContext
+        self, route: RouteRuntime, body: Body, ctx: RequestContext, via: Via | None = None,
     ) -> tuple[AsyncIterator[bytes], CallRecord]:
         """Open a stream: fails over (retries, fallbacks) until a first chunk arrives, then relays.
 
@@ -325,59 +330,18 @@ class Pipeline:
             # Always ask for usage: the call log needs tokens and cost even when the client does not.
             upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             record.request = upstream
-            it = target.provider.chat_stream(self._call(target.provider, upstream, timeout)).__aiter__()
-            try:
-                first = await asyncio.wait_for(it.__anext__(), timeout)
-            except StopAsyncIteration:
-                raise UpstreamError("upstream stream ended before its first chunk") from None
-            except TimeoutError:
-                await _aclose(it)
-                raise UpstreamError(f"upstream sent no first chunk within {timeout:g}s", timeout=True) from None
-            except BaseException:
-                await _aclose(it)
-                raise
+            provider = via(target.provider) if via is not None else target.provider
+            call = self._call(target.provider, upstream, timeout)
+            it, first = await open_stream(provider, call, timeout)
+            ctx.upstream_headers = call.received_headers  # the served stream's request id and limits
             return it, first
 
         try:
             target, (it, first) = await self._over_targets(route, decision.order, record, attempt, deadline)
         except UpstreamError as exc:
             raise self._fail(record, ctx, exc) from None
-        return self._relay(it, first, target, record, ctx, wants_usage, deadline), record
-
-    async def _relay(
-        self, it: AsyncIterator[list[Body]], first: list[Body], target: Target, record: CallRecord,
-        ctx: RequestContext, wants_usage: bool, deadline: float,
-    ) -> AsyncIterator[bytes]:
-        asm = StreamAssembler()
-        group: list[Body] | None = first
-        try:
-            while group is not None:
-                events = []
-                for chunk in group:
-                    asm.add(chunk)
-                    if record.ttft_ms is None and asm.saw_content:
-                        record.ttft_ms = (time.perf_counter() - ctx.started) * 1000
-                    if not wants_usage and "usage" in chunk:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
-                    chunk["id"] = ctx.call_id
-                    events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                if events:  # what arrived together leaves together: one write, not one per token
-                    yield b"".join(events)
-                group = await _next(it, deadline)
-            yield b"data: [DONE]\n\n"
-        except UpstreamError as exc:
-            err = to_gateway_error(exc)
-            record.status, record.error = err.status, f"stream broke after it started: {exc.message}"
-            yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
-        except (asyncio.CancelledError, GeneratorExit):
-            record.status, record.error = 499, "client closed the stream before it ended"
-            raise
-        finally:
-            await _aclose(it)
-            record.response = asm.result(ctx.call_id)
-            self._finish(record, ctx, target, asm.usage)
+        return relay(it, first, record, ctx.call_id, ctx.started, wants_usage, deadline, self.live,
+                     target.provider.name, lambda usage: self._finish(record, ctx, target, usage)), record
 
     # -- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, route: RouteRuntime, body: Body, ctx: RequestContext) -> tuple[Body, CallRecord]:
@@ -405,23 +369,3 @@ class Pipeline:
         ctx.upstream_headers = resp.headers
         self._finish(record, ctx, target, resp.body.get("usage"))
         return resp.body, record
-
-
-async def _next(it: AsyncIterator[list[Body]], deadline: float) -> list[Body] | None:
-    """The next group of chunks, None at the end; UpstreamError(timeout) once `deadline` passes."""
-    remaining = deadline - time.monotonic()
-    try:
-        async with asyncio.timeout(remaining if remaining > 0 else 0):
-            return await it.__anext__()
-    except StopAsyncIteration:
-        return None
-    except TimeoutError:
-        raise UpstreamError("the stream passed its total deadline (retries.deadline_s)", timeout=True) from None
-
-
-async def _aclose(it: AsyncIterator[Any]) -> None:
-    close = getattr(it, "aclose", None)
-    if close is not None:
-        # closing a broken upstream stream must not mask the real error
-        with contextlib.suppress(Exception):
-            await close()

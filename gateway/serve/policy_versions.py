@@ -50,13 +50,16 @@ class PolicyVersions:
         self.promoted: dict[str, str] = {}  # route -> version loaded by sync (observability)
         self._rng = random.Random()
 
-    def arm(self, route: str, live: LearnedPolicy, f: Features) -> tuple[LearnedPolicy, str | None]:
-        """The policy that decides this request, and its version (None: not from an artifact)."""
+    def arm(self, route: str, live: LearnedPolicy, f: Features,
+            sticky_user: str | None = None) -> tuple[LearnedPolicy, str | None]:
+        """The policy that decides this request, and its version (None: not from an artifact);
+        the canary sticks to `sticky_user` (the user's stored pseudonym), else to `f.user`."""
         canary = self.canaries.get(route)
         if canary is not None:
             share = canary.share if canary.share is not None else self._runtime().settings.learners.canary_share
-            if f.user is not None:
-                u = stable_unit("policy-canary", canary.version, route, "user", f.user)
+            who = sticky_user if sticky_user is not None else f.user
+            if who is not None:
+                u = stable_unit("policy-canary", canary.version, route, "user", who)
             else:
                 u = self._rng.random()
             if u < share:

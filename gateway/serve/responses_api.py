@@ -45,8 +45,10 @@ def item_id(prefix: str, call_id: str, n: int) -> str:
     return f"{prefix}_{call_id.partition('-')[2] or call_id}{n:02d}"
 
 
-def parse_request(body: Body) -> ResponsesRequest:
-    """Validate what the translation relies on; 400 naming the field otherwise."""
+def parse_request(body: Body, *, native: bool = False) -> ResponsesRequest:
+    """Validate what the translation relies on; 400 naming the field otherwise. `native`: every
+    upstream of the route takes Responses as it is, so built-in tools and other item types
+    (web search, file search, item references…) are the upstream's to judge."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model")
@@ -58,7 +60,7 @@ def parse_request(body: Body) -> ResponsesRequest:
         for i, item in enumerate(raw):
             if not isinstance(item, dict):
                 raise InvalidRequest(f"input[{i}] must be an object.", param=f"input[{i}]")
-            items.append(_check_item(item, i))
+            items.append(_check_item(item, i, native))
     elif raw is None and body.get("previous_response_id"):
         items = []
     else:
@@ -78,13 +80,13 @@ def parse_request(body: Body) -> ResponsesRequest:
     mot = body.get("max_output_tokens")
     if mot is not None and (not isinstance(mot, int) or isinstance(mot, bool) or mot < 1):
         raise InvalidRequest("'max_output_tokens' must be a positive integer.", param="max_output_tokens")
-    _check_tools(body.get("tools"))
+    _check_tools(body.get("tools"), native)
     return ResponsesRequest(model=model, input_items=items, body=body, instructions=instructions,
                             previous_response_id=prev, stream=bool(body.get("stream")),
                             store=body.get("store") is not False, metadata=dict(metadata))
 
 
-def _check_item(item: Body, i: int) -> Body:
+def _check_item(item: Body, i: int, native: bool) -> Body:
     kind = item.get("type", "message")
     if kind == "message":
         role = item.get("role")
@@ -106,18 +108,20 @@ def _check_item(item: Body, i: int) -> Body:
         if not isinstance(item.get("output"), str | list):
             raise InvalidRequest(f"input[{i}].output must be a string or an array.", param=f"input[{i}].output")
         return item
-    if kind == "reasoning":
-        return item  # carried in state, not sent: a chat upstream has no place for it
+    if kind == "reasoning" or (native and isinstance(kind, str)):
+        return item  # reasoning: carried in state (a chat upstream has no place for it)
     raise InvalidRequest(f"input[{i}].type '{kind}' is not supported by this gateway "
                          "(messages, function_call, function_call_output).", param=f"input[{i}].type")
 
 
-def _check_tools(tools: Any) -> None:
+def _check_tools(tools: Any, native: bool) -> None:
     if tools is None:
         return
     if not isinstance(tools, list):
         raise InvalidRequest("'tools' must be an array.", param="tools")
     for i, tool in enumerate(tools):
+        if native and isinstance(tool, dict) and tool.get("type") != "function" and isinstance(tool.get("type"), str):
+            continue  # a built-in tool: the native upstream runs it
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
             raise InvalidRequest(f"tools[{i}]: only function tools ({{type: 'function', name, parameters}}) "
                                  "are supported by this gateway.", param=f"tools[{i}]")
@@ -216,10 +220,11 @@ def to_chat(req: ResponsesRequest, history: list[Body]) -> Body:
             chat[key] = b[key]
     if b.get("max_output_tokens") is not None:
         chat["max_tokens"] = b["max_output_tokens"]
-    if b.get("tools"):
-        chat["tools"] = [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters",
-                                                                             "strict") if k in t}}
-                         for t in b["tools"]]
+    tools = [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters", "strict")
+                                               if k in t}}
+             for t in b.get("tools") or () if t.get("type") == "function"]  # built-in tools: native upstreams only
+    if tools:
+        chat["tools"] = tools
     if b.get("tool_choice") is not None:
         chat["tool_choice"] = _chat_tool_choice(b["tool_choice"])
     fmt = _response_format(b.get("text"))
@@ -298,7 +303,7 @@ def response_object(req: ResponsesRequest, call_id: str, created: float, *, mode
         "parallel_tool_calls": b.get("parallel_tool_calls", True),
         "previous_response_id": req.previous_response_id, "reasoning": None, "store": req.store,
         "temperature": b.get("temperature", 1.0), "text": text, "tool_choice": b.get("tool_choice", "auto"),
-        "tools": b.get("tools") or [], "top_p": b.get("top_p", 1.0), "truncation": "disabled",
+        "tools": _echoed_tools(b.get("tools")), "top_p": b.get("top_p", 1.0), "truncation": "disabled",
         "metadata": req.metadata,
     }
     used = usage(chat_usage)
@@ -307,6 +312,12 @@ def response_object(req: ResponsesRequest, call_id: str, created: float, *, mode
     if isinstance(b.get("user"), str):
         out["user"] = b["user"]
     return out
+
+
+def _echoed_tools(tools: Any) -> list[Body]:
+    """The request's tools as a response echoes them: a function tool states `strict` (chat's
+    default, off, when the client did not say)."""
+    return [{**t, "strict": bool(t.get("strict"))} if t.get("type") == "function" else t for t in tools or ()]
 
 
 def from_chat(req: ResponsesRequest, call_id: str, created: float, completion: Body) -> Body:

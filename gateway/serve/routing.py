@@ -17,6 +17,11 @@ got no usable feedback within `unrated_after_s` counts as quality 1.0; with "ign
 it teaches nothing. Replays (`observe_replays`: held-out calls answered by every variant and
 scored by the learning cycle) update the policy like feedback does, for each variant.
 
+Many replicas (gateway/serve/routing_share.py, with `[limits] redis_url`): every update a replica
+makes is sent through a Redis stream and applied by every other replica to its live policy, and
+feedback about a call this replica does not remember is forwarded to the one that does, so the
+feedback any replica receives reaches the policy that decides on all of them.
+
 Artifacts: every `artifact_poll_s` the router follows the `policy` artifact states
 (gateway/serve/policy_versions.py: canary share, promotion, rollback). The learning half (the
 start-up rebuild from the store, policy candidates and their canary decisions) lives in
@@ -42,6 +47,7 @@ from gateway.serve.embedder import EmbedderHolder
 from gateway.serve.outcomes import Replay, call_outcomes
 from gateway.serve.policy_versions import PolicyVersions
 from gateway.serve.route_policy import OnlineLearning, online_learning
+from gateway.serve.routing_share import RoutingShare, Update
 from gateway.serve.runtime import RouteRuntime, Runtime
 from gateway.store.base import Store
 from gateway.store.records import CallRecord, Escalation, FeedbackRecord
@@ -77,6 +83,8 @@ class RoutingStats:
     implicit_updates: int = 0  # policy updates from the "unrated counts as ok" rule
     replay_updates: int = 0  # policy updates from evaluation replays (one per variant answer)
     unmatched: int = 0  # feedback about calls not remembered: other routes, evicted, or before a restart
+    forwarded: int = 0  # of those, sent to the other replicas (one of them may remember the call)
+    remote_updates: int = 0  # policy updates made by other replicas, applied here
     ignored: int = 0  # feedback that said nothing under the metric, repeated, or was refused
     rebuilt: dict[str, int] = field(default_factory=dict)  # route -> examples of the start-up rebuild
 
@@ -111,6 +119,8 @@ class LearnedRouting:
         self._tasks: list[asyncio.Task[None]] = []
         self.versions = PolicyVersions(runtime)
         self.stats = RoutingStats()
+        self.share: RoutingShare | None = None  # other replicas' updates, with [limits] redis_url
+        self._from_share: set[str] = set()  # ids of queued feedback other replicas forwarded (not forwarded again)
 
     # -- request path -------------------------------------------------------------------------
     @staticmethod
@@ -118,14 +128,16 @@ class LearnedRouting:
         """True for routes whose policy learns (and so needs Features remembered)."""
         return isinstance(route.policy, LearnedPolicy)
 
-    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str) -> Decision:
-        """Embed the last user message (when the policy uses it), choose, remember the Features."""
+    async def decide(self, route: RouteRuntime, base: Features, body: Body, call_id: str,
+                     sticky_user: str | None = None) -> Decision:
+        """Embed the last user message (when the policy uses it), choose, remember the Features.
+        `sticky_user` (the stored pseudonym of the user) keys a running canary; default: `base.user`."""
         policy = route.policy
         assert isinstance(policy, LearnedPolicy)
         f = base
         if policy.dims:
             f = replace(base, embedding=await self._embed(query_text(body.get("messages"))))
-        chooser, version = self.versions.arm(route.name, policy, f)
+        chooser, version = self.versions.arm(route.name, policy, f, sticky_user)
         decision = chooser.choose(f)
         if version is not None:
             decision = replace(decision, version=version)
@@ -172,21 +184,47 @@ class LearnedRouting:
         rr = self._runtime().routes.get(route)
         return rr.policy if rr is not None and isinstance(rr.policy, LearnedPolicy) else None
 
+    def _update(self, u: Update, *, share: bool) -> bool:
+        """Apply one update to the route's live policy (and its running canary); with `share`, send it
+        to the other replicas too. False when the policy does not know the variant or is frozen."""
+        policy = self._live(u.route)
+        if policy is None or u.variant not in policy.variants:
+            return False
+        if not policy.update(u.features, u.variant, u.quality, u.cost):
+            return False  # frozen
+        canary = self.versions.canaries.get(u.route)
+        if canary is not None and u.variant in canary.policy.variants:
+            canary.policy.update(u.features, u.variant, u.quality, u.cost)
+        if share and self.share is not None:
+            self.share.publish(u)
+        return True
+
     def _learn(self, seen: _Seen, quality: float) -> bool:
         policy = self._live(seen.route)
         if policy is None or seen.variant not in policy.variants:
             return False
         assert seen.variant is not None
-        canary = self.versions.canaries.get(seen.route)
         for variant, q, cost in call_outcomes(seen.variant, seen.cost, seen.escalation, quality):
             if q is None or variant not in policy.variants:
                 continue
-            if not policy.update(seen.features, variant, q, cost):
+            if not self._update(Update(seen.route, variant, q, cost, seen.features), share=True):
                 return False  # frozen
-            if canary is not None and variant in canary.policy.variants:
-                canary.policy.update(seen.features, variant, q, cost)
         seen.learned = True
         return True
+
+    def _remote_update(self, u: Update) -> None:
+        """An update another replica made (routing_share.py): applied here, not sent on."""
+        if self._update(u, share=False):
+            self.stats.remote_updates += 1
+
+    def _remote_feedback(self, fb: FeedbackRecord) -> None:
+        """Feedback another replica received about a call it does not remember: ours if we do."""
+        if fb.call_id in self._memory:
+            if len(self._from_share) > self._memory_size:  # rows the bounded inbox dropped leave ids behind
+                self._from_share.clear()
+            self._from_share.add(fb.id)
+            self._inbox.append(fb)
+            self._wake.set()
 
     def apply_feedback(self, limit: int = 256) -> int:
         """Apply up to `limit` queued feedback rows now; returns how many were taken."""
@@ -195,8 +233,14 @@ class LearnedRouting:
             fb = self._inbox.popleft()
             n += 1
             seen = self._memory.get(fb.call_id)
+            forwarded = bool(self._from_share) and fb.id in self._from_share
+            if forwarded:
+                self._from_share.discard(fb.id)
             if seen is None or seen.variant is None:
                 self.stats.unmatched += 1
+                if seen is None and self.share is not None and not forwarded and self._learned_routes():
+                    self.share.forward(fb)  # another replica may have served it
+                    self.stats.forwarded += 1
                 continue
             policy = self._live(seen.route)
             q = feedback_quality(fb, policy.quality_metric) if policy is not None else None
@@ -227,6 +271,12 @@ class LearnedRouting:
         """Load the embedder when a route needs it, then apply feedback and follow artifacts in the background."""
         if any(self.handles(r) for r in self._runtime().routes.values()):
             await self._embedders.get()
+        limits = self._runtime().settings.limits
+        # read at start (a new redis_url, or a first learned route, takes a restart, like the limiter's)
+        if limits.redis_url and self._learned_routes():
+            self.share = RoutingShare(limits.redis_url, prefix=limits.prefix)
+            self.share.on_update, self.share.on_feedback = self._remote_update, self._remote_feedback
+            await self.share.start()
         self._tasks.append(asyncio.create_task(self._run(), name="flywheel-routing"))
 
     async def stop(self) -> None:
@@ -235,6 +285,9 @@ class LearnedRouting:
         self._tasks.clear()
         while self.apply_feedback():
             pass
+        if self.share is not None:
+            await self.share.stop()
+            self.share = None
 
     async def _run(self) -> None:
         next_poll = 0.0
@@ -290,19 +343,23 @@ class LearnedRouting:
     def observe_replays(self, route: str, replays: Sequence[Replay]) -> int:
         """Learn from evaluation replays (learners/routing_replay.py) as from feedback: each
         variant's scored answer updates the live policy (and a running canary). Returns the updates."""
-        policy = self._live(route)
-        if policy is None:
+        if self._live(route) is None:
             return 0
-        canary = self.versions.canaries.get(route)
         made = 0
         for r in replays:
             for variant, o in r.outcomes.items():
-                if variant in policy.variants and policy.update(r.features, variant, o.quality, o.cost):
-                    made += 1
-                    if canary is not None and variant in canary.policy.variants:
-                        canary.policy.update(r.features, variant, o.quality, o.cost)
+                made += self._update(Update(route, variant, o.quality, o.cost, r.features), share=True)
         self.stats.replay_updates += made
         return made
+
+    def canary_shares(self) -> dict[str, float]:
+        """The traffic share of each learned route's policy canary (0 where none runs), for /metrics."""
+        default = self._runtime().settings.learners.canary_share
+        out = {}
+        for route in self._learned_routes():
+            canary = self.versions.canaries.get(route)
+            out[route] = 0.0 if canary is None else default if canary.share is None else canary.share
+        return out
 
     def known(self, call_ids: Sequence[str]) -> int:
         """How many of `call_ids` are remembered (for tests and the benchmark)."""

@@ -81,7 +81,7 @@ def build_provider(name: str, ps: ProviderSettings, env: Mapping[str, str]) -> P
         from gateway.providers.fakes.provider import FakeProvider
 
         return FakeProvider(name, latency_ms=ps.latency_ms, error_rate=ps.error_rate, seed=ps.seed,
-                            replies=ps.replies, hard=ps.hard, hard_reply=ps.hard_reply)
+                            replies=ps.replies, hard=ps.hard, hard_reply=ps.hard_reply, responses=ps.responses)
     api_key = env.get(ps.api_key_env) if ps.api_key_env else None
     if ps.api_key_env and not api_key:
         log.warning("providers.%s.api_key_env: environment variable %s is not set", name, ps.api_key_env)
@@ -92,7 +92,7 @@ def build_provider(name: str, ps: ProviderSettings, env: Mapping[str, str]) -> P
             name, base_url=ps.base_url, api_key=api_key, headers=ps.headers,
             max_connections=ps.max_connections,
             azure_api_version=ps.api_version if isinstance(ps, AzureProviderSettings) else None,
-            proxy=ps.proxy, timeout_s=ps.timeout_s,
+            proxy=ps.proxy, timeout_s=ps.timeout_s, responses=ps.responses,
         )
     # litellm is imported only when such a provider is configured: it costs ~1 s and ~100 MB.
     if importlib.util.find_spec("litellm") is None:  # an optional extra: say so rather than crash on import

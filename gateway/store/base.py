@@ -6,13 +6,15 @@ first method call (usually `migrate()`) opens the connection or pool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from gateway.store.codec import CallRows
-from gateway.store.console_queries import CallBucket, CallFilter, CallSummary, FeedbackBucket, RouteAction
+from gateway.store.console_queries import CallFilter, CallSummary, RouteAction
+from gateway.store.key_states import KeyEvent, KeyState
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord, Transition
 from gateway.store.responses import StoredResponse
+from gateway.store.rollups import RollupBucket
 from gateway.store.spend_queries import SpendRow
 
 
@@ -63,6 +65,10 @@ class Store(Protocol):
 
     async def insert_feedback(self, fb: FeedbackRecord) -> None:
         """Insert one feedback row; an id already stored is skipped."""
+        ...
+
+    async def insert_feedback_many(self, feedback: Sequence[FeedbackRecord]) -> None:
+        """`insert_feedback` for many rows in one transaction (the writer's batches)."""
         ...
 
     async def list_feedback(
@@ -126,7 +132,9 @@ class Store(Protocol):
         """Delete calls created before `ts` with their attempts and feedback; returns calls deleted.
 
         Works in batches of `batch` calls, each its own short transaction, so writers interleave.
-        Tombstones of users forgotten before `ts` go too (a call that old is deleted on arrival).
+        Then the orphan sweep: feedback created before `ts` whose call never arrived is deleted too
+        (it is counted in no roll-up; it is not in the returned count). Tombstones of users forgotten
+        before `ts` go too (a call that old is deleted on arrival).
         """
         ...
 
@@ -135,21 +143,25 @@ class Store(Protocol):
         """Calls made with a virtual key since `since` (a UTC day start), per (key, route, day)."""
         ...
 
+    # -- virtual keys changed at run time (gateway/store/key_states.py) -------------------------
+    async def key_states(self) -> list[KeyState]:
+        """Every key's stored state (keys never changed at run time have none)."""
+        ...
+
+    async def save_key_state(self, state: KeyState, event: KeyEvent) -> None:
+        """Replace one key's state and log the change, in one transaction."""
+        ...
+
+    async def key_events(self, name: str | None = None, *, limit: int = 200) -> list[KeyEvent]:
+        """The newest changes to one key (or all), oldest first."""
+        ...
+
     # -- the console's read queries (gateway/store/console_queries.py) --------------------------
-    async def call_buckets(self, route: str, *, since: float, width_s: float, buckets: int,
-                           variants: Sequence[str]) -> list[CallBucket]:
-        """The route's chat calls per (variant, bucket of `width_s` seconds from `since`), aggregated by the
-        database; variants not in `variants` are counted under console_queries.OTHER."""
-        ...
-
-    async def feedback_buckets(self, route: str, *, since: float, width_s: float,
-                               buckets: int) -> list[FeedbackBucket]:
-        """Feedback on the route's calls per bucket of `width_s` seconds (by when it arrived)."""
-        ...
-
-    async def latency_quantiles(self, route: str, *, since: float, quantiles: Sequence[float] = (0.5, 0.95),
-                                sample: int = 2_000) -> list[float | None]:
-        """Latency quantiles (nearest rank) of the route's newest `sample` answered chat calls since `since`."""
+    async def rollup_buckets(self, variants: Mapping[str, Sequence[str]], *, since: float, width_s: float,
+                             buckets: int) -> list[RollupBucket]:
+        """The chat calls and their feedback of each route (the keys of `variants`) per (variant, bucket of
+        `width_s` seconds from `since`), summed from the hourly roll-ups (whole hours only); variants not in
+        the route's list are summed under console_queries.OTHER."""
         ...
 
     async def calls_by_ids(self, ids: Sequence[str]) -> list[CallRecord]:

@@ -1,17 +1,16 @@
 """Read queries behind the team console (gateway/console/), and its action log.
 
-Every figure is aggregated by the database over an indexed time range (calls_route_created,
-calls_created, feedback_created, feedback_call): the console never loads a window's calls into
-Python to count them, so its pages stay fast on a store with millions of calls. `ConsoleQueries`
-is mixed into `SqlStore`; the results are small frozen dataclasses.
+Charts and figures are sums of the hourly roll-ups the store keeps as it writes (rollups.py); call
+searches page through indexed ranges (calls_console, feedback_call): the console never loads a
+window's calls into Python to count them, so its pages stay fast on a store with millions of
+calls. `ConsoleQueries` is mixed into `SqlStore`; the results are small frozen dataclasses.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,40 +18,12 @@ from typing import Any, Literal
 from gateway.store import codec
 from gateway.store.dialect import Conn, Dialect, placeholders
 from gateway.store.records import CallRecord
+from gateway.store.rollups import HOUR_S, VALUE_COLUMNS, RollupBucket, bucket_from_sums
 
 FeedbackFilter = Literal["any", "none", "up", "down", "corrected"]
 StatusFilter = Literal["ok", "error"]
 OTHER = "(other)"  # calls of variants no longer configured
-LATENCY_SAMPLE = 2_000  # newest answered calls the latency quantiles are read from (a bounded sort)
 ActionKind = Literal["promote", "rollback", "pause", "resume", "freeze", "unfreeze", "publish"]
-
-
-@dataclass(frozen=True, slots=True)
-class CallBucket:
-    """Calls of one (route, variant) in one time bucket."""
-
-    route: str
-    variant: str
-    bucket: int  # index of the bucket from `since`
-    calls: int
-    errors: int
-    cost_usd: float
-    latency_ms_sum: float
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackBucket:
-    """Feedback on one route's calls in one time bucket (by when the feedback arrived)."""
-
-    route: str
-    bucket: int
-    rows: int
-    rated: int
-    rating_sum: int
-    down: int
-    scored: int
-    score_sum: float
-    corrections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,77 +99,33 @@ class ConsoleQueries:
     @abstractmethod
     async def _hydrate(self, conn: Conn, calls: list[CallRecord]) -> list[CallRecord]: ...
 
-    async def call_buckets(self, route: str, *, since: float, width_s: float, buckets: int,
-                           variants: Sequence[str]) -> list[CallBucket]:
-        """The route's chat calls per (variant, bucket of `width_s` seconds from `since`); calls of a
-        variant not in `variants` (no longer configured) are counted under OTHER.
-
-        One range query per bucket with a column per variant: a plain scan of the covering index
-        calls_console (migration 014), where a GROUP BY would sort every row of the period."""
-        cols = ["COUNT(*)", "SUM(CASE WHEN status = 200 THEN 0 ELSE 1 END)", "COALESCE(SUM(cost_usd), 0)",
-                "COALESCE(SUM(latency_ms), 0)"]
-        args: list[Any] = []
-        for v in variants:
-            cols += ["SUM(CASE WHEN variant = ? THEN 1 ELSE 0 END)",
-                     "SUM(CASE WHEN variant = ? AND status <> 200 THEN 1 ELSE 0 END)",
-                     "COALESCE(SUM(CASE WHEN variant = ? THEN cost_usd END), 0)",
-                     "COALESCE(SUM(CASE WHEN variant = ? THEN latency_ms END), 0)"]
-            args += [v, v, v, v]
-        sql = (f"SELECT {', '.join(cols)} FROM calls "
-               "WHERE route = ? AND created_at >= ? AND created_at < ? AND endpoint = 'chat'")
-        out: list[CallBucket] = []
-        async with self._read() as conn:
-            for i in range(buckets):
-                lo = float(since) + i * width_s
-                row = (await conn.fetch(sql, *args, route, lo, lo + width_s))[0]
-                total = [int(row[0] or 0), int(row[1] or 0), float(row[2] or 0.0), float(row[3] or 0.0)]
-                for j, v in enumerate(variants):
-                    part = row[4 + 4 * j: 8 + 4 * j]
-                    if part[0]:
-                        out.append(CallBucket(route, v, i, int(part[0]), int(part[1]), float(part[2]), float(part[3])))
-                        total = [total[0] - int(part[0]), total[1] - int(part[1]), total[2] - float(part[2]),
-                                 total[3] - float(part[3])]
-                if total[0] > 0:
-                    out.append(CallBucket(route, OTHER, i, int(total[0]), int(total[1]), total[2], total[3]))
-        return out
-
-    async def feedback_buckets(self, route: str, *, since: float, width_s: float,
-                               buckets: int) -> list[FeedbackBucket]:
-        """Feedback on the route's calls per bucket of `width_s` seconds (by when the feedback arrived)."""
-        sql = ("SELECT COUNT(*), COUNT(f.rating), COALESCE(SUM(f.rating), 0), "
-               "SUM(CASE WHEN f.rating < 0 THEN 1 ELSE 0 END), COUNT(f.score), COALESCE(SUM(f.score), 0), "
-               "COUNT(f.correction) FROM feedback f JOIN calls c ON c.id = f.call_id "
-               "WHERE f.created_at >= ? AND f.created_at < ? AND c.route = ?")
-        out: list[FeedbackBucket] = []
-        async with self._read() as conn:
-            for i in range(buckets):
-                lo = float(since) + i * width_s
-                r = (await conn.fetch(sql, lo, lo + width_s, route))[0]
-                if r[0]:
-                    out.append(FeedbackBucket(route, i, int(r[0]), int(r[1]), int(r[2] or 0), int(r[3] or 0),
-                                              int(r[4]), float(r[5] or 0.0), int(r[6])))
-        return out
-
-    async def latency_quantiles(self, route: str, *, since: float, quantiles: Sequence[float] = (0.5, 0.95),
-                                sample: int = LATENCY_SAMPLE) -> list[float | None]:
-        """Latency quantiles (nearest rank: the ceil(q * n)-th smallest) of the route's newest `sample`
-        answered chat calls since `since`: one bounded sort however long the period."""
-        if not quantiles:
+    async def rollup_buckets(self, variants: Mapping[str, Sequence[str]], *, since: float, width_s: float,
+                             buckets: int) -> list[RollupBucket]:
+        """The chat calls and their feedback of each route in `variants` per (variant, bucket of `width_s`
+        seconds from `since`), summed from the hourly roll-ups (gateway/store/rollups.py): one grouped
+        range read of a few rows per route and hour, whatever the number of calls. `since` and `width_s`
+        are whole hours; calls of a variant not in the route's list (no longer configured) are summed
+        under OTHER."""
+        if since % HOUR_S or width_s % HOUR_S or width_s <= 0:
+            raise ValueError("roll-ups are hourly: since and width_s must be whole hours")
+        if not variants:
             return []
-        picks = " OR ".join("(rn >= CAST(? AS DOUBLE PRECISION) * n AND rn < CAST(? AS DOUBLE PRECISION) * n + 1)"
-                          for _ in quantiles)
-        sql = ("SELECT rn, n, latency_ms FROM (SELECT latency_ms, ROW_NUMBER() OVER (ORDER BY latency_ms) AS rn, "
-               "COUNT(*) OVER () AS n FROM (SELECT latency_ms FROM calls WHERE route = ? AND created_at >= ? "
-               "AND status = 200 AND endpoint = 'chat' ORDER BY created_at DESC LIMIT ?) s) r "
-               f"WHERE {picks}")
-        args: list[Any] = [route, float(since), int(sample)]
-        for q in quantiles:
-            args += [float(q), float(q)]
+        start, width, routes = int(since), int(width_s), list(variants)
+        sums = ", ".join(f"SUM({c})" for c in VALUE_COLUMNS)
+        sql = (f"SELECT route, variant, (hour_start - ?) / ? AS b, {sums} FROM call_rollups "
+               f"WHERE route IN ({placeholders(len(routes))}) AND endpoint = 'chat' AND hour_start >= ? "
+               "AND hour_start < ? GROUP BY 1, 2, 3")
         async with self._read() as conn:
-            rows = await conn.fetch(sql, *args)
-        by_rank = {int(r[0]): float(r[2]) for r in rows}
-        n = int(rows[0][1]) if rows else 0
-        return [by_rank.get(max(1, math.ceil(q * n - 1e-9))) if n else None for q in quantiles]
+            rows = await conn.fetch(sql, start, width, *routes, start, start + width * int(buckets))
+        known = {r: set(v) for r, v in variants.items()}
+        merged: dict[tuple[str, int, str], list[float]] = {}
+        for r in rows:
+            key = (r[0], int(r[2]), r[1] if r[1] in known[r[0]] else OTHER)
+            values = [float(x or 0) for x in r[3:]]
+            prev = merged.get(key)
+            merged[key] = values if prev is None else [a + b for a, b in zip(prev, values, strict=True)]
+        return [bucket_from_sums(route, v, b, values)
+                for (route, b, v), values in sorted(merged.items()) if any(values)]
 
     async def calls_by_ids(self, ids: Sequence[str]) -> list[CallRecord]:
         """The calls with these ids (attempts and request text restored), in no particular order."""

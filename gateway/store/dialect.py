@@ -34,6 +34,10 @@ class Dialect:
     # the forget's tombstone (and the forget's delete sees it) or sees the tombstone.
     forget_lock: str | None  # taken by forget_user while it writes the tombstone
     insert_lock: str | None  # taken (shared) by a call insert that checks tombstones
+    # Roll-ups (rollups.py): a feedback insert takes it, call inserts and deletions take it shared,
+    # so a feedback row and its call committed concurrently are counted exactly once.
+    rollup_lock: str | None = None
+    rollup_lock_shared: str | None = None
 
     def sql(self, text: str) -> str:
         """`text` with its `?` placeholders in this dialect's style."""
@@ -63,6 +67,8 @@ POSTGRES = Dialect(
     migration_lock="SELECT pg_advisory_xact_lock(7460391)",
     forget_lock="SELECT pg_advisory_xact_lock(7460392)",
     insert_lock="SELECT pg_advisory_xact_lock_shared(7460392)",
+    rollup_lock="SELECT pg_advisory_xact_lock(7460393)",
+    rollup_lock_shared="SELECT pg_advisory_xact_lock_shared(7460393)",
 )
 
 
@@ -75,6 +81,14 @@ def insert_values_sql(table: str, columns: tuple[str, ...], on_conflict: str) ->
 def placeholders(n: int) -> str:
     """`?, ?, …` for an IN list of n values."""
     return ", ".join("?" * n)
+
+
+CHUNK = 500  # values per IN list: well under SQLite's and PostgreSQL's parameter limits
+
+
+def chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    """`items` in slices of at most `CHUNK`, one IN list each."""
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
 class DuplicateRows(Exception):

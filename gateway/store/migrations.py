@@ -17,7 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.store.dialect import Conn, Dialect
+from gateway.store.key_states import MIGRATION as KEYS
 from gateway.store.responses import MIGRATION as RESPONSES
+from gateway.store.rollups import migrate as ROLLUPS
 
 MigrationFn = Callable[[Conn, Dialect], Awaitable[None]]
 Migration = tuple[str, str | MigrationFn]
@@ -181,6 +183,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # a canary's traffic share, recorded on its transitions (learners/rollout.py grows it with evidence)
     ("012_learning_canary_share", "ALTER TABLE transitions ADD COLUMN share DOUBLE PRECISION"),
     ("014_console", _CONSOLE),
+    ("016_rollups", ROLLUPS),  # hourly roll-ups the console charts, backfilled (gateway/store/rollups.py)
+    ("020_keys", KEYS),  # virtual keys disabled and rotated at run time (gateway/store/key_states.py)
 )
 
 _LEDGER = (

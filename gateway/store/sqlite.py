@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.dialect import SQLITE, Row, insert_values_sql
+from gateway.store.dialect import SQLITE, DuplicateRows, Row, insert_values_sql
 from gateway.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 5000
@@ -44,8 +44,12 @@ class _Conn:
         await self._db.executemany(insert_values_sql(table, tuple(columns), on_conflict), rows)
 
     async def append_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        # SQLite has no faster bulk path than executemany; DO NOTHING keeps it from ever raising.
-        await self._db.executemany(insert_values_sql(table, tuple(columns), "ON CONFLICT DO NOTHING"), rows)
+        # SQLite has no faster bulk path than executemany. A row skipped as known voids the batch as in
+        # PostgreSQL: the roll-ups (rollups.py) must count only the calls the redo finds new.
+        cursor = await self._db.executemany(insert_values_sql(table, tuple(columns), "ON CONFLICT DO NOTHING"),
+                                            rows)
+        if cursor.rowcount != len(rows):
+            raise DuplicateRows(f"{len(rows) - cursor.rowcount} known row(s) in {table}")
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._db.execute_fetchall(sql, args))

@@ -26,6 +26,13 @@ on a thread). When neither the database nor the spill file takes rows (disk full
 `memory_rows` are held in memory and retried; rows beyond that are lost, counted and logged.
 With `migrate=True` the writer also applies the store's migrations, at start or, when the
 database is down then, once it is back: the gateway serves and spills meanwhile.
+
+With a `journal` (journal.py) every queued line also reaches local disk within `journal_ms`, one
+write per window, so a SIGKILL loses at most that window whatever the database lag; segments go
+once their rows are handled, and a dead writer's are replayed by whichever writer finds them.
+
+This module is the queue and its background loops (drain, overflow spill, journal, retry); a batch
+is prepared and written in writer_batch.py, inserted, spilled or held in writer_store.py.
 """
 
 from __future__ import annotations
@@ -33,60 +40,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
-from gateway.store import codec
 from gateway.store.base import Store
-from gateway.store.nul import NUL_JSON
+from gateway.store.journal import Journal
 from gateway.store.records import CallRecord, FeedbackRecord, evolve
-from gateway.store.spill import Spillable, decode, encode
-from gateway.store.writer_store import StoreSide, WriterStats
+from gateway.store.spill import encode
+from gateway.store.writer_batch import BatchSide, Prepare, Preparer
+from gateway.store.writer_store import WriterStats
 
 __all__ = ["CallWriter", "Prepare", "Preparer", "WriterStats"]
 
 log = logging.getLogger(__name__)
+# A journal window larger than this is sealed and written on a thread (see _journal_loop).
+_JOURNAL_INLINE_BYTES = 256 * 1024
 
 
-class Preparer(Protocol):
-    """What the writer does to rows before storing them (gateway/capture/prepare.py)."""
-
-    def observe(self, rec: CallRecord) -> CallRecord:
-        """On the event loop, in submission order: state that follows the calls (signals, prices)."""
-        ...
-
-    def sanitize_call(self, rec: CallRecord, *, nul: bool = True, size: int | None = None) -> CallRecord:
-        """Thread-safe: the call as it may be stored (`nul`: it may hold NUL characters; `size`:
-        its encoded bytes when known)."""
-        ...
-
-    def sanitize_feedback(self, fb: FeedbackRecord, *, nul: bool = True) -> FeedbackRecord:
-        """Thread-safe: the feedback row as it may be stored."""
-        ...
-
-
-Prepare = Callable[[CallRecord], CallRecord]
-
-
-class _FunctionPreparer:
-    """A bare call hook (tests, benchmarks) as a Preparer."""
-
-    def __init__(self, fn: Prepare) -> None:
-        self._fn = fn
-
-    def observe(self, rec: CallRecord) -> CallRecord:
-        return rec
-
-    def sanitize_call(self, rec: CallRecord, *, nul: bool = True, size: int | None = None) -> CallRecord:
-        return self._fn(rec)
-
-    def sanitize_feedback(self, fb: FeedbackRecord, *, nul: bool = True) -> FeedbackRecord:
-        return fb
-
-
-class CallWriter(StoreSide):
+class CallWriter(BatchSide):
     """Batches calls and feedback into the store without ever blocking the request path."""
 
     def __init__(
@@ -103,17 +75,16 @@ class CallWriter(StoreSide):
         memory_rows: int = 100_000,
         migrate: bool = False,
         max_messages: int | None = None,
+        journal: Journal | None = None,
+        journal_ms: float = 100.0,
     ) -> None:
         """Nothing runs until `await start()`; records submitted before then wait in the queue."""
         super().__init__(store, spill_path, batch_size=batch_size, retry_s=retry_s, memory_rows=memory_rows,
-                         migrate=migrate)
-        self._offload_bytes = offload_bytes
+                         migrate=migrate, journal=journal, prepare=prepare, offload_bytes=offload_bytes)
+        self._journal_s = journal_ms / 1000
+        self._journal_stop = False
         self._max_messages = max_messages
         self._flush_s = flush_ms / 1000
-        self._prepare: Preparer | None = (
-            _FunctionPreparer(prepare) if prepare is not None and not hasattr(prepare, "sanitize_call")
-            else prepare  # type: ignore[assignment]
-        )
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_queue)  # encoded records
         self._overflow: list[bytes] = []  # queue full: waiting for the spill task
         self._nonempty = asyncio.Event()
@@ -160,12 +131,15 @@ class CallWriter(StoreSide):
             log.exception("call writer: could not accept feedback %s", getattr(fb, "id", "?"))
 
     def _submit(self, line: bytes) -> None:
+        if self._journal is not None and not self._stopped:
+            self._unjournaled.append(line)  # on disk within journal_ms (_journal_loop)
         if not self._closing:
             try:
                 self._queue.put_nowait(line)
             except asyncio.QueueFull:
                 pass
             else:
+                self._queue_in += 1
                 self._stats.queued += 1
                 self._nonempty.set()
                 if self._queue.qsize() >= self._batch_size:
@@ -196,9 +170,12 @@ class CallWriter(StoreSide):
         if self._tasks or self._stopped:
             raise RuntimeError("CallWriter.start() called twice")
         self._spill_dirty = await asyncio.to_thread(self._spill.has_data)
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.open)
         if await self._ensure_migrated():
             await self._reingest()
-        for coro in (self._drain_loop(), self._spill_loop(), self._retry_loop()):
+        await self._replay_journals()  # a previous run's (or a dead sibling's) journal: before new rows
+        for coro in (self._drain_loop(), self._spill_loop(), self._retry_loop(), self._journal_loop()):
             self._tasks.append(asyncio.create_task(coro))
 
     async def stop(self, timeout_s: float = 30.0) -> None:
@@ -213,17 +190,20 @@ class CallWriter(StoreSide):
         self._full.set()
         self._overflow_ready.set()
         if self._tasks:
-            drain, spill, retry = self._tasks
+            drain, spill, retry, journal = self._tasks
             retry.cancel()
             _, late = await asyncio.wait([drain, spill], timeout=timeout_s)
             for task in late:  # an insert hangs: its rows are spilled on cancellation
                 task.cancel()
-            await asyncio.wait([drain, spill, retry])
+            self._journal_stop = True  # not cancelled: a write on a worker thread would outlive it
+            await asyncio.wait([drain, spill, retry, journal])
         self._stopped = True
         rest = self._overflow + list(self._drain_queue(self._queue.qsize()))
         self._overflow = []
         if rest:
             self._spill_now(rest)
+        if self._journal is not None:  # every line is stored or spilled now (unless held in memory)
+            self._journal.close(clean=not self._held)
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is written (or spilled). For tests and tools."""
@@ -258,134 +238,18 @@ class CallWriter(StoreSide):
                 self._full.clear()  # give more rows flush_ms to arrive, unless a batch fills first
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._flush_s)
-            batch = [self._queue.get_nowait() for _ in range(min(self._queue.qsize(), self._batch_size))]
+            # Far behind (8 batches queued): 4 batches per insert, so the per-transaction cost (a
+            # commit, the forgotten-users check, three COPYs) is paid a quarter as often
+            size = self._batch_size * (4 if self._queue.qsize() > 8 * self._batch_size else 1)
+            batch = [self._queue.get_nowait() for _ in range(min(self._queue.qsize(), size))]
             try:
                 await self._write_batch(batch, skip_db=loop.time() < self._down_until)
             except Exception:
                 log.exception("call writer: unexpected error writing a batch")
             finally:
+                self._queue_done += len(batch)
                 for _ in batch:
                     self._queue.task_done()
-
-    async def _write_batch(self, batch: list[bytes], *, skip_db: bool) -> None:
-        """Insert one batch; whatever cannot be inserted is spilled."""
-        rows, feedback = await self._rows_yielding(batch)
-        unsaved: list[Spillable] = []
-        try:
-            skip_db = skip_db or not await self._ensure_migrated()
-            if rows.calls and not skip_db:
-                unsaved.extend(await self._insert_rows(rows))
-            elif rows.calls:
-                unsaved.extend(codec.calls_from_rows(rows))
-            for i, fb in enumerate(feedback):
-                if skip_db or unsaved:
-                    unsaved.extend(feedback[i:])
-                    break
-                unsaved.extend(await self._insert_feedback(fb))
-            self._stats.written += len(rows.calls) + len(feedback) - len(unsaved)
-        except asyncio.CancelledError:
-            await self._spill_async([*codec.calls_from_rows(rows), *feedback])
-            raise
-        if unsaved:
-            await self._spill_async(unsaved)
-
-    async def _rows_yielding(self, lines: list[bytes]) -> tuple[codec.CallRows, list[FeedbackRecord]]:
-        """Queued lines as call rows (decoded, prepared, encoded) and feedback records, in slices:
-        scrubbing costs up to ~1 ms a call, and a batch of hundreds must not stall the live
-        requests that share this event loop. A line over `offload_bytes` is prepared on a worker
-        thread instead."""
-        rows = codec.CallRows([], [], {}, [])
-        feedback: list[FeedbackRecord] = []
-        done = 0  # lines[:done] are in rows/feedback (or rejected)
-        try:
-            while done < len(lines):
-                if done:
-                    await asyncio.sleep(0)
-                line = lines[done]
-                if len(line) > self._offload_bytes:
-                    await self._offloaded(line, rows, feedback)
-                    done += 1
-                    continue
-                end = done
-                while end < len(lines) and end - done < 8 and len(lines[end]) <= self._offload_bytes:
-                    end += 1
-                calls, fb = self._decoded(lines[done:end])
-                codec.call_rows(calls, rows)
-                feedback += fb
-                done = end
-        except asyncio.CancelledError:  # stop() timed out on this batch: keep all of it
-            self._spill_records_now([*codec.calls_from_rows(rows), *feedback])
-            self._spill_now(lines[done:])  # prepared once: a second pass would re-infer signals
-            raise
-        return rows, feedback
-
-    async def _offloaded(self, line: bytes, rows: codec.CallRows, feedback: list[FeedbackRecord]) -> None:
-        """Decode, sanitise and encode one large line on a worker thread (its signals are observed
-        here, on the loop, in order with the others)."""
-        self._stats.offloaded += 1
-        try:
-            rec = await asyncio.to_thread(decode, line)
-        except ValueError:
-            log.exception("call writer: an encoded record did not decode; kept in %s", self._spill.rejected)
-            self._reject(line)
-            return
-        prep = self._prepare
-        nul = NUL_JSON in line
-        try:
-            if isinstance(rec, FeedbackRecord):
-                feedback.append(rec if prep is None else await asyncio.to_thread(
-                    lambda: prep.sanitize_feedback(rec, nul=nul)))
-                return
-            call = rec if prep is None else prep.observe(rec)
-            part = await asyncio.to_thread(
-                lambda: codec.call_rows([call if prep is None else prep.sanitize_call(call, nul=nul, size=len(line))]))
-        except Exception:
-            log.exception("call writer: prepare failed on %s; kept in %s", rec.id, self._spill.rejected)
-            self._pending.discard(rec.id)
-            self._reject(line)
-            return
-        rows.calls.extend(part.calls)
-        rows.attempts.extend(part.attempts)
-        rows.blobs.update(part.blobs)
-        rows.refs.extend(part.refs)
-
-    def _decoded(self, lines: Sequence[bytes]) -> tuple[list[CallRecord], list[FeedbackRecord]]:
-        """Queued lines as records through the prepare hook; a line that does not decode, or that
-        the hook fails on, goes to the rejected file."""
-        calls: list[CallRecord] = []
-        feedback: list[FeedbackRecord] = []
-        for line in lines:
-            try:
-                rec = decode(line)
-            except ValueError:
-                log.exception("call writer: an encoded record did not decode; kept in %s", self._spill.rejected)
-                self._reject(line)
-                continue
-            prep = self._prepare
-            try:
-                if isinstance(rec, CallRecord):
-                    calls.append(rec if prep is None else prep.sanitize_call(
-                        prep.observe(rec), nul=NUL_JSON in line, size=len(line)))
-                else:
-                    feedback.append(rec if prep is None else prep.sanitize_feedback(rec, nul=NUL_JSON in line))
-            except Exception:
-                log.exception("call writer: prepare failed on %s; kept in %s", rec.id, self._spill.rejected)
-                self._pending.discard(rec.id)
-                self._reject(line)
-        return calls, feedback
-
-    def _reject(self, line: bytes) -> None:
-        self._stats.rejected += 1
-        try:
-            self._spill.reject([line])
-        except Exception:
-            # the line is unscrubbed: its size, never its text, goes to the log
-            log.critical("call writer: LOST a row of %d bytes (could not write the rejected file)", len(line))
-
-    def _spill_now(self, lines: list[bytes]) -> None:
-        """Spill from synchronous code (after stop): decode and prepare, then append."""
-        calls, feedback = self._decoded(lines)
-        self._spill_records_now([*calls, *feedback])
 
     async def _spill_loop(self) -> None:
         """Spill rows that found the queue full (prepared first: spill files hold scrubbed rows)."""
@@ -403,6 +267,28 @@ class CallWriter(StoreSide):
                 await self._spill_async([*calls, *feedback])
             finally:
                 self._spilling = False
+
+    async def _journal_loop(self) -> None:
+        """Every journal_ms: the lines queued since, as one journal record; then the segments whose
+        rows are all handled go (never while rows wait outside the queue's order: overflow, memory)."""
+        journal = self._journal
+        if journal is None:
+            return
+        while not self._journal_stop:
+            await asyncio.sleep(self._journal_s)  # a timer: cheaper than wait_for on an event, 10 times a second
+            lines, self._unjournaled = self._unjournaled, []
+            end = self._queue_in
+            try:
+                # on a thread with fsync (a disk flush must not stall the loop) or when the window holds a
+                # big call (sealing and copying megabytes stalled other requests ~30 ms); else a
+                # page-cache copy, cheaper than a thread hand-off
+                offload = journal.fsync or sum(map(len, lines)) > _JOURNAL_INLINE_BYTES
+                ok = await asyncio.to_thread(journal.write, lines, end) if offload else journal.write(lines, end)
+                self._stats.journaled += len(lines) if ok else 0
+                if not (self._overflow or self._spilling or self._held):
+                    journal.release(self._queue_done)
+            except Exception:
+                log.exception("call writer: journal round failed")
 
     async def _retry_loop(self) -> None:
         while True:

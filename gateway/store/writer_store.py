@@ -1,15 +1,19 @@
 """The writer's store side: inserting batches, isolating bad rows, spilling, holding rows in memory
-when the spill file is not writable, and re-ingesting the spill file (see writer.py for the whole).
+when the spill file is not writable, re-ingesting the spill file and replaying dead writers'
+journals (see writer.py for the whole).
 
-`CallWriter` (writer.py) derives from `StoreSide`: the queue, batching and preparing are there,
-everything after a batch is built is here.
+`CallWriter` (writer.py) derives from `BatchSide` (writer_batch.py), which derives from `StoreSide`:
+the queue and batching are in writer.py, preparing a batch in writer_batch.py, everything after a
+batch is built is here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from gateway.store import codec
 from gateway.store.base import Store
 from gateway.store.health import StoreHealth, unavailable
 from gateway.store.isolate import insert_one_by_one
+from gateway.store.journal import Journal
 from gateway.store.records import CallRecord, FeedbackRecord
 from gateway.store.spill import Spillable, SpillBatch, SpillFile, encode
 
@@ -39,13 +44,15 @@ class WriterStats:
     offloaded: int = 0  # calls prepared on a worker thread (over offload_bytes)
     held: int = 0  # rows in memory now: neither the database nor the spill file took them
     lost: int = 0  # rows lost: memory_rows was full too
+    journaled: int = 0  # rows written to the journal (journal.py)
+    replayed: int = 0  # rows replayed from a dead writer's journal (stored, or spilled)
 
 
 class StoreSide:
     """Everything the writer does once a batch is built (see the module docstring)."""
 
     def __init__(self, store: Store, spill_path: str | Path, *, batch_size: int, retry_s: float,
-                 memory_rows: int, migrate: bool) -> None:
+                 memory_rows: int, migrate: bool, journal: Journal | None = None) -> None:
         self._store = store
         self._spill = SpillFile(spill_path)
         self._batch_size = batch_size
@@ -61,6 +68,12 @@ class StoreSide:
         self._reingest_lock = asyncio.Lock()
         self._claim_batches_done = 0  # batches of the claimed file this process re-ingested
         self._down_until = 0.0  # loop time before which batches skip the database
+        self._journal = journal
+        self._unjournaled: list[bytes] = []  # queued lines not yet in the journal
+        self._queue_in = 0  # lines put on the queue, ever
+        self._queue_done = 0  # of those, handled (stored, spilled or quarantined), in queue order
+        # (table, seconds) of every successful database write: the gateway feeds its metrics with it
+        self.observe_write: Callable[[str, float], None] | None = None
 
     def holds_unwritten(self) -> bool:
         """True when rows are waiting outside the queue (spilled, or held in memory), including
@@ -84,6 +97,7 @@ class StoreSide:
 
     async def _insert_rows(self, rows: codec.CallRows) -> list[Spillable]:
         """Insert a batch of call rows; returns what must be spilled (the store is down)."""
+        started = time.perf_counter()
         try:
             await self._store.insert_call_rows(rows)
         except Exception as e:
@@ -91,18 +105,24 @@ class StoreSide:
                 self._db_failed(e, "a batch insert")
                 return list(codec.calls_from_rows(rows))
             return await self._isolate(list(codec.calls_from_rows(rows)), e)
+        if self.observe_write is not None:
+            self.observe_write("calls", time.perf_counter() - started)
         self.health.ok()
         self._written(row[0] for row in rows.calls)
         return []
 
-    async def _insert_feedback(self, fb: FeedbackRecord) -> list[Spillable]:
+    async def _insert_feedback(self, feedback: list[FeedbackRecord]) -> list[Spillable]:
+        """Insert a batch's feedback rows in one transaction; returns what must be spilled."""
+        started = time.perf_counter()
         try:
-            await self._store.insert_feedback(fb)
+            await self._store.insert_feedback_many(feedback)
         except Exception as e:
             if unavailable(e):
                 self._db_failed(e, "a feedback insert")
-                return [fb]
-            return await self._isolate([fb], e)
+                return list(feedback)
+            return await self._isolate(list(feedback), e)
+        if self.observe_write is not None:
+            self.observe_write("feedback", time.perf_counter() - started)
         self.health.ok()
         return []
 
@@ -182,8 +202,9 @@ class StoreSide:
             calls = [r for r in held if isinstance(r, CallRecord)]
             if calls:
                 unsaved += await self._insert_rows(codec.call_rows(calls))
-            for fb in (r for r in held if isinstance(r, FeedbackRecord)):
-                unsaved += [fb] if unsaved else await self._insert_feedback(fb)
+            feedback = [r for r in held if isinstance(r, FeedbackRecord)]
+            if feedback:
+                unsaved += feedback if unsaved else await self._insert_feedback(feedback)
             self._stats.written += len(held) - len(unsaved)
         if unsaved:
             async with self._file_lock:
@@ -236,9 +257,7 @@ class StoreSide:
         try:
             if calls:
                 await self._store.insert_calls(calls)
-            for r in batch.records:
-                if isinstance(r, FeedbackRecord):
-                    await self._store.insert_feedback(r)
+            await self._store.insert_feedback_many([r for r in batch.records if isinstance(r, FeedbackRecord)])
         except Exception as e:
             if unavailable(e):
                 self._db_failed(e, "re-ingesting the spill file")
@@ -257,8 +276,48 @@ class StoreSide:
         return True
 
     async def _retry_round(self) -> None:
-        """One round of the retry loop: rows held in memory, migrations, the spill file."""
+        """One round of the retry loop: rows held in memory, migrations, the spill file, dead
+        writers' journals."""
         if self._held:
             await self._release_held()
         if await self._ensure_migrated() and await asyncio.to_thread(self._spill.has_data):
             await self._reingest()
+        await self._replay_journals()
+
+    async def _write_batch(self, batch: list[bytes], *, skip_db: bool, replay: bool = False) -> None:
+        raise NotImplementedError  # writer_batch.py: queued lines prepared, then inserted or spilled
+
+    async def _replay_journals(self) -> None:
+        """Rows in the journal segments of writers that died (journal.py): prepared and inserted
+        (or spilled) like queued rows, then the segments go. Known ids are skipped by the store."""
+        journal = self._journal
+        if journal is None:
+            return
+        loop = asyncio.get_running_loop()
+        for owner in await asyncio.to_thread(journal.orphans):
+            fd = await asyncio.to_thread(journal.claim, owner)
+            if fd is None:
+                continue  # alive, or another writer is replaying it
+            done = True
+            try:
+                for path in await asyncio.to_thread(journal.segments, owner):
+                    try:
+                        lines = await asyncio.to_thread(journal.lines, path)
+                    except ValueError as e:
+                        log.error("call writer: %s; kept as %s.unreadable for an operator", e, path.name)
+                        await asyncio.to_thread(path.rename, path.with_name(path.name + ".unreadable"))
+                        continue
+                    for i in range(0, len(lines), self._batch_size):
+                        chunk = lines[i:i + self._batch_size]
+                        await self._write_batch(chunk, skip_db=loop.time() < self._down_until, replay=True)
+                        self._stats.replayed += len(chunk)
+                    if self._held:  # neither the database nor the spill file took them: keep the segment
+                        done = False
+                        break
+                    await asyncio.to_thread(path.unlink, True)
+                    log.warning("call writer: replayed %d rows from %s (a writer that died)", len(lines), path.name)
+            finally:
+                if done:
+                    await asyncio.to_thread(journal.finish, owner, fd)
+                else:
+                    os.close(fd)

@@ -88,3 +88,35 @@ def test_a_gateway_started_while_the_database_is_down_serves_and_writes_later(
     n = poll_store(pg_cluster.url, lambda s: s.count_calls(), lambda n: n == len(ids), timeout=20)
     assert n == len(ids)
     assert httpx.get(gw.url + "/readyz").json()["status"] == "ready"
+
+
+def test_an_outage_is_one_artifact_refresh_log_line_and_feedback_answers_alike(
+    make_gateway: Any, fake_upstream: str, tmp_path: Path, pg_cluster: ThrowawayCluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = _config(fake_upstream, tmp_path, pg_cluster.url)
+    cfg["learners"] = {"enabled": False, "refresh_s": 0.1}  # the artifact server reloads 10 times a second
+    gw = make_gateway(cfg)
+    before = _chat(gw.v1, "stored before the outage")
+    poll_store(pg_cluster.url, _calls, lambda n: n == 1)
+    found = httpx.post(gw.v1 + "/feedback", json={"call_id": before, "correction": "better"}, timeout=30)
+    assert found.status_code == 201, found.text
+    caplog.clear()
+    pg_cluster.stop()
+    wait_down(pg_cluster.url)
+    time.sleep(1.5)  # ~15 refreshes with the database down
+    assert gw.gateway.serving.health.up is False
+    pending = httpx.post(gw.v1 + "/feedback", json={"call_id": before, "correction": "better"}, timeout=30)
+    assert pending.status_code == 202, pending.text
+    # a 202 answers with the fields a 201 does (nothing in them needs the store)
+    assert set(pending.json()) == set(found.json()) and pending.json()["call_id"] == before
+    serving = [r for r in caplog.records if r.name == "flywheel.serving"]
+    assert not serving, [r.getMessage() for r in serving]  # no traceback per route and refresh
+    down = [r for r in caplog.records if r.name == "gateway.store.health" and "artifact refresh" in r.getMessage()]
+    assert len(down) == 1, [r.getMessage() for r in down]
+    pg_cluster.start()
+    deadline = time.monotonic() + 30
+    while not gw.gateway.serving.health.up and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gw.gateway.serving.health.up
+    assert any("reachable again" in r.getMessage() for r in caplog.records if r.name == "gateway.store.health")

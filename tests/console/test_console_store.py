@@ -1,10 +1,11 @@
 """The console's store queries (gateway/store/console_queries.py) on SQLite and PostgreSQL:
-aggregates by the database, filters, keyset paging, and the action log."""
+sums of the hourly roll-ups, filters, keyset paging, and the action log."""
 
 from __future__ import annotations
 
 from gateway.store.console_queries import OTHER, CallFilter, RouteAction
 from gateway.store.records import FeedbackRecord
+from gateway.store.rollups import LATENCY_BUCKETS, QUANTILE_ERROR, hour_of, quantile
 from gateway.store.sql import SqlStore
 from tests.store.conftest import pg_database, store, store_url  # noqa: F401 - the fixtures, on both backends
 from tests.store.factories import T0, make_call
@@ -12,7 +13,7 @@ from tests.store.factories import T0, make_call
 
 async def test_buckets_quantiles_filters_and_paging(store: SqlStore) -> None:  # noqa: F811
     calls = []
-    for i in range(20):  # 20 calls a minute apart: two 10-minute buckets
+    for i in range(20):  # 20 calls a minute apart, all in one hour
         c = make_call(i, created_at=T0 + 60 * i, user=f"user-{i % 2}", attempts=1)
         c.latency_ms, c.cost_usd, c.variant = float(i + 1), 0.01, "small" if i % 4 else "big"
         c.key_id = "team-a" if i < 10 else "team-b"
@@ -27,24 +28,24 @@ async def test_buckets_quantiles_filters_and_paging(store: SqlStore) -> None:  #
     await store.insert_feedback(FeedbackRecord(calls[13].id, created_at=T0 + 900, signal="regenerated",
                                                source="inferred"))
 
-    buckets = await store.call_buckets("support-bot", since=T0, width_s=600, buckets=3, variants=["small"])
+    since = hour_of(T0)  # the 20 calls and their feedback fall in the hour from `since`
+    buckets = await store.rollup_buckets({"support-bot": ["small"]}, since=since, width_s=3600, buckets=2)
     by = {(b.variant, b.bucket): b for b in buckets}
-    assert sum(b.calls for b in buckets) == 20 and {b.bucket for b in buckets} == {0, 1}
-    assert by[(OTHER, 0)].calls == 3 and by[("small", 0)].calls == 7 and by[("small", 0)].errors == 1
-    assert by[("small", 0)].latency_ms_sum == sum(float(i + 1) for i in range(10) if i % 4)
+    assert sum(b.calls for b in buckets) == 20 and {b.bucket for b in buckets} == {0}
+    assert by[(OTHER, 0)].calls == 5 and by[("small", 0)].calls == 15 and by[("small", 0)].errors == 1
+    assert by[("small", 0)].latency_ms_sum == sum(float(i + 1) for i in range(20) if i % 4)
     assert abs(sum(b.cost_usd for b in buckets) - 0.2) < 1e-9
-    both = await store.call_buckets("support-bot", since=T0, width_s=600, buckets=2, variants=["small", "big"])
+    both = await store.rollup_buckets({"support-bot": ["small", "big"]}, since=since, width_s=3600, buckets=1)
     assert {b.variant for b in both} == {"small", "big"}
-    assert await store.call_buckets("other", since=T0 + 60, width_s=600, buckets=1, variants=[]) == []
+    assert await store.rollup_buckets({"other": []}, since=since + 3600, width_s=3600, buckets=1) == []
+    assert (sum(b.feedback for b in buckets), sum(b.up for b in buckets), sum(b.down for b in buckets)) == (4, 1, 1)
+    assert (sum(b.corrections for b in buckets), sum(b.scored for b in buckets)) == (1, 1)
+    assert sum(b.score_sum for b in buckets) == 0.5
 
-    fb = {f.bucket: f for f in await store.feedback_buckets("support-bot", since=T0, width_s=600, buckets=2)}
-    assert (fb[0].rated, fb[0].rating_sum, fb[0].down) == (2, 0, 1)
-    assert (fb[1].rows, fb[1].corrections, fb[1].scored, fb[1].score_sum) == (2, 1, 1, 0.5)
-
-    p50, p95 = await store.latency_quantiles("support-bot", since=T0)  # latencies 1..20 but the 502's (8)
-    assert (p50, p95) == (11.0, 20.0)  # nearest rank: the 10th and 19th of 19
-    assert await store.latency_quantiles("nothing", since=T0) == [None, None]
-    assert await store.latency_quantiles("support-bot", since=T0, sample=4) == [18.0, 20.0]  # the newest 4: 17..20
+    hist = [sum(b.latency_hist[k] for b in buckets) for k in range(LATENCY_BUCKETS)]
+    p50, p95 = quantile(hist, 0.5), quantile(hist, 0.95)  # latencies 1..20 but the 502's (8)
+    assert p50 is not None and abs(p50 / 11.0 - 1) <= QUANTILE_ERROR  # nearest rank: the 10th and 19th of 19
+    assert p95 is not None and abs(p95 / 20.0 - 1) <= QUANTILE_ERROR
 
     async def ids(f: CallFilter, **kw: object) -> list[str]:
         return [c.id for c in await store.search_calls(f, **kw)]  # type: ignore[arg-type]

@@ -77,6 +77,8 @@ def test_stream_helper_assembles_the_final_response(client: openai.OpenAI) -> No
 
 def test_function_call_round_trip(client: openai.OpenAI, fake_upstream: str) -> None:
     first = client.responses.create(model="bot", input="weather in Paris?", tools=[WEATHER])  # type: ignore[list-item]
+    validate("Response", first.model_dump(mode="json", exclude_unset=True), RESPONSES)  # tools echoed with `strict`
+    assert first.tools[0].strict is False  # type: ignore[union-attr]
     calls = [o for o in first.output if o.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].arguments == '{"city":"example"}'
     items: list[Any] = [{"role": "user", "content": "weather in Paris?"}, calls[0].model_dump(exclude_none=True),

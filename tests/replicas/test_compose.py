@@ -55,8 +55,9 @@ def test_compose_runs_two_gateway_replicas_with_commands_the_cli_accepts() -> No
         settings = load_settings(mounted_config(service))
         assert settings.server.port == args.port
         env = service["environment"]
-        # every variable is one the gateway reads: the admin key (the config's admin_key_env)
-        assert set(env) <= {settings.auth.admin_key_env, "FLYWHEEL_HOST", "FLYWHEEL_PORT"}
+        # every variable is one the gateway reads: the admin key (the config's admin_key_env), the user key
+        assert set(env) <= {settings.auth.admin_key_env, settings.privacy.user_key_env, "FLYWHEEL_HOST",
+                            "FLYWHEEL_PORT"}
         assert settings.auth.admin_key_env in env
         assert exposure_problem(args.host, settings, {k: "set" for k in env}, args.insecure_open) is None
         assert not is_loopback(args.host)
@@ -78,6 +79,22 @@ def test_compose_config_names_the_postgres_and_redis_services() -> None:
     for service in gateways().values():
         assert set(service["depends_on"]) == {store.hostname, redis_url.hostname}
 
+
+def test_replicas_share_the_journal_folder_and_the_user_key() -> None:
+    """A survivor replays a killed sibling's writer journal only from the same folder, with the
+    same user key (journal records are encrypted with a key derived from it)."""
+    services = gateways()
+    journals, keys = set(), set()
+    for service in services.values():
+        settings = load_settings(mounted_config(service))
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+        assert settings.store.journal_dir in mounts, "the journal folder is not a mounted volume"
+        source = mounts[settings.store.journal_dir]
+        assert source in compose()["volumes"], "the journal must be a named volume, shared by the replicas"
+        journals.add(source)
+        assert settings.privacy.user_key_env in service["environment"]
+        keys.add(service["environment"][settings.privacy.user_key_env])
+    assert len(journals) == 1 and len(keys) == 1
 
 def test_dockerfile_cmd_and_port_match_the_cli_and_compose() -> None:
     text = (ROOT / "Dockerfile").read_text()

@@ -32,6 +32,7 @@ import orjson
 
 from gateway.messages import last_user_text, message_text
 from gateway.providers.base import Body, UpstreamCall, UpstreamError, UpstreamResponse
+from gateway.providers.fakes import responses as fake_responses
 from gateway.providers.fakes.icl import follow_rules, imitate
 
 EMBED_DIM = 64
@@ -237,8 +238,10 @@ class FakeProvider:
         hard: tuple[str, ...] | list[str] = (),
         hard_reply: str = HARD_REPLY,
         engine: FakeEngine | None = None,
+        responses: str = "translate",
     ) -> None:
         self.name = name
+        self.speaks_responses = responses == "native"
         self.timeout_s: float | None = None  # the simulated upstream is bounded by the retries' budget only
         self.latency_s = latency_ms / 1000
         self.error_rate = error_rate
@@ -263,6 +266,15 @@ class FakeProvider:
     async def embeddings(self, call: UpstreamCall) -> UpstreamResponse:
         await self._behave()
         return UpstreamResponse(self.engine.embed(call.body), {})
+
+    async def responses(self, call: UpstreamCall) -> UpstreamResponse:
+        await self._behave()
+        return UpstreamResponse(fake_responses.complete(self.engine.complete, call.body), {})
+
+    async def responses_stream(self, call: UpstreamCall) -> AsyncIterator[list[Body]]:
+        await self._behave()
+        for event in fake_responses.events(self.engine.complete, call.body):
+            yield [event]
 
     async def aclose(self) -> None:
         return None

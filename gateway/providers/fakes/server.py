@@ -15,6 +15,8 @@ connection before answering), `break_after` (stream: drop the connection after N
 `drip_s` (stream: wait this long before each chunk), `ping_after` (stream: after N chunks send only
 `: keep-alive` comments, every `ping_s` seconds, for ever).
 `GET /_control/requests?model=m` returns the bodies received for `m` (newest last).
+`POST /v1/responses` answers the Responses API natively (fakes/responses.py), with the same steps
+(`break_after` counts events there).
 
 aiohttp.web rather than an ASGI app: it can abort the transport, which is what a reset is.
 
@@ -35,6 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.providers.fakes import responses as fake_responses
 from gateway.providers.fakes.provider import FakeEngine
 
 Step = dict[str, Any]
@@ -54,6 +57,7 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/responses", self.responses)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/_control/script", self.script)
@@ -138,6 +142,31 @@ class FakeUpstream:
                 await asyncio.sleep(self.chunk_delay_s)
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        step, early = await self._step(request, body)
+        if early is not None:
+            return early
+        refused = fake_responses.previous_id_error(body)
+        if refused is not None:
+            return web.Response(status=400, body=orjson.dumps(refused), content_type="application/json")
+        engine = FakeEngine(replies={"": step["reply"]}) if "reply" in step else self.engine
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(fake_responses.complete(engine.complete, body)),
+                                content_type="application/json", headers=step.get("headers"))
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", **(step.get("headers") or {})})
+        await resp.prepare(request)
+        for i, event in enumerate(fake_responses.events(engine.complete, body)):
+            if "break_after" in step and i >= step["break_after"]:
+                await asyncio.sleep(0.1)  # let the events already written reach the peer
+                _abort(request)
+                return resp
+            if self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+            await resp.write(b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
         await resp.write_eof()
         return resp
 

@@ -1,0 +1,1 @@
+"""bench.generalize: the learning loop on five public tasks of different shapes (see __main__)."""

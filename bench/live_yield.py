@@ -1,0 +1,109 @@
+"""Live latency on a one-slot upstream while evaluation replays run beside it (issue #17, F2).
+
+Run from the repository root:
+
+    python -m bench.live_yield [--seconds 40] [--service-ms 300] [--think-ms 400] [--share 0.25]
+
+A simulated upstream serves one request at a time (`--service-ms` each, like llama.cpp with one
+slot), in process. A live client sends one chat call at a time through the gateway's pipeline
+(counted per upstream, gateway/serve/live_load.py), pausing 0..`--think-ms` between calls.
+Beside it an evaluator replays calls as fast as the evaluation gate lets it (learners/economy.py,
+`eval_concurrency = 2`, no rate cap). Three arms: no evaluation, evaluation without yielding (the
+gate's concurrency cap only, as before issue #17), evaluation yielding to live traffic (one slot,
+`eval_share = --share`). Printed: live p50 / p95 and the replays done. The target: live p50 with
+evaluation within 20 % of the p50 without. Prints figures only; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+from typing import Any
+
+from gateway.config.settings import LearnerSettings, parse_settings
+from gateway.learning import UpstreamActivity
+from gateway.serve.live_load import LiveLoad
+from gateway.serve.pipeline import Pipeline, RequestContext
+from gateway.serve.runtime import build_runtime
+from learners.economy import UpstreamGate
+
+BODY = {"model": "bot", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def arm(mode: str, args: argparse.Namespace) -> tuple[float, float, int]:
+    """(live p50 s, live p95 s, replays done) for one arm: "none", "noyield" or "yield"."""
+    settings = parse_settings({"providers": {"up": {"kind": "fake"}}, "models": {"m": {"provider": "up", "name": "m"}},
+                               "routes": {"bot": {"variants": ["m"]}}})
+    runtime = build_runtime(settings)
+    provider: Any = runtime.providers["up"]
+    slot, inner = asyncio.Lock(), provider.chat
+
+    async def one_slot(call: Any) -> Any:  # the upstream serves one request at a time
+        async with slot:
+            await asyncio.sleep(args.service_ms / 1000)
+            return await inner(call)
+
+    provider.chat = one_slot
+    live = LiveLoad()
+
+    def activity(name: str) -> UpstreamActivity:
+        return UpstreamActivity(live.in_flight.get(name, 0), live.busy_total(name), live.last_end.get(name), 1)
+
+    cfg = LearnerSettings(eval_concurrency=2, eval_rate_per_s=0, eval_share=args.share)
+    gate = UpstreamGate(lambda: cfg, activity if mode == "yield" else None)
+    serving = Pipeline(lambda _r: None, live=live)
+    latencies: list[float] = []
+    replays = 0
+    end = time.monotonic() + args.seconds
+    rnd = random.Random(1)
+
+    async def client() -> None:
+        while time.monotonic() < end:
+            began = time.perf_counter()
+            await serving.chat(runtime.resolve("bot"), BODY, RequestContext(call_id=f"live{len(latencies)}"))
+            latencies.append(time.perf_counter() - began)
+            await asyncio.sleep(rnd.uniform(0, args.think_ms / 1000))
+
+    async def replay(k: int) -> None:
+        nonlocal replays
+        async with gate.slot("up"):
+            await Pipeline(lambda _r: None).chat(runtime.resolve("bot"), BODY, RequestContext(call_id=f"eval{k}"))
+        replays += 1
+
+    async def evaluator() -> None:
+        k = 0
+        while time.monotonic() < end:
+            await asyncio.gather(*(replay(k + j) for j in range(4)))  # a replayer with 4 cases at a time
+            k += 4
+
+    await asyncio.gather(client(), *([evaluator()] if mode != "none" else []))
+    return statistics.median(latencies), statistics.quantiles(latencies, n=20)[18], replays
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    print(f"one-slot upstream, {args.service_ms:.0f} ms per request; live client: one call at a time, "
+          f"0-{args.think_ms:.0f} ms apart; {args.seconds:.0f} s per arm")
+    base = None
+    for mode, label in (("none", "no evaluation"), ("noyield", "evaluation, not yielding"),
+                        ("yield", f"evaluation yielding (eval_share {args.share:g})")):
+        p50, p95, n = await arm(mode, args)
+        base = base or p50
+        print(f"  {label:38s} live p50 {p50 * 1000:6.0f} ms ({p50 / base - 1:+.0%})  p95 {p95 * 1000:6.0f} ms  "
+              f"replays {n}")
+
+
+def main() -> None:
+    """Parse the arguments and print the three arms' figures."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--seconds", type=float, default=40.0)
+    p.add_argument("--service-ms", type=float, default=300.0)
+    p.add_argument("--think-ms", type=float, default=400.0)
+    p.add_argument("--share", type=float, default=0.25)
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The store's artifact rows: versions and their state transitions, mixed into `SqlStore`.
+
+An artifact (records.py: `ArtifactRecord`) is one version of one route's learned thing; every
+state change is a `transitions` row written in the same transaction, so history can be replayed
+(the registry on top of these queries is gateway/store/artifacts.py).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from gateway.store import codec
+from gateway.store.dialect import Conn, Dialect, placeholders
+from gateway.store.records import ArtifactKind, ArtifactRecord, Transition
+
+_ART_COLS = ", ".join(codec.ARTIFACT_COLUMNS)
+_TR_COLS = ", ".join(codec.TRANSITION_COLUMNS)
+_ART_VALUES = f"({placeholders(len(codec.ARTIFACT_COLUMNS))})"
+_TR_VALUES = f"({placeholders(len(codec.TRANSITION_COLUMNS))})"
+
+
+class ArtifactQueries:
+    """Artifact versions and transitions; `SqlStore` supplies `_read`, `_write` and `dialect`."""
+
+    dialect: Dialect
+
+    @abstractmethod
+    def _read(self) -> AbstractAsyncContextManager[Conn]: ...
+
+    @abstractmethod
+    def _write(self) -> AbstractAsyncContextManager[Conn]: ...
+
+    async def save_artifact(self, a: ArtifactRecord) -> None:
+        """Insert an artifact or replace the one with the same (route, kind, version)."""
+        updates = ", ".join(f"{c} = excluded.{c}" for c in codec.ARTIFACT_COLUMNS[3:])
+        async with self._write() as conn:
+            await conn.execute(
+                f"INSERT INTO artifacts ({_ART_COLS}) VALUES {_ART_VALUES} "
+                f"ON CONFLICT (route, kind, version) DO UPDATE SET {updates}",
+                *codec.artifact_row(a),
+            )
+
+    async def create_artifact(self, a: ArtifactRecord, created: Transition) -> bool:
+        """Insert a new artifact with its creation transition, atomically; False (nothing written) when
+        its (route, kind, version) exists: two replicas' learners raced for the same version id."""
+        async with self._write() as conn:
+            rows = await conn.fetch(
+                f"INSERT INTO artifacts ({_ART_COLS}) VALUES {_ART_VALUES} "
+                "ON CONFLICT (route, kind, version) DO NOTHING RETURNING version",
+                *codec.artifact_row(a),
+            )
+            if not rows:
+                return False
+            await conn.execute(
+                f"INSERT INTO transitions ({_TR_COLS}) VALUES {_TR_VALUES}",
+                *codec.transition_row(created),
+            )
+        return True
+
+    async def get_artifact(self, route: str, kind: ArtifactKind, version: str) -> ArtifactRecord | None:
+        """One artifact, or None."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ART_COLS} FROM artifacts WHERE route = ? AND kind = ? AND version = ?",
+                route,
+                kind,
+                version,
+            )
+        return codec.artifact_from_row(rows[0]) if rows else None
+
+    async def list_artifacts(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
+        """All versions of one route's artifact kind, ordered by created_at (then version)."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ART_COLS} FROM artifacts WHERE route = ? AND kind = ? "
+                "ORDER BY created_at, version",
+                route,
+                kind,
+            )
+        return [codec.artifact_from_row(r) for r in rows]
+
+    async def transition(self, t: Transition) -> None:
+        """Move an artifact to `t.to_state` and append the transition row atomically."""
+        key = (t.route, t.kind, t.version)
+        async with self._write() as conn:
+            rows = await conn.fetch(
+                "SELECT state FROM artifacts WHERE route = ? AND kind = ? AND version = ?"
+                + self.dialect.for_update,
+                *key,
+            )
+            if not rows:
+                raise KeyError(f"no artifact {t.route}/{t.kind}/{t.version}")
+            if t.from_state is not None and rows[0][0] != t.from_state:
+                raise ValueError(
+                    f"artifact {t.route}/{t.kind}/{t.version} is {rows[0][0]!r}, not {t.from_state!r}"
+                )
+            await conn.execute(
+                "UPDATE artifacts SET state = ? WHERE route = ? AND kind = ? AND version = ?",
+                t.to_state,
+                *key,
+            )
+            await conn.execute(
+                f"INSERT INTO transitions ({_TR_COLS}) VALUES {_TR_VALUES}",
+                *codec.transition_row(t),
+            )
+
+    async def list_transitions(self, route: str, kind: ArtifactKind | None = None) -> list[Transition]:
+        """Transitions of one route (optionally one kind), oldest first."""
+        sql = f"SELECT {_TR_COLS} FROM transitions WHERE route = ?"
+        args: list[Any] = [route]
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        async with self._read() as conn:
+            rows = await conn.fetch(sql + " ORDER BY at, id", *args)
+        return [codec.transition_from_row(r) for r in rows]
