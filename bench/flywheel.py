@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 
 from bench.flywheel_plot import ArmRun, totals_table, window_table, write_chart
-from bench.loadgen import Service, free_port, spawn, wait_http
+from bench.loadgen import Service, free_port, serve_flywheel
 from bench.real.bigbench import Item, TaskInfo, load_task, load_task_info
 from bench.real.cache import ResponseCache
 from bench.real.intent_fewshot import extract_label
@@ -215,10 +215,7 @@ def run_arm(users: Users, arm: Arm, stream: Sequence[Item], args: argparse.Names
 
 def start_gateway(config: Path, port: int, tmp: Path, admin_key: str) -> Service:
     """`flywheel serve` as a child process; waits for /healthz."""
-    svc = spawn(["-m", "flywheel.cli", "--config", str(config), "serve"], port=port, log_path=tmp / "gateway.log",
-                cwd=ROOT, env={ADMIN_ENV: admin_key})
-    wait_http(svc, "/healthz", timeout_s=120)
-    return svc
+    return serve_flywheel(config, port, tmp / "gateway.log", env={ADMIN_ENV: admin_key})
 
 
 def settings_text(args: argparse.Namespace, arms: Sequence[Arm], n_items: int, config: Path) -> str:

@@ -235,6 +235,15 @@ def wait_http(svc: Service, path: str, timeout_s: float = 30.0) -> float:
     raise RuntimeError(f"{path} on port {svc.port} did not answer within {timeout_s:g}s:\n{svc.log_tail()}")
 
 
+def serve_flywheel(config: Path, port: int, log_path: Path, *, env: dict[str, str] | None = None,
+                   timeout_s: float = 120.0) -> Service:
+    """`flywheel serve` with `config` as a child process (from the repo root); waits for /healthz."""
+    svc = spawn(["-m", "flywheel.cli", "--config", str(config), "serve"], port=port, log_path=log_path,
+                cwd=Path(__file__).resolve().parents[1], env=env)
+    wait_http(svc, "/healthz", timeout_s=timeout_s)
+    return svc
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat", "rb") as f:

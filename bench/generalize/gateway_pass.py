@@ -30,10 +30,9 @@ import httpx
 
 from bench.generalize.scoring import is_right
 from bench.generalize.tasks import Task
-from bench.loadgen import Service, spawn, wait_http
+from bench.loadgen import Service, serve_flywheel
 from bench.real.bigbench import Item
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN_ENV = "FLYWHEEL_BENCH_ADMIN_KEY"
 # $/Mtok (input, output): strong costs 10x cheap (the issue's routing arm)
 PRICES: dict[str, tuple[float, float]] = {"cheap": (0.1, 0.2), "strong": (1.0, 2.0)}
@@ -85,10 +84,7 @@ def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequenc
 
 def start_gateway(config: Path, port: int, tmp: Path, admin_key: str) -> Service:
     """`flywheel serve` as a child process; waits for /healthz."""
-    svc = spawn(["-m", "flywheel.cli", "--config", str(config), "serve"], port=port, log_path=tmp / "gateway.log",
-                cwd=ROOT, env={ADMIN_ENV: admin_key})
-    wait_http(svc, "/healthz", timeout_s=180)
-    return svc
+    return serve_flywheel(config, port, tmp / "gateway.log", env={ADMIN_ENV: admin_key}, timeout_s=180)
 
 
 @dataclass

@@ -30,6 +30,13 @@ def outcomes(report: dict[str, Any]) -> dict[str, str]:
         d["version"]: d["action"] for d in report["rollout"]}
 
 
+def decided(c: Client, report: dict[str, Any], kind: str) -> dict[str, str]:
+    """Each version's state now (else the report's outcome). Canary decisions also run in the
+    learning loop's own task (learners/loop.py), so a decision may land between two reports."""
+    rows = c.get(f"/admin/routes/{ROUTE}/templates", kind=kind)["data"]
+    return outcomes(report) | {r["version"]: r["state"] for r in rows}
+
+
 def learn_and_promote(c: Client) -> None:
     """Corrections -> candidates in canary -> judged traffic -> promoted."""
     assert correct_everything(c) == sum(len(q) for q, _ in TOPICS.values())
@@ -40,7 +47,7 @@ def learn_and_promote(c: Client) -> None:
     assert index["evaluation"]["delta"] > 0.3 and index["evaluation"]["verdict"] == "passed"
     judged_traffic(c, 30, "phase2")
     second = c.learn()
-    assert outcomes(second)[index["version"]] == "promoted", second["rollout"]
+    assert decided(c, second, "index")[index["version"]] == "promoted", second["rollout"]
     listing = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")
     assert listing["current"] == index["version"] and listing["canary"] is None
 
@@ -90,11 +97,11 @@ def test_poisoned_corrections_are_rejected_or_rolled_back(
     assert poisoned, report
     (version,) = poisoned
     for round_ in range(4):  # an evaluated pass leads to a canary: real users judge it
-        if outcomes(report).get(version) in ("rejected", "rolled_back"):
+        if decided(c, report, "index").get(version) in ("rejected", "rolled_back"):
             break
         judged_traffic(c, 40, f"judge{round_}")
         report = c.learn()
-    assert outcomes(report)[version] in ("rejected", "rolled_back"), report
+    assert decided(c, report, "index")[version] in ("rejected", "rolled_back"), report
     assert c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"] == good_index
     for topic, question in UNSEEN.items():  # quality kept, for every user
         for user in ("after-1", "after-2", "after-3", "after-4"):
