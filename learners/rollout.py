@@ -176,7 +176,7 @@ class Rollout:
             if fig is None or ks is None:
                 continue
             seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
-                         rule, await self._prior(route, kind, fig.canary), costlier=costlier(fig))
+                         rule, await self._prior(route, kind, fig.canary))
             reason = f"{describe(fig)}; {seq.why}"
             if seq.verdict == "continue":
                 recorded = ks.versions[fig.canary].share
@@ -288,17 +288,6 @@ def _figures(seq: SequentialVerdict) -> dict[str, float]:
     return {"p_better": round(seq.p_better, 4), "p_worse": round(seq.p_worse, 4),
             "canary_mean": round(seq.canary_mean, 4), "current_mean": round(seq.current_mean, 4),
             "share": seq.share}
-
-
-# A canary costing more than this much above current per call counts as costlier: it must then
-# be better, not only not worse (a learned index that adds examples for no gain costs tokens and
-# latency on every call). The slack keeps pricing noise from deciding.
-COST_SLACK = 0.10
-
-
-def costlier(fig: OnlineFigures) -> bool:
-    """Whether the canary's calls cost more per call than current's (beyond `COST_SLACK`)."""
-    return fig.current_calls > 0 and fig.canary_cost > fig.current_cost * (1 + COST_SLACK)
 
 
 def describe(fig: OnlineFigures) -> str:

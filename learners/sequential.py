@@ -12,9 +12,7 @@ one hurt its share of users just as long. Instead, each check compares posterior
 From 20,000 seeded draws: p_better = P(canary > current), p_worse = P(canary < current − tolerance).
 With at least `min_feedback` canary calls rated, p_worse ≥ confidence rolls back and
 1 − p_worse ≥ confidence promotes; at `max_feedback` (the evidence bound) the posterior means
-decide. A canary that costs more per call than current must be better, not just not worse:
-p_better ≥ confidence promotes it, and at the bound a higher posterior mean. Meanwhile the
-canary's share of traffic grows with the evidence that it is better:
+decide. Meanwhile the canary's share of traffic grows with the evidence that it is better:
 share = floor + (cap − floor) · max(0, 2·p_better − 1), floor `canary_share`, cap
 `canary_max_share`. Without evidence (p_better ½) it stays at the floor; as p_better nears 1 it
 nears the cap; when the canary looks worse it falls back to the floor, where it still gathers the
@@ -76,14 +74,8 @@ class SequentialVerdict:
 
 
 def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: float | None = None,
-           *, costlier: bool = False, seed: int = 0) -> SequentialVerdict:
-    """One check of a running canary (see the module docstring).
-
-    `costlier`: the canary costs more per call than current (a learned prompt with examples is
-    longer: more tokens, more latency). Then "not worse" is not enough: it is promoted only when it
-    is better with confidence, or at the evidence bound when its posterior mean is higher; a tie
-    that only costs more is rolled back there.
-    """
+           *, seed: int = 0) -> SequentialVerdict:
+    """One check of a running canary (see the module docstring)."""
     a_cur, b_cur = 1.0 + current.total, 1.0 + current.n - current.total
     cur_mean = a_cur / (a_cur + b_cur)
     a_can, b_can = 1.0 + canary.total, 1.0 + canary.n - canary.total
@@ -103,18 +95,13 @@ def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: f
         verdict, why = "continue", f"{figures}; waiting for {rule.min_feedback} canary calls with feedback"
     elif p_worse >= rule.confidence:
         verdict, why = "roll_back", f"{figures}; worse with confidence {rule.confidence:.2f}"
-    elif costlier and p_better >= rule.confidence:
-        verdict, why = "promote", f"{figures}; better with confidence {rule.confidence:.2f} (and it costs more)"
-    elif not costlier and 1 - p_worse >= rule.confidence:
+    elif 1 - p_worse >= rule.confidence:
         verdict, why = "promote", f"{figures}; not worse, confidence {rule.confidence:.2f} (within tolerance)"
     elif canary.n >= rule.max_feedback:
-        ok = can_mean > cur_mean if costlier else can_mean >= cur_mean - rule.tolerance
+        ok = can_mean >= cur_mean - rule.tolerance
         verdict = "promote" if ok else "roll_back"
         why = (f"{figures}; evidence bound {rule.max_feedback} reached: "
-               + ("better" if ok and costlier else "within tolerance" if ok
-                  else "no better and it costs more per call" if costlier else "worse by more than tolerance"))
-    elif costlier:
-        verdict, why = "continue", f"{figures}; not worse, but it costs more: waiting to be better with confidence"
+               + ("within tolerance" if ok else "worse by more than tolerance"))
     else:
         verdict, why = "continue", f"{figures}; undecided"
     return SequentialVerdict(verdict, share, p_better, p_worse, can_mean, cur_mean, why)
