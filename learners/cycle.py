@@ -92,6 +92,8 @@ class CycleDeps:
     current: Callable[[str], ServingSet]  # the route's current serving set (as live traffic sees it)
     blocked: Callable[[str], Awaitable[set[str]]]
     economy: Economy | None = None  # kept across cycles by the loop: memo, back-off, answer cache, upstream gate
+    # serve the route's artifacts anew at once (a canary started mid-cycle must not wait for the cycle's end)
+    refresh: Callable[[str], Awaitable[object]] | None = None
 
 
 class LearningCycle:
@@ -243,11 +245,19 @@ class LearningCycle:
                       **extra}
         reason = ("guardrails: " + "; ".join(problems) if problems
                   else ev.reason if ev is not None else "not evaluated")
+        online_only = kind == "index" and not problems and ev is None and self._too_few()
+        if online_only:
+            reason = (f"{len(self.cases)} held-out calls with a reference, fewer than min_samples "
+                      f"{self.cfg.min_samples}: judged online by the canary alone")
+            evaluation["offline"] = None
+            evaluation["online_only"] = reason
         rec = await self.d.registry.save_candidate(self.route, kind, body, manifest, evaluation=evaluation)
-        if problems or ev is None or not ev.passed:
+        if not online_only and (problems or ev is None or not ev.passed):
             decision = await self.d.rollout.reject(self.route, kind, rec.version, reason)
         else:
             decision = await self.d.rollout.begin(self.route, kind, rec.version, reason)
+            if decision.action in ("canary", "promoted") and self.d.refresh is not None:
+                await self.d.refresh(self.route)
         if self.d.economy is not None:
             self.d.economy.record(self.route, kind, content, self.data, rec.version, decision.action != "rejected")
         outcome: Outcome = decision.action  # type: ignore[assignment]
@@ -278,7 +288,7 @@ class LearningCycle:
         problems = guardrails.check_index_candidate(cand.examples, cand.manifest, max_examples=self.cfg.max_examples,
                                                     scrubber=await self.d.scrubber(), keep=self.keep)
         arm, index, manifest, tried = None, cand.index, cand.manifest, []
-        if not problems:
+        if not problems and not self._too_few():
             # retrieval tunes itself: each setting replayed on the held-out calls, the best kept
             current = self.d.current(self.route)
             grid = {t.describe(): t for t in tuning_grid(self.rs.retrieval or RetrievalSettings())}
@@ -301,7 +311,16 @@ class LearningCycle:
                             "retrieval": index.tuning.to_dict() if index.tuning else None},
                            tuple(tried), content=content)
 
+    def _too_few(self) -> bool:
+        """Too few held-out cases for the offline gate to decide anything: replaying them is waste."""
+        return len(self.cases) < self.cfg.min_samples
+
     async def _template(self, ds: Dataset, embedder: Embedder) -> None:
+        if self._too_few():
+            # a template needs an offline gain to be tried at all (learners/evaluate.py `gate`)
+            self.report.skipped.append(f"template: {len(self.cases)} held-out calls with a reference, "
+                                       f"need {self.cfg.min_samples} to evaluate one")
+            return
         parent = await self.d.registry.current(self.route, "template")
         current_tpl = Template.from_body(parent.body) if parent else Template("")
         current = self.d.current(self.route)

@@ -1,9 +1,11 @@
 """The learning loop: a Service beside the gateway that learns per route (`LearningControl` for the admin API).
 
 It sees the gateway only through `LearningHost` (gateway/learning.py). With `[learners] enabled`
-it wakes every few seconds: for each route that may learn, it runs a cycle once
+it wakes when feedback arrives (at most once a second) and every few seconds: for each route
+that may learn, it runs a cycle once
 `min_new_feedback` feedback rows arrived since the last one (looked at every `interval_s`) or,
-with `learn_on_correction`, as soon as a correction did, and otherwise checks running canaries
+with `learn_on_correction`, as soon as a correction did (each route's cycle in a task of its own:
+routes learn side by side, one cycle per route at a time), and otherwise checks running canaries
 (learners/rollout.py: promote, roll back, or grow their share). What a cycle or a
 decision changes is written to the store; the gateway's artifact server
 (gateway/serve/artifacts.py) then serves it, at once for this gateway (`refresh`) and within
@@ -59,6 +61,7 @@ log = logging.getLogger("flywheel.learners")
 _POLL_S = 5.0  # how often the loop looks for corrections
 _DECIDE_S = 5.0  # how often running canaries are decided without new feedback
 _DECIDE_MIN_S = 1.0  # fewest seconds between two decision passes (feedback arrives in bursts)
+_LEARN_MIN_S = 1.0  # fewest seconds between two scheduled passes
 
 
 def count_cycle(route: str, decisions: list[RolloutDecision], *, started: bool) -> None:
@@ -92,12 +95,14 @@ class LearningLoop:
         self._locks: dict[str, asyncio.Lock] = {}
         self._rollout_locks: dict[str, asyncio.Lock] = {}  # begin / check / rollback, per route
         self._wake = asyncio.Event()  # feedback arrived: decide canaries soon
+        self._learn_wake = asyncio.Event()  # feedback arrived: look for corrections to learn from
         self._decider: asyncio.Task[None] | None = None
         self._last_run: dict[str, float] = {}
         self._blocked: dict[tuple[str, str, str], frozenset[str]] = {}
         # evaluation memo, cache, upstream gate (replays yield to live calls on few-slot upstreams)
         self.economy = Economy(lambda: self.host.settings.learners, host.live_activity)
         self._task: asyncio.Task[None] | None = None
+        self._cycles: dict[str, asyncio.Task[None]] = {}  # each route's scheduled cycle in flight
         # a person's controls (console, CLI): learners/controls.py
         self.controls = Controls(host, lambda: self.registry, lambda: self.rollout, self._lock, self._deps)
 
@@ -134,11 +139,13 @@ class LearningLoop:
         await self.routing.start()
         self._task = asyncio.create_task(self._run(), name="flywheel-learners")
         self.host.on_feedback(self._wake.set)
+        self.host.on_feedback(self._learn_wake.set)
         self._decider = asyncio.create_task(self._decide_loop(), name="flywheel-canary-decisions")
 
     async def stop(self) -> None:
         """Service.stop: end the schedule (a cycle in progress is cancelled)."""
-        tasks, self._task, self._decider = [self._task, self._decider], None, None
+        tasks, self._task, self._decider = [self._task, self._decider, *self._cycles.values()], None, None
+        self._cycles = {}
         await cancel_and_wait(tasks)
         await self.routing.stop()
         await self.lease.stop()
@@ -147,11 +154,18 @@ class LearningLoop:
     async def _run(self) -> None:
         last = time.monotonic()
         while True:
-            # Wake often (canaries decided and corrections learned within seconds), learn from
+            # Wake on feedback (a correction is learned from within a second or two: on a busy route
+            # a fixed poll lets hundreds of calls pass first), else every few seconds; learn from
             # ordinary feedback every interval_s.
-            await asyncio.sleep(max(0.05, min(self.host.settings.learners.interval_s, _POLL_S)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._learn_wake.wait(),
+                                       max(0.05, min(self.host.settings.learners.interval_s, _POLL_S)))
+            woken = self._learn_wake.is_set()
+            self._learn_wake.clear()
             try:
                 if self.host.settings.learners.enabled and self.lease.held():
+                    if woken:  # the feedback that woke us must be readable in the store
+                        await self.host.flush_captured(2.0)
                     due = time.monotonic() - last >= self.host.settings.learners.interval_s
                     last = time.monotonic() if due else last
                     await self.tick(due=due)
@@ -159,21 +173,35 @@ class LearningLoop:
                 raise
             except Exception:  # the loop must outlive one bad cycle
                 log.exception("learning loop iteration failed")
+            await asyncio.sleep(_LEARN_MIN_S)  # a burst of feedback makes one pass, not one per row
 
-    async def tick(self, *, due: bool = True) -> list[LearnReport]:
+    async def tick(self, *, due: bool = True) -> list[str]:
         """One scheduled pass over every route that may learn: a cycle where a correction arrived
-        (or, when `due`, `min_new_feedback` feedback rows). Canaries are decided by `_decide_loop`."""
-        reports = []
+        (or, when `due`, `min_new_feedback` feedback rows). Each route's cycle runs in a task of its
+        own, so one route's long evaluation never holds back another's first examples; a route whose
+        cycle still runs is left to it. Returns the routes whose cycle started. Canaries are decided
+        by `_decide_loop`."""
+        started = []
         cfg = self.host.settings.learners
         await self.host.route_pending_feedback()  # 202 feedback counts for its route once its call is readable
         for route, rs in self.host.settings.routes.items():
-            if not rs.learn:
+            running = self._cycles.get(route)
+            if not rs.learn or (running is not None and not running.done()):
                 continue
             flags = await self.controls.route_flags(route)  # frozen: no cycle; paused: no decision
             enough = due and self.host.new_feedback().get(route, 0) >= max(1, cfg.min_new_feedback)
             if not flags.frozen and (enough or (cfg.learn_on_correction and await self._correction_since(route))):
-                reports.append(await self.learn_route(route, scheduled=True))
-        return reports
+                self._cycles[route] = asyncio.create_task(self._scheduled_cycle(route), name=f"flywheel-learn-{route}")
+                started.append(route)
+        return started
+
+    async def _scheduled_cycle(self, route: str) -> None:
+        try:
+            await self.learn_route(route, scheduled=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one route's failed cycle must not end the others' schedule
+            log.exception("route %s: learning cycle failed", route)
 
     async def _decide_loop(self) -> None:
         """Decide running canaries beside any cycle: every `_DECIDE_S`, sooner after feedback."""
@@ -357,6 +385,7 @@ class LearningLoop:
             registry=registry, rollout=rollout, runtime=lambda: self.host.runtime,
             embedder=self._embedder, embed_fn=self.host.embedders.embed_fn, scrubber=self._scrubber,
             current=self._current, blocked=self._blocked_ids, economy=self.economy,
+            refresh=self.host.serving.refresh,
         )
 
     async def _embedder(self) -> Embedder:

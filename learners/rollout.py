@@ -36,7 +36,7 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of, version_number
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
-from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide
+from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide, exposure_share
 
 Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting", "queued"]
 SERVED_BY: dict[ArtifactKind, Callable[[CallRecord], str | None]] = {
@@ -47,6 +47,8 @@ SERVED_BY: dict[ArtifactKind, Callable[[CallRecord], str | None]] = {
 AUGMENTING_KINDS: tuple[ArtifactKind, ...] = ("template", "index")  # those the learning loop decides
 _PAGE = 1000
 _MAX_CALLS = 50_000
+_EXPOSURE_CALLS = 50  # current's newest rated calls that set a new canary's opening share
+_EXPOSURE_WINDOW_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Rollout:
         self._settings = settings
         self._lock = lock
         self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas, immutable
+        self._floors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # opening exposure shares
 
     def _guard(self, route: str) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock(route) if self._lock is not None else contextlib.nullcontext()
@@ -117,13 +120,24 @@ class Rollout:
             return RolloutDecision(route, kind, version, "queued", f"queued behind canary {running}: {why}")
         if share > 0:
             reason = f"canary at {share:.0%}: {why}"
+            exposure, cur = await self._exposure(route, kind)
+            wide_open = exposure - share >= 0.05
+            if wide_open:  # recorded before the canary starts: every replica's decisions read it
+                await self.registry.annotate(route, kind, version, exposure={
+                    "share": exposure, "current_n": cur.n, "current_total": round(cur.total, 4)})
             await self.registry.move(route, kind, version, "canary", reason)
             opening = await self._opening_share(route, kind, version)
+            whys = []
             if opening is not None and opening - share >= 0.05:
-                # strong offline evidence: start wider, so the feedback that decides arrives sooner
-                reason = f"canary at {opening:.0%} (the offline evaluation's evidence): {why}"
-                await self.registry.set_share(route, kind, version, opening, reason)
-                return RolloutDecision(route, kind, version, "canary", reason, share=opening)
+                whys.append("the offline evaluation's evidence")  # strong: the deciding feedback comes sooner
+            if wide_open:
+                # current fails most calls: a wide canary risks little (learners/sequential.py)
+                whys.append(f"current scores {(1 + cur.total) / (2 + cur.n):.2f} on its last {cur.n} rated calls")
+            wide = max(opening or 0.0, exposure)
+            if whys:
+                reason = f"canary at {wide:.0%} ({'; '.join(whys)}): {why}"
+                await self.registry.set_share(route, kind, version, wide, reason)
+                return RolloutDecision(route, kind, version, "canary", reason, share=wide)
             return RolloutDecision(route, kind, version, "canary", reason)
         reason = f"promoted without canary (canary_share = 0): {why}"
         await self.registry.move(route, kind, version, "promoted", reason)
@@ -176,7 +190,8 @@ class Rollout:
             if fig is None or ks is None:
                 continue
             seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
-                         rule, await self._prior(route, kind, fig.canary))
+                         rule, await self._prior(route, kind, fig.canary),
+                         floor=await self._floor(route, kind, fig.canary))
             reason = f"{describe(fig)}; {seq.why}"
             if seq.verdict == "continue":
                 recorded = ks.versions[fig.canary].share
@@ -236,6 +251,33 @@ class Rollout:
                                     and isinstance(delta, int | float)):
             return None
         return decide(ArmEvidence(0, 0.0), ArmEvidence(n, n * current), Rule.of(self._settings()), delta).share
+
+    async def _exposure(self, route: str, kind: ArtifactKind) -> tuple[float, ArmEvidence]:
+        """The share a new canary of `kind` may open at given current's online quality
+        (learners/sequential.py `exposure_share`): the newest `_EXPOSURE_CALLS` rated chat calls of
+        the route since the kind's current version was promoted (within the last hour)."""
+        rule = Rule.of(self._settings())
+        if kind not in AUGMENTING_KINDS:  # a policy's quality is the route's own metric: no shortcut
+            return rule.base_share, ArmEvidence(0, 0.0)
+        ks = await self.registry.states(route, kind)
+        cur = ks.versions.get(ks.current) if ks.current is not None else None
+        since = max(time.time() - _EXPOSURE_WINDOW_S, (cur.promoted_at or cur.since) if cur is not None else 0.0)
+        per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
+        for fb in await self.registry.store.list_feedback(route=route, since=since):
+            per_call[fb.call_id].append(fb)
+        qs = [q for fbs in per_call.values() if (q := call_quality(fbs, "any")) is not None][-_EXPOSURE_CALLS:]
+        evidence = ArmEvidence(len(qs), sum(qs))
+        return exposure_share(rule, evidence), evidence
+
+    async def _floor(self, route: str, kind: ArtifactKind, version: str) -> float | None:
+        """The exposure share `version` opened at (None: `canary_share`)."""
+        key = (route, kind, version)
+        if key not in self._floors:
+            rec = await self.registry.get(route, kind, version)
+            ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
+            share = (ev.get("exposure") or {}).get("share")
+            self._floors[key] = float(share) if isinstance(share, int | float) else None
+        return self._floors[key]
 
     async def _prior(self, route: str, kind: ArtifactKind, version: str) -> float | None:
         """The offline evaluation's quality delta of `version` (None when it has none)."""

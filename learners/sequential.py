@@ -15,8 +15,13 @@ With at least `min_feedback` canary calls rated, p_worse ≥ confidence rolls ba
 decide. Meanwhile the canary's share of traffic grows with the evidence that it is better:
 share = floor + (cap − floor) · max(0, 2·p_better − 1), floor `canary_share`, cap
 `canary_max_share`. Without evidence (p_better ½) it stays at the floor; as p_better nears 1 it
-nears the cap; when the canary looks worse it falls back to the floor, where it still gathers the
-evidence that rolls it back. numpy only: pure, no I/O.
+nears the cap; when the canary looks worse it falls back to `canary_share`, where it still gathers
+the evidence that rolls it back.
+
+The floor may be raised for one canary (`floor`): `exposure_share` bounds what a canary can cost.
+Quality per call lies in [0, 1], so a canary serving share s can lose at most s · q per call
+against a current of quality q: when current fails most calls (q small) a wide canary risks
+little and gathers its evidence in a few dozen calls instead of hundreds. numpy only: pure, no I/O.
 """
 
 from __future__ import annotations
@@ -73,9 +78,26 @@ class SequentialVerdict:
     why: str
 
 
+def exposure_share(rule: Rule, current: ArmEvidence, *, bound: float = 0.9, seed: int = 0) -> float:
+    """The canary share whose worst-case loss stays small given current's online quality.
+
+    A canary at share s loses at most s · q per call against a current of quality q. With current
+    ~ Beta(1 + Σq, 1 + n − Σq) and q̂ its `bound` quantile (q is below q̂ with that probability),
+    the share is the cap scaled by 1 − q̂: a current that fails nearly every rated call opens the
+    canary near the cap, one that mostly succeeds (or is barely known: q̂ near 1) keeps it at
+    `canary_share`.
+    """
+    if rule.max_share <= rule.base_share:
+        return rule.base_share
+    draws = np.random.default_rng(seed).beta(1.0 + current.total, 1.0 + current.n - current.total, _DRAWS)
+    high = float(np.quantile(draws, bound))
+    return round(max(rule.base_share, rule.max_share * (1.0 - high)), 2)
+
+
 def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: float | None = None,
-           *, seed: int = 0) -> SequentialVerdict:
-    """One check of a running canary (see the module docstring)."""
+           *, seed: int = 0, floor: float | None = None) -> SequentialVerdict:
+    """One check of a running canary (see the module docstring); `floor`: this canary's lowest
+    share while it does not look worse (`exposure_share` at its opening; default `canary_share`)."""
     a_cur, b_cur = 1.0 + current.total, 1.0 + current.n - current.total
     cur_mean = a_cur / (a_cur + b_cur)
     a_can, b_can = 1.0 + canary.total, 1.0 + canary.n - canary.total
@@ -87,7 +109,8 @@ def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: f
     x, y = rng.beta(a_can, b_can, _DRAWS), rng.beta(a_cur, b_cur, _DRAWS)
     p_better = float(np.mean(x > y))
     p_worse = float(np.mean(x < y - rule.tolerance))
-    share = round(rule.base_share + (rule.max_share - rule.base_share) * max(0.0, 2 * p_better - 1), 2)
+    low = rule.base_share if floor is None or p_better < 0.5 else min(rule.max_share, max(rule.base_share, floor))
+    share = round(low + (rule.max_share - low) * max(0.0, 2 * p_better - 1), 2)
     figures = (f"P(canary better) {p_better:.2f}, P(worse by > {rule.tolerance:.2f}) {p_worse:.2f}; "
                f"posterior means {can_mean:.2f} vs {cur_mean:.2f}")
     verdict: Verdict

@@ -3,7 +3,7 @@
 The gateway runs as `flywheel serve` (a child process) with the documented defaults: config.toml's
 `[learners]` defaults (`enabled = true`: the background loop learns on its own schedule and decides
 canaries every few seconds and on feedback), plus the issue's protocol, POST /admin/learn every
-`learn_every` calls; the shipped route retrieval `{ k = 4, min_score = 0.3 }`, privacy defaults
+`learn_every` calls; the shipped route retrieval `{ k = 6, min_score = 0.0, relative_min = 0.5 }`, privacy defaults
 (scrubbing before storage), SQLite in a temp dir. `loop=False` is the first run's protocol
 (`enabled = false`: learning and canary decisions only inside /admin/learn). The /admin/learn cycles
 run in a thread beside the stream, so live latency during a cycle is measured; a cycle still running
@@ -62,7 +62,7 @@ def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequenc
                      f"price = {{ input_per_mtok = {i}, output_per_mtok = {o} }}\n"
                      "params = { temperature = 0.0 }\n")
     # the route keys config.toml ships with (retrieval) plus generous timeouts for a CPU model
-    common = ('retrieval = { k = 4, min_score = 0.3 }\n'
+    common = ('retrieval = { k = 6, min_score = 0.0, relative_min = 0.5 }\n'
               'retries = { attempts = 2, attempt_timeout_s = 600, deadline_s = 1200 }\n')
     for t in tasks:
         (tmp / f"{t.name}.md").write_text(t.instruction, encoding="utf-8")

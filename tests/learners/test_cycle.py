@@ -94,3 +94,19 @@ def test_a_small_budget_is_shared_so_the_candidate_still_has_paired_cases(
     index = next(x for x in report["candidates"] if x["kind"] == "index")
     assert index["evaluation"]["n"] >= 2 and "budget spent" not in index["reason"], index
     assert report["eval_calls"] <= 10
+
+
+def test_with_too_few_held_out_calls_the_index_is_judged_online_without_replays(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    # a young route: fewer held-out calls than min_samples, so the offline gate could decide nothing
+    c = Client(make_gateway(config(fake_upstream, tmp_path, min_samples=50)).url)
+    correct_everything(c)
+    report = c.learn()
+    [index] = [x for x in report["candidates"] if x["kind"] == "index"]
+    assert index["outcome"] == "canary" and "judged online by the canary alone" in index["reason"]
+    assert report["eval_calls"] == 0 and report["eval_cached"] == 0  # nothing replayed
+    assert any(s.startswith("template: ") and "need 50" in s for s in report["skipped"])
+    assert not [x for x in report["candidates"] if x["kind"] == "template"]
+    row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"]
+               if r["version"] == index["version"])
+    assert row["state"] == "canary" and row["evaluation"]["offline"] is None and row["evaluation"]["online_only"]

@@ -49,3 +49,44 @@ def test_enough_feedback_wakes_the_loop(make_gateway: Any, fake_upstream: str, t
         c.feedback(call_id, correction=answer)
     wait_for(lambda: c.get(f"/admin/routes/{ROUTE}/artifacts", kind="index")["data"])
     assert gw.gateway.new_feedback()[ROUTE] < 6  # the counter restarts after a cycle
+
+
+def test_a_correction_wakes_the_loop_at_once_not_at_its_next_poll(make_gateway: Any, fake_upstream: str,
+                                                                  tmp_path: Path, monkeypatch: Any) -> None:
+    import learners.loop
+
+    monkeypatch.setattr(learners.loop, "_POLL_S", 3600.0)  # the loop's own poll would come in an hour
+    cfg = config(fake_upstream, tmp_path, enabled=True, interval_s=3600, min_new_feedback=1000, canary_share=0.0)
+    c = Client(make_gateway(cfg).url)
+    time.sleep(1.0)  # the loop is asleep in its wait
+    correct_everything(c)
+    index = wait_for(lambda: c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"], timeout=20)
+    assert index.startswith("i")
+
+
+def test_one_routes_long_cycle_does_not_hold_back_another_routes_learning(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path, monkeypatch: Any) -> None:
+    import asyncio
+
+    from learners.loop import LearningLoop
+
+    original = LearningLoop.learn_route
+    slow_started = []
+
+    async def learn_route(self: LearningLoop, route: str, *, scheduled: bool = False) -> Any:
+        if route == "slow":  # a cycle replaying through a slow upstream for minutes
+            slow_started.append(route)
+            await asyncio.sleep(3600)
+        return await original(self, route, scheduled=scheduled)
+
+    monkeypatch.setattr(LearningLoop, "learn_route", learn_route)
+    cfg = config(fake_upstream, tmp_path, enabled=True, interval_s=3600, min_new_feedback=1000, canary_share=0.0)
+    cfg["routes"] = {"slow": dict(cfg["routes"][ROUTE]), **cfg["routes"]}  # the slow route comes first
+    c = Client(make_gateway(cfg).url)
+    r = c.http.post(f"{c.url}/v1/chat/completions",
+                    json={"model": "slow", "messages": [{"role": "user", "content": "How do I reset my password?"}]})
+    c.feedback(r.json()["id"], correction=truth("password"))
+    wait_for(lambda: slow_started)
+    correct_everything(c)
+    index = wait_for(lambda: c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"], timeout=20)
+    assert index.startswith("i") and slow_started == ["slow"]  # still in its one cycle

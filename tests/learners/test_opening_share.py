@@ -1,16 +1,19 @@
 # ruff: noqa: F811 - the `store` fixture is imported (both backends) and named by the tests
 """A new canary opens at `canary_share`, or wider when its offline evaluation alone already makes
-it likely better (so the feedback that decides it arrives sooner); the share is recorded where the
-request path reads it."""
+it likely better, or when current fails most of its rated calls (a wide canary then risks little):
+the feedback that decides it arrives sooner. The share is recorded where the request path reads it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry, Manifest
+from gateway.store.records import CallRecord, FeedbackRecord
 from gateway.store.sql import SqlStore
 from learners.rollout import Rollout
+from learners.sequential import ArmEvidence, Rule, decide, exposure_share
 from tests.store.conftest import pg_database, store, store_url  # noqa: F401 - fixtures over both backends
 
 M = Manifest(produced_by="test", note="because")
@@ -35,3 +38,37 @@ async def test_a_tie_opens_at_the_configured_share(store: SqlStore) -> None:
     assert decision.action == "canary" and decision.share is None and share in (None, 0.1)
     decision, share = await _begin(store, "i2", {})  # queued behind i1: no share of its own yet
     assert decision.action == "queued"
+
+
+async def _rated_calls(store: SqlStore, n: int, good: int) -> None:
+    """`n` calls of the route served by nothing learned yet, `good` of them rated up, the rest down."""
+    now = time.time() - 60
+    await store.insert_calls([CallRecord(id=f"r{i}", route="bot", variant="m", model="m", created_at=now + i)
+                              for i in range(n)])
+    for i in range(n):
+        await store.insert_feedback(FeedbackRecord(f"r{i}", rating=1 if i < good else -1, created_at=now + i + 0.5))
+
+
+async def test_a_current_that_fails_most_calls_opens_the_canary_wide(store: SqlStore) -> None:
+    await _rated_calls(store, 20, good=2)
+    decision, share = await _begin(store, "i1", {})  # no offline evidence at all (too few held-out calls)
+    assert decision.action == "canary" and share is not None and 0.3 <= share <= CFG.canary_max_share
+    assert "current scores 0.14 on its last 20 rated calls" in decision.reason
+    rec = await ArtifactRegistry(store).get("bot", "index", "i1")
+    assert rec is not None and rec.evaluation["exposure"] == {"share": share, "current_n": 20, "current_total": 2}
+
+
+async def test_a_current_that_mostly_succeeds_keeps_the_configured_share(store: SqlStore) -> None:
+    await _rated_calls(store, 20, good=17)
+    decision, share = await _begin(store, "i1", {})
+    assert decision.action == "canary" and share in (None, 0.1) and "current scores" not in decision.reason
+
+
+def test_the_exposure_share_bounds_what_a_canary_can_lose() -> None:
+    rule = Rule.of(CFG)
+    assert exposure_share(rule, ArmEvidence(0, 0)) == CFG.canary_share  # current unknown: no shortcut
+    failing, good = exposure_share(rule, ArmEvidence(30, 1)), exposure_share(rule, ArmEvidence(30, 27))
+    assert CFG.canary_share < failing <= CFG.canary_max_share and good == CFG.canary_share
+    # the opening share is this canary's floor while it does not look worse; once it does, canary_share
+    assert decide(ArmEvidence(1, 1), ArmEvidence(3, 0), rule, floor=failing).share >= failing
+    assert decide(ArmEvidence(6, 0), ArmEvidence(30, 20), rule, floor=failing).share == CFG.canary_share
