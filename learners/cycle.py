@@ -264,10 +264,11 @@ class LearningCycle:
         self.report.candidates.append(CandidateReport(kind, rec.version, outcome, decision.reason, manifest.note, ev))
 
     async def _last_rejected(self, kind: ArtifactKind) -> ArtifactRecord | None:
-        """The kind's newest version when it was rejected (so an identical candidate is not retried)."""
+        """The kind's newest version when it was rejected or rolled back (so an identical candidate
+        is not retried)."""
         versions = (await self.d.registry.states(self.route, kind)).versions
         newest = max(versions.values(), key=lambda v: version_number(v.version), default=None)
-        if newest is None or newest.state != "rejected":
+        if newest is None or newest.state not in ("rejected", "rolled_back"):
             return None
         return await self.d.registry.get(self.route, kind, newest.version)
 
@@ -280,7 +281,7 @@ class LearningCycle:
             return
         last = await self._last_rejected("index")
         if last is not None and sorted(example_ids(last.body)) == sorted(e.id for e in cand.examples):
-            self.report.skipped.append(f"index: same examples as {last.version}, rejected: {last.note}")
+            self.report.skipped.append(f"index: same examples as {last.version}, {last.state}: {last.note}")
             return
         content = content_hash(embedder.name, sorted(e.id for e in cand.examples))
         if await self._judged_before("index", content):

@@ -48,7 +48,7 @@ from learners.cycle import CycleDeps, LearningCycle, LearnReport
 from learners.economy import Economy
 from learners.fencing import AllOf, Fence, FencedStore, LeaseLost
 from learners.lease import Lease, open_lease
-from learners.rollout import Rollout, RolloutDecision
+from learners.rollout import Rollout, RolloutDecision, blamed
 from learners.routing_cycle import RoutingLearner
 from retrieval.embeddings import Embedder
 
@@ -415,6 +415,6 @@ class LearningLoop:
                     worse = offline.get("verdict") == "regression" or (
                         offline.get("verdict") == "no_gain" and offline.get("delta", 0.0) < 0)
                     blocks = st.state == "rolled_back" or worse
-                    self._blocked[key] = frozenset(ev.get("added", [])) if blocks else frozenset()
+                    self._blocked[key] = frozenset(blamed(ev)) if blocks else frozenset()
                 out |= self._blocked[key]
         return out

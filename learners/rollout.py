@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
@@ -210,8 +210,10 @@ class Rollout:
                 await self.registry.move(route, kind, fig.canary, action, reason)
             except TransitionRefused:  # another replica decided first
                 continue
+            implicated = await self._implicated(route, kind, fig) if action == "rolled_back" else None
             await self.registry.annotate(route, kind, fig.canary, online=asdict(fig), sequential=_figures(seq),
-                                         decided_at=time.time())
+                                         decided_at=time.time(),
+                                         **({} if implicated is None else {"implicated": implicated}))
             out.append(RolloutDecision(route, kind, fig.canary, action, reason, fig))
             out += await self._dequeue(route, kind, fig.canary, action)
         return out
@@ -231,13 +233,33 @@ class Rollout:
         if action == "rolled_back":
             old = await self.registry.get(route, kind, decided)
             old_ev = old.evaluation if old is not None and isinstance(old.evaluation, dict) else {}
-            shared = set(ev.get("added") or ()) & set(old_ev.get("added") or ())
+            shared = set(ev.get("added") or ()) & set(blamed(old_ev))
             if shared:
                 out.append(await self.reject(route, kind, queued[-1], f"carries {len(shared)} examples of "
                                              f"{decided}, rolled back; the next cycle learns without them"))
                 return out
         out.append(await self._begin(route, kind, queued[-1], f"{why} (was queued behind {decided}, {action})"))
         return out
+
+    async def _implicated(self, route: str, kind: ArtifactKind, fig: OnlineFigures) -> list[str] | None:
+        """Of the examples a rolled-back index canary added, those retrieved into its calls that
+        were rated bad: what later datasets leave out. A canary judged on a handful of calls can be
+        rolled back by chance; blocking every example it added would throw good corrections away
+        for good, while a poisoned example shows up in the bad calls it was retrieved into."""
+        rec = await self.registry.get(route, kind, fig.canary) if kind == "index" else None
+        ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
+        added = set(ev.get("added") or ())
+        if not added:
+            return None
+        served = {c.id: c for c in await _calls_since(self.registry, route, fig.since)
+                  if c.index_version == fig.canary and added.intersection(c.retrieved_ids)}
+        per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
+        for fb in await self.registry.store.list_feedback(route=route, since=fig.since):
+            if fb.call_id in served:
+                per_call[fb.call_id].append(fb)
+        bad = {e for cid, fbs in per_call.items() if (q := call_quality(fbs, "any")) is not None and q < 0.5
+               for e in added.intersection(served[cid].retrieved_ids)}
+        return sorted(bad)
 
     async def _opening_share(self, route: str, kind: ArtifactKind, version: str) -> float | None:
         """The share the sequential rule gives a new canary on its offline evidence alone: current
@@ -324,6 +346,13 @@ class Rollout:
         if vs.state == "canary":
             await self._dequeue(route, kind, version, "rolled_back")
         return RolloutDecision(route, kind, version, "rolled_back", reason)
+
+
+def blamed(evaluation: dict[str, Any]) -> list[str]:
+    """The example ids a rolled-back or refused version is blamed for: those its canary's bad calls
+    retrieved (`implicated`, set when the online decision rolled it back), else every one it added."""
+    implicated = evaluation.get("implicated")
+    return list(implicated if isinstance(implicated, list) else evaluation.get("added") or ())
 
 
 def _figures(seq: SequentialVerdict) -> dict[str, float]:

@@ -167,3 +167,30 @@ async def test_without_a_user_the_split_is_per_call_never_per_key() -> None:
     assert arms == {None, "p2"}
     sticky = {versions.arm("bot", live, Features("bot", "alice", "the-app", 10, 1, False))[1] for _ in range(20)}
     assert len(sticky) == 1
+
+
+async def test_a_rolled_back_index_is_blamed_only_for_the_examples_its_bad_calls_retrieved(store: SqlStore) -> None:
+    from learners.rollout import blamed
+
+    reg = ArtifactRegistry(store)
+    await reg.save_candidate("bot", "index", {"v": 1}, M, version="i1")
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    await reg.save_candidate("bot", "index", {"v": 2}, M, version="i2",
+                             evaluation={"offline": {"delta": 0.0}, "added": ["poison", "good", "unused"]})
+    rollout = Rollout(reg, lambda: CFG)
+    await rollout.begin("bot", "index", "i2", "offline ok")
+    t = (await reg.states("bot", "index")).versions["i2"].since
+    for i in range(30):
+        await _serve(store, "index", "i1", i % 10 != 0, t + 1 + i)  # current: 90 % good
+    for n in range(8):  # the canary's calls: the poisoned example retrieved into the bad ones
+        cid = f"k{next(_ids):06d}"
+        bad = n % 4 != 0
+        await store.insert_calls([CallRecord(id=cid, route="bot", variant="m", model="m", created_at=t + 50 + n,
+                                             index_version="i2", retrieved_ids=["poison"] if bad else ["good"])])
+        await store.insert_feedback(FeedbackRecord(cid, rating=-1 if bad else 1, created_at=t + 50.1 + n))
+    [d, *_] = await rollout.check("bot", ("index",), "any")
+    assert d.action == "rolled_back"
+    rec = await reg.get("bot", "index", "i2")
+    assert rec is not None and rec.evaluation["implicated"] == ["poison"]
+    assert blamed(rec.evaluation) == ["poison"]  # "good" and "unused" may come back in the next index
+    assert blamed({"added": ["a", "b"]}) == ["a", "b"]  # refused offline, or rolled back by a person: all
