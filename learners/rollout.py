@@ -36,6 +36,7 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of, version_number
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
+from learners.index import example_ids
 from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide, exposure_share
 
 Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting", "queued"]
@@ -102,6 +103,7 @@ class Rollout:
         self._lock = lock
         self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas, immutable
         self._floors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # opening exposure shares
+        self._chains: dict[tuple[str, ArtifactKind, str], tuple[tuple[str, ...], float] | None] = {}
 
     def _guard(self, route: str) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock(route) if self._lock is not None else contextlib.nullcontext()
@@ -114,8 +116,12 @@ class Rollout:
 
     async def _begin(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
         share = self._settings().canary_share
-        running = (await self.registry.states(route, kind)).canary if share > 0 else None
+        states = await self.registry.states(route, kind)
+        running = states.canary if share > 0 else None
         if running is not None and running != version:
+            grown = await self._grown(route, kind, running, version)
+            if grown is not None:
+                return await self._supersede(route, kind, states, running, version, grown, why)
             await self.registry.annotate(route, kind, version, queued={"behind": running, "why": why})
             return RolloutDecision(route, kind, version, "queued", f"queued behind canary {running}: {why}")
         if share > 0:
@@ -143,6 +149,52 @@ class Rollout:
         await self.registry.move(route, kind, version, "promoted", reason)
         return RolloutDecision(route, kind, version, "promoted", reason)
 
+    async def _grown(self, route: str, kind: ArtifactKind, running: str, version: str) -> int | None:
+        """How many examples `version` adds to the running index canary when it holds all of the
+        canary's examples and retrieves them the same way (None otherwise: it queues)."""
+        if kind != "index":
+            return None
+        old, new = await self.registry.get(route, kind, running), await self.registry.get(route, kind, version)
+        if old is None or new is None or not isinstance(old.body, dict) or not isinstance(new.body, dict):
+            return None
+        before, after = set(example_ids(old.body)), set(example_ids(new.body))
+        same = old.body.get("embedder") == new.body.get("embedder") and \
+            old.body.get("retrieval") == new.body.get("retrieval")
+        return len(after - before) if same and before < after else None
+
+    async def _supersede(self, route: str, kind: ArtifactKind, states: KindStates, running: str, version: str,
+                         grown: int, why: str) -> RolloutDecision:
+        """`version` grew from the running canary (its examples and more, retrieved alike): it takes
+        the canary's place and share, and the canary's calls count as its evidence (one rolling
+        canary). Queued behind it, every newer correction would wait for the decision; replacing
+        it without its evidence, a canary that keeps growing would never be decided."""
+        old = await self.registry.get(route, kind, running)
+        ev = old.evaluation if old is not None and isinstance(old.evaluation, dict) else {}
+        chain = ev.get("chain") or {"since": states.versions[running].since, "versions": []}
+        fields: dict[str, Any] = {"chain": {"since": chain["since"], "versions": [*chain["versions"], running]}}
+        if isinstance(ev.get("exposure"), dict):
+            fields["exposure"] = ev["exposure"]
+        await self.registry.annotate(route, kind, version, **fields)  # before it serves: every replica reads it
+        await self.registry.move(route, kind, running, "rejected", f"superseded by {version}, grown from it "
+                                 f"(+{grown} examples); its calls count as {version}'s evidence")
+        share = states.versions[running].share or self._settings().canary_share
+        reason = f"canary at {share:.0%} in place of {running}, grown from it (+{grown} examples): {why}"
+        await self.registry.move(route, kind, version, "canary", reason)
+        await self.registry.set_share(route, kind, version, share, reason)
+        return RolloutDecision(route, kind, version, "canary", reason, share=share)
+
+    async def _members(self, route: str, kind: ArtifactKind, canary: str, since: float) -> tuple[set[str], float]:
+        """The versions whose calls are the canary's evidence (it and those it superseded) and
+        since when."""
+        key = (route, kind, canary)
+        if key not in self._chains:
+            rec = await self.registry.get(route, kind, canary)
+            ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
+            chain = ev.get("chain") if isinstance(ev.get("chain"), dict) else None
+            self._chains[key] = None if chain is None else (tuple(chain["versions"]), float(chain["since"]))
+        found = self._chains[key]
+        return ({canary}, since) if found is None else ({canary, *found[0]}, found[1])
+
     async def reject(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
         """Mark a candidate rejected, with the reason."""
         await self.registry.move(route, kind, version, "rejected", why)
@@ -154,7 +206,7 @@ class Rollout:
         canary = states.canary
         if canary is None:
             return None
-        since = states.versions[canary].since
+        members, since = await self._members(route, kind, canary, states.versions[canary].since)
         served_by = SERVED_BY[kind]
         chat = {c.id: c for c in await _calls_since(self.registry, route, since) if c.endpoint == "chat"}
         per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
@@ -163,7 +215,7 @@ class Rollout:
                 per_call[fb.call_id].append(fb)
         calls: dict[bool, list[CallRecord]] = {True: [], False: []}
         for c in chat.values():
-            calls[served_by(c) == canary].append(c)
+            calls[served_by(c) in members].append(c)
 
         def arm(cs: list[CallRecord]) -> tuple[int, float, int, float, float]:
             qs = [q for c in cs if (q := call_quality(per_call.get(c.id, ()), metric)) is not None]
@@ -243,7 +295,7 @@ class Rollout:
 
     async def _implicated(self, route: str, kind: ArtifactKind, fig: OnlineFigures) -> list[str] | None:
         """Of the examples a rolled-back index canary added, those retrieved into its calls that
-        were rated bad: what later datasets leave out. A canary judged on a handful of calls can be
+        were rated bad, and those giving the same answer: what later datasets leave out. A canary judged on a handful of calls can be
         rolled back by chance; blocking every example it added would throw good corrections away
         for good, while a poisoned example shows up in the bad calls it was retrieved into."""
         rec = await self.registry.get(route, kind, fig.canary) if kind == "index" else None
@@ -251,15 +303,21 @@ class Rollout:
         added = set(ev.get("added") or ())
         if not added:
             return None
+        members, _ = await self._members(route, kind, fig.canary, fig.since)
         served = {c.id: c for c in await _calls_since(self.registry, route, fig.since)
-                  if c.index_version == fig.canary and added.intersection(c.retrieved_ids)}
+                  if c.index_version in members and added.intersection(c.retrieved_ids)}
         per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
         for fb in await self.registry.store.list_feedback(route=route, since=fig.since):
             if fb.call_id in served:
                 per_call[fb.call_id].append(fb)
         bad = {e for cid, fbs in per_call.items() if (q := call_quality(fbs, "any")) is not None and q < 0.5
                for e in added.intersection(served[cid].retrieved_ids)}
-        return sorted(bad)
+        # a poisoned batch repeats one wrong answer: its examples no bad call happened to retrieve go too
+        outputs = {str(e.get("id")): " ".join(str(e.get("output", "")).split()).casefold()
+                   for e in (rec.body.get("examples", []) if rec is not None and isinstance(rec.body, dict) else [])
+                   if isinstance(e, dict)}
+        wrong = {outputs[e] for e in bad if e in outputs}
+        return sorted(bad | {e for e in added if outputs.get(e) in wrong})
 
     async def _opening_share(self, route: str, kind: ArtifactKind, version: str) -> float | None:
         """The share the sequential rule gives a new canary on its offline evidence alone: current

@@ -34,7 +34,8 @@ _VERSION = re.compile(r"^([a-z])(\d+)$")
 ALLOWED: dict[ArtifactState | None, frozenset[ArtifactState]] = {
     None: frozenset({"candidate"}),
     "candidate": frozenset({"canary", "promoted", "rejected"}),
-    "canary": frozenset({"canary", "promoted", "rolled_back"}),  # canary -> canary: a new share
+    # canary -> canary: a new share; canary -> rejected: superseded by a version grown from it
+    "canary": frozenset({"canary", "promoted", "rolled_back", "rejected"}),
     "promoted": frozenset({"rolled_back"}),
     "rolled_back": frozenset(),
     "rejected": frozenset(),

@@ -169,14 +169,16 @@ async def test_without_a_user_the_split_is_per_call_never_per_key() -> None:
     assert len(sticky) == 1
 
 
-async def test_a_rolled_back_index_is_blamed_only_for_the_examples_its_bad_calls_retrieved(store: SqlStore) -> None:
+async def test_a_rolled_back_index_is_blamed_for_the_examples_its_bad_calls_retrieved(store: SqlStore) -> None:
     from learners.rollout import blamed
 
     reg = ArtifactRegistry(store)
     await reg.save_candidate("bot", "index", {"v": 1}, M, version="i1")
     await reg.move("bot", "index", "i1", "promoted", "seed")
-    await reg.save_candidate("bot", "index", {"v": 2}, M, version="i2",
-                             evaluation={"offline": {"delta": 0.0}, "added": ["poison", "good", "unused"]})
+    body = {"examples": [{"id": "poison", "output": "All sales are final."}, {"id": "good", "output": "14 days"},
+                         {"id": "unused", "output": "Free"}, {"id": "twin", "output": "all sales are  final."}]}
+    await reg.save_candidate("bot", "index", body, M, version="i2",
+                             evaluation={"offline": {"delta": 0.0}, "added": ["poison", "good", "unused", "twin"]})
     rollout = Rollout(reg, lambda: CFG)
     await rollout.begin("bot", "index", "i2", "offline ok")
     t = (await reg.states("bot", "index")).versions["i2"].since
@@ -191,6 +193,38 @@ async def test_a_rolled_back_index_is_blamed_only_for_the_examples_its_bad_calls
     [d, *_] = await rollout.check("bot", ("index",), "any")
     assert d.action == "rolled_back"
     rec = await reg.get("bot", "index", "i2")
-    assert rec is not None and rec.evaluation["implicated"] == ["poison"]
-    assert blamed(rec.evaluation) == ["poison"]  # "good" and "unused" may come back in the next index
+    # retrieved into bad calls, or giving the same answer as one that was (a batch repeats its lie)
+    assert rec is not None and rec.evaluation["implicated"] == ["poison", "twin"]
+    assert blamed(rec.evaluation) == ["poison", "twin"]  # "good" and "unused" may come back in the next index
     assert blamed({"added": ["a", "b"]}) == ["a", "b"]  # refused offline, or rolled back by a person: all
+
+
+def _index_body(*ids: str) -> dict[str, object]:
+    return {"embedder": "e", "retrieval": {"k": 4}, "examples": [{"id": i} for i in ids]}
+
+
+async def test_an_index_grown_from_the_running_canary_takes_its_place_and_its_evidence(store: SqlStore) -> None:
+    reg = ArtifactRegistry(store)
+    rollout = Rollout(reg, lambda: CFG)
+    await reg.save_candidate("bot", "index", _index_body("a"), M, version="i1")
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    await reg.save_candidate("bot", "index", _index_body("a", "b"), M, version="i2")
+    await rollout.begin("bot", "index", "i2", "online only")
+    await reg.set_share("bot", "index", "i2", 0.3, "wider")
+    t = (await reg.states("bot", "index")).versions["i2"].since
+    for n in range(4):  # the canary's evidence so far: 4 good calls
+        await _serve(store, "index", "i2", True, t + 1 + n)
+        await _serve(store, "index", "i1", False, t + 1.5 + n)
+    # a newer candidate with every example of the canary and one more: it replaces the canary
+    await reg.save_candidate("bot", "index", _index_body("a", "b", "c"), M, version="i3")
+    d = await rollout.begin("bot", "index", "i3", "online only")
+    assert d.action == "canary" and "in place of i2, grown from it (+1 examples)" in d.reason and d.share == 0.3
+    states = await reg.states("bot", "index")
+    assert states.canary == "i3" and states.versions["i2"].state == "rejected" and states.versions["i3"].share == 0.3
+    # one that drops an example of the canary (or retrieves otherwise) queues behind it as before
+    await reg.save_candidate("bot", "index", _index_body("a", "c", "d"), M, version="i4")
+    assert (await rollout.begin("bot", "index", "i4", "offline ok")).action == "queued"
+    await _serve(store, "index", "i3", True, t + 10)
+    decisions = await rollout.check("bot", ("index",), "any")
+    assert decisions[0].version == "i3" and decisions[0].action == "promoted"  # i2's 4 calls + i3's 1
+    assert decisions[0].online is not None and decisions[0].online.canary_n == 5
