@@ -288,7 +288,8 @@ class LearningCycle:
             return
         problems = guardrails.check_index_candidate(cand.examples, cand.manifest, max_examples=self.cfg.max_examples,
                                                     scrubber=await self.d.scrubber(), keep=self.keep)
-        arm, index, manifest, tried = None, cand.index, cand.manifest, []
+        # the route's settings, recorded: an index tuned later to the same settings retrieves alike
+        arm, index, manifest, tried = None, cand.index.with_tuning(self._route_tuning()), cand.manifest, []
         if not problems and not self._too_few():
             # retrieval tunes itself: each setting replayed on the held-out calls, the best kept
             current = self.d.current(self.route)
@@ -311,6 +312,10 @@ class LearningCycle:
                            {"added": list(cand.added), "removed": list(cand.removed),
                             "retrieval": index.tuning.to_dict() if index.tuning else None},
                            tuple(tried), content=content)
+
+    def _route_tuning(self) -> Tuning:
+        """The route's own retrieval settings (the first of the tuning grid)."""
+        return tuning_grid(self.rs.retrieval or RetrievalSettings())[0]
 
     def _too_few(self) -> bool:
         """Too few held-out cases for the offline gate to decide anything: replaying them is waste."""

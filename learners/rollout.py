@@ -295,9 +295,10 @@ class Rollout:
 
     async def _implicated(self, route: str, kind: ArtifactKind, fig: OnlineFigures) -> list[str] | None:
         """Of the examples a rolled-back index canary added, those retrieved into its calls that
-        were rated bad, and those giving the same answer: what later datasets leave out. A canary judged on a handful of calls can be
-        rolled back by chance; blocking every example it added would throw good corrections away
-        for good, while a poisoned example shows up in the bad calls it was retrieved into."""
+        were rated bad, and those giving the same answer: what later datasets leave out. A canary
+        judged on a handful of calls can be rolled back by chance; blocking every example it added
+        would throw good corrections away for good, while a poisoned example shows up in the bad
+        calls it was retrieved into."""
         rec = await self.registry.get(route, kind, fig.canary) if kind == "index" else None
         ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
         added = set(ev.get("added") or ())
@@ -335,16 +336,18 @@ class Rollout:
     async def _exposure(self, route: str, kind: ArtifactKind) -> tuple[float, ArmEvidence]:
         """The share a new canary of `kind` may open at given current's online quality
         (learners/sequential.py `exposure_share`): the newest `_EXPOSURE_CALLS` rated chat calls of
-        the route since the kind's current version was promoted (within the last hour)."""
+        the route in the last hour that the kind's current version served (its canary calls too)."""
         rule = Rule.of(self._settings())
         if kind not in AUGMENTING_KINDS:  # a policy's quality is the route's own metric: no shortcut
             return rule.base_share, ArmEvidence(0, 0.0)
-        ks = await self.registry.states(route, kind)
-        cur = ks.versions.get(ks.current) if ks.current is not None else None
-        since = max(time.time() - _EXPOSURE_WINDOW_S, (cur.promoted_at or cur.since) if cur is not None else 0.0)
+        current = (await self.registry.states(route, kind)).current
+        since = time.time() - _EXPOSURE_WINDOW_S
+        served = {c.id for c in await _calls_since(self.registry, route, since)
+                  if c.endpoint == "chat" and SERVED_BY[kind](c) == current}
         per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
         for fb in await self.registry.store.list_feedback(route=route, since=since):
-            per_call[fb.call_id].append(fb)
+            if fb.call_id in served:
+                per_call[fb.call_id].append(fb)
         qs = [q for fbs in per_call.values() if (q := call_quality(fbs, "any")) is not None][-_EXPOSURE_CALLS:]
         evidence = ArmEvidence(len(qs), sum(qs))
         return exposure_share(rule, evidence), evidence
