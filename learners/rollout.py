@@ -104,6 +104,7 @@ class Rollout:
         self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas, immutable
         self._floors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # opening exposure shares
         self._chains: dict[tuple[str, ArtifactKind, str], tuple[tuple[str, ...], float] | None] = {}
+        self._growth: dict[tuple[str, str, str], int | None] = {}  # (route, inner, outer) -> examples added
 
     def _guard(self, route: str) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock(route) if self._lock is not None else contextlib.nullcontext()
@@ -149,22 +150,25 @@ class Rollout:
         await self.registry.move(route, kind, version, "promoted", reason)
         return RolloutDecision(route, kind, version, "promoted", reason)
 
-    async def _grown(self, route: str, kind: ArtifactKind, running: str, version: str) -> int | None:
-        """How many examples `version` adds to the running index canary when it holds all of the
-        canary's examples and retrieves them the same way (None otherwise: it queues)."""
-        if kind != "index":
+    async def _grown(self, route: str, kind: ArtifactKind, inner: str | None, outer: str) -> int | None:
+        """How many examples index `outer` adds to index `inner` when it holds all of them, built
+        by the same embedder (None otherwise, or for another kind)."""
+        if kind != "index" or inner is None:
             return None
-        old, new = await self.registry.get(route, kind, running), await self.registry.get(route, kind, version)
-        if old is None or new is None or not isinstance(old.body, dict) or not isinstance(new.body, dict):
-            return None
-        before, after = set(example_ids(old.body)), set(example_ids(new.body))
-        same = old.body.get("embedder") == new.body.get("embedder") and \
-            old.body.get("retrieval") == new.body.get("retrieval")
-        return len(after - before) if same and before < after else None
+        key = (route, inner, outer)
+        if key not in self._growth:
+            old, new = await self.registry.get(route, kind, inner), await self.registry.get(route, kind, outer)
+            grown = None
+            if old is not None and new is not None and isinstance(old.body, dict) and isinstance(new.body, dict):
+                before, after = set(example_ids(old.body)), set(example_ids(new.body))
+                if old.body.get("embedder") == new.body.get("embedder") and before < after:
+                    grown = len(after - before)
+            self._growth[key] = grown  # artifact bodies never change
+        return self._growth[key]
 
     async def _supersede(self, route: str, kind: ArtifactKind, states: KindStates, running: str, version: str,
                          grown: int, why: str) -> RolloutDecision:
-        """`version` grew from the running canary (its examples and more, retrieved alike): it takes
+        """`version` grew from the running canary (its examples and more): it takes
         the canary's place and share, and the canary's calls count as its evidence (one rolling
         canary). Queued behind it, every newer correction would wait for the decision; replacing
         it without its evidence, a canary that keeps growing would never be decided."""
@@ -243,7 +247,8 @@ class Rollout:
                 continue
             seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
                          rule, await self._prior(route, kind, fig.canary),
-                         floor=await self._floor(route, kind, fig.canary))
+                         floor=await self._floor(route, kind, fig.canary),
+                         grows=await self._grown(route, kind, fig.current, fig.canary) is not None)
             reason = f"{describe(fig)}; {seq.why}"
             if seq.verdict == "continue":
                 recorded = ks.versions[fig.canary].share

@@ -56,13 +56,14 @@ class Rule:
     max_feedback: int
     tolerance: float
     prior_weight: float
+    grow_confidence: float = 0.8  # promotes an index that only adds examples to current
 
     @classmethod
     def of(cls, cfg: LearnerSettings) -> Rule:
         """The rule configured in `[learners]`."""
         return cls(cfg.canary_share, max(cfg.canary_share, cfg.canary_max_share), cfg.canary_confidence,
                    cfg.canary_min_feedback, max(cfg.canary_min_feedback, cfg.canary_max_feedback),
-                   cfg.canary_tolerance, cfg.canary_prior_weight)
+                   cfg.canary_tolerance, cfg.canary_prior_weight, cfg.canary_grow_confidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +96,12 @@ def exposure_share(rule: Rule, current: ArmEvidence, *, bound: float = 0.9, seed
 
 
 def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: float | None = None,
-           *, seed: int = 0, floor: float | None = None) -> SequentialVerdict:
+           *, seed: int = 0, floor: float | None = None, grows: bool = False) -> SequentialVerdict:
     """One check of a running canary (see the module docstring); `floor`: this canary's lowest
-    share while it does not look worse (`exposure_share` at its opening; default `canary_share`)."""
+    share while it does not look worse (`exposure_share` at its opening; default `canary_share`);
+    `grows`: the canary only adds to what current holds (an index with all of current's examples
+    and more), so `grow_confidence` that it is not worse promotes it: it cannot lose what current
+    knows, and a tie otherwise runs to the evidence bound while newer corrections wait."""
     a_cur, b_cur = 1.0 + current.total, 1.0 + current.n - current.total
     cur_mean = a_cur / (a_cur + b_cur)
     a_can, b_can = 1.0 + canary.total, 1.0 + canary.n - canary.total
@@ -118,8 +122,9 @@ def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: f
         verdict, why = "continue", f"{figures}; waiting for {rule.min_feedback} canary calls with feedback"
     elif p_worse >= rule.confidence:
         verdict, why = "roll_back", f"{figures}; worse with confidence {rule.confidence:.2f}"
-    elif 1 - p_worse >= rule.confidence:
-        verdict, why = "promote", f"{figures}; not worse, confidence {rule.confidence:.2f} (within tolerance)"
+    elif 1 - p_worse >= (bar := rule.grow_confidence if grows else rule.confidence):
+        grown = " (it only adds examples to current)" if grows else ""
+        verdict, why = "promote", f"{figures}; not worse, confidence {bar:.2f} (within tolerance){grown}"
     elif canary.n >= rule.max_feedback:
         ok = can_mean >= cur_mean - rule.tolerance
         verdict = "promote" if ok else "roll_back"

@@ -232,6 +232,8 @@ class LearnerSettings(_Strict):
     canary_max_feedback: int = Field(40, ge=1)  # evidence bound: decided by the posterior means by then
     canary_tolerance: float = Field(0.05, ge=0, le=1)  # canary may trail current by this much
     canary_confidence: float = Field(0.95, gt=0.5, lt=1)  # posterior probability that decides early
+    # P(not worse by > tolerance) that promotes an index holding all of current's examples and more
+    canary_grow_confidence: float = Field(0.8, gt=0.5, lt=1)
     canary_max_share: float = Field(0.5, ge=0, le=1)  # the share grows from canary_share up to this
     canary_prior_weight: float = Field(4.0, ge=0)  # pseudo-calls the offline delta is worth as a prior
 

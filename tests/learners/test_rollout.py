@@ -221,10 +221,21 @@ async def test_an_index_grown_from_the_running_canary_takes_its_place_and_its_ev
     assert d.action == "canary" and "in place of i2, grown from it (+1 examples)" in d.reason and d.share == 0.3
     states = await reg.states("bot", "index")
     assert states.canary == "i3" and states.versions["i2"].state == "rejected" and states.versions["i3"].share == 0.3
-    # one that drops an example of the canary (or retrieves otherwise) queues behind it as before
+    # one that drops an example of the canary queues behind it as before
     await reg.save_candidate("bot", "index", _index_body("a", "c", "d"), M, version="i4")
     assert (await rollout.begin("bot", "index", "i4", "offline ok")).action == "queued"
     await _serve(store, "index", "i3", True, t + 10)
     decisions = await rollout.check("bot", ("index",), "any")
     assert decisions[0].version == "i3" and decisions[0].action == "promoted"  # i2's 4 calls + i3's 1
     assert decisions[0].online is not None and decisions[0].online.canary_n == 5
+
+
+def test_an_index_that_only_adds_to_current_is_promoted_on_less_evidence_of_a_tie() -> None:
+    rule = Rule.of(CFG)
+    # a canary a little ahead on 20 calls: for an arbitrary change, not yet sure it is not worse
+    assert decide(ArmEvidence(20, 12), ArmEvidence(80, 42), rule).verdict == "continue"
+    # an index holding all of current's examples and more: `canary_grow_confidence` (0.8) promotes it
+    grown = decide(ArmEvidence(20, 12), ArmEvidence(80, 42), rule, grows=True)
+    assert grown.verdict == "promote" and "only adds examples to current" in grown.why
+    # it is rolled back like any other when it is worse
+    assert decide(ArmEvidence(10, 2), ArmEvidence(80, 60), rule, grows=True).verdict == "roll_back"
