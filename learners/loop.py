@@ -43,12 +43,13 @@ from gateway.serve.augment import ServingSet
 from gateway.serve.route_policy import online_learning
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.base import Store
+from learners.canary_facts import blamed
 from learners.controls import Controls
 from learners.cycle import CycleDeps, LearningCycle, LearnReport
 from learners.economy import Economy
 from learners.fencing import AllOf, Fence, FencedStore, LeaseLost
 from learners.lease import Lease, open_lease
-from learners.rollout import Rollout, RolloutDecision, blamed
+from learners.rollout import Rollout, RolloutDecision
 from learners.routing_cycle import RoutingLearner
 from retrieval.embeddings import Embedder
 

@@ -11,10 +11,16 @@ the quality metric (`call_quality(…, "any")` for templates and indices, the ro
 running canaries (learners/sequential.py); `rollback` undoes a canary or a promoted version at once.
 
 Learning never waits for a canary: a candidate that passes evaluation while a canary of its kind
-runs is queued (it stays `candidate`, its evaluation says `queued`). When the canary is decided,
+runs is queued (it stays `candidate`, its evaluation says `queued`), unless it is an index that
+holds all of the running index canary's examples and more: then it takes the canary's place, share
+and evidence (`_supersede`: one rolling canary). When the canary is decided,
 the newest queued candidate starts as the next canary and older queued ones are rejected as
 superseded; after a rollback it starts only if it does not carry the examples the rolled-back
 version introduced (else it is rejected, and the next cycle learns without them).
+
+What a decision reads besides the feedback comparison (the offline prior, the opening share
+current's failure rate allows, whether one index only adds to another, a rolling canary's
+members, the examples a rollback blames) is `learners/canary_facts.py`.
 
 `begin`, `check` and `rollback` run one at a time per route under the lock the learning loop
 hands in (`lock`, shared by every `Rollout` of the loop): canary decisions run beside a learning
@@ -36,20 +42,10 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of, version_number
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
-from learners.index import example_ids
-from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide, exposure_share
+from learners.canary_facts import AUGMENTING_KINDS, SERVED_BY, CanaryFacts, blamed, calls_since, evaluation_of
+from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide
 
 Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting", "queued"]
-SERVED_BY: dict[ArtifactKind, Callable[[CallRecord], str | None]] = {
-    "template": lambda c: c.template_version,
-    "index": lambda c: c.index_version,
-    "policy": lambda c: c.policy_version,
-}
-AUGMENTING_KINDS: tuple[ArtifactKind, ...] = ("template", "index")  # those the learning loop decides
-_PAGE = 1000
-_MAX_CALLS = 50_000
-_EXPOSURE_CALLS = 50  # current's newest rated calls that set a new canary's opening share
-_EXPOSURE_WINDOW_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +78,6 @@ class RolloutDecision:
     share: float | None = None  # a new share recorded for a canary that keeps running
 
 
-async def _calls_since(registry: ArtifactRegistry, route: str, since: float) -> list[CallRecord]:
-    calls: list[CallRecord] = []
-    while len(calls) < _MAX_CALLS:
-        page = await registry.store.list_calls(route=route, since=since, limit=_PAGE, offset=len(calls))
-        calls += page
-        if len(page) < _PAGE:
-            break
-    return calls
-
-
 class Rollout:
     """Moves artifacts between candidate, canary, promoted and rolled back, with reasons."""
 
@@ -101,10 +87,7 @@ class Rollout:
         self.registry = registry
         self._settings = settings
         self._lock = lock
-        self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas, immutable
-        self._floors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # opening exposure shares
-        self._chains: dict[tuple[str, ArtifactKind, str], tuple[tuple[str, ...], float] | None] = {}
-        self._growth: dict[tuple[str, str, str], int | None] = {}  # (route, inner, outer) -> examples added
+        self.facts = CanaryFacts(registry, settings)
 
     def _guard(self, route: str) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock(route) if self._lock is not None else contextlib.nullcontext()
@@ -120,14 +103,14 @@ class Rollout:
         states = await self.registry.states(route, kind)
         running = states.canary if share > 0 else None
         if running is not None and running != version:
-            grown = await self._grown(route, kind, running, version)
+            grown = await self.facts.grown(route, kind, running, version)
             if grown is not None:
                 return await self._supersede(route, kind, states, running, version, grown, why)
             await self.registry.annotate(route, kind, version, queued={"behind": running, "why": why})
             return RolloutDecision(route, kind, version, "queued", f"queued behind canary {running}: {why}")
         if share > 0:
             reason = f"canary at {share:.0%}: {why}"
-            exposure, cur = await self._exposure(route, kind)
+            exposure, cur = await self.facts.exposure(route, kind)
             wide_open = exposure - share >= 0.05
             if wide_open:  # recorded before the canary starts: every replica's decisions read it
                 await self.registry.annotate(route, kind, version, exposure={
@@ -150,22 +133,6 @@ class Rollout:
         await self.registry.move(route, kind, version, "promoted", reason)
         return RolloutDecision(route, kind, version, "promoted", reason)
 
-    async def _grown(self, route: str, kind: ArtifactKind, inner: str | None, outer: str) -> int | None:
-        """How many examples index `outer` adds to index `inner` when it holds all of them, built
-        by the same embedder (None otherwise, or for another kind)."""
-        if kind != "index" or inner is None:
-            return None
-        key = (route, inner, outer)
-        if key not in self._growth:
-            old, new = await self.registry.get(route, kind, inner), await self.registry.get(route, kind, outer)
-            grown = None
-            if old is not None and new is not None and isinstance(old.body, dict) and isinstance(new.body, dict):
-                before, after = set(example_ids(old.body)), set(example_ids(new.body))
-                if old.body.get("embedder") == new.body.get("embedder") and before < after:
-                    grown = len(after - before)
-            self._growth[key] = grown  # artifact bodies never change
-        return self._growth[key]
-
     async def _supersede(self, route: str, kind: ArtifactKind, states: KindStates, running: str, version: str,
                          grown: int, why: str) -> RolloutDecision:
         """`version` grew from the running canary (its examples and more): it takes
@@ -173,7 +140,7 @@ class Rollout:
         canary). Queued behind it, every newer correction would wait for the decision; replacing
         it without its evidence, a canary that keeps growing would never be decided."""
         old = await self.registry.get(route, kind, running)
-        ev = old.evaluation if old is not None and isinstance(old.evaluation, dict) else {}
+        ev = evaluation_of(old)
         chain = ev.get("chain") or {"since": states.versions[running].since, "versions": []}
         fields: dict[str, Any] = {"chain": {"since": chain["since"], "versions": [*chain["versions"], running]}}
         if isinstance(ev.get("exposure"), dict):
@@ -187,18 +154,6 @@ class Rollout:
         await self.registry.set_share(route, kind, version, share, reason)
         return RolloutDecision(route, kind, version, "canary", reason, share=share)
 
-    async def _members(self, route: str, kind: ArtifactKind, canary: str, since: float) -> tuple[set[str], float]:
-        """The versions whose calls are the canary's evidence (it and those it superseded) and
-        since when."""
-        key = (route, kind, canary)
-        if key not in self._chains:
-            rec = await self.registry.get(route, kind, canary)
-            ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
-            chain = ev.get("chain") if isinstance(ev.get("chain"), dict) else None
-            self._chains[key] = None if chain is None else (tuple(chain["versions"]), float(chain["since"]))
-        found = self._chains[key]
-        return ({canary}, since) if found is None else ({canary, *found[0]}, found[1])
-
     async def reject(self, route: str, kind: ArtifactKind, version: str, why: str) -> RolloutDecision:
         """Mark a candidate rejected, with the reason."""
         await self.registry.move(route, kind, version, "rejected", why)
@@ -210,9 +165,9 @@ class Rollout:
         canary = states.canary
         if canary is None:
             return None
-        members, since = await self._members(route, kind, canary, states.versions[canary].since)
+        members, since = await self.facts.members(route, kind, canary, states.versions[canary].since)
         served_by = SERVED_BY[kind]
-        chat = {c.id: c for c in await _calls_since(self.registry, route, since) if c.endpoint == "chat"}
+        chat = {c.id: c for c in await calls_since(self.registry, route, since) if c.endpoint == "chat"}
         per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
         for fb in await self.registry.store.list_feedback(route=route, since=since):
             if fb.call_id in chat:
@@ -246,9 +201,9 @@ class Rollout:
             if fig is None or ks is None:
                 continue
             seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
-                         rule, await self._prior(route, kind, fig.canary),
-                         floor=await self._floor(route, kind, fig.canary),
-                         grows=await self._grown(route, kind, fig.current, fig.canary) is not None)
+                         rule, await self.facts.prior(route, kind, fig.canary),
+                         floor=await self.facts.floor(route, kind, fig.canary),
+                         grows=await self.facts.grown(route, kind, fig.current, fig.canary) is not None)
             reason = f"{describe(fig)}; {seq.why}"
             if seq.verdict == "continue":
                 recorded = ks.versions[fig.canary].share
@@ -267,7 +222,8 @@ class Rollout:
                 await self.registry.move(route, kind, fig.canary, action, reason)
             except TransitionRefused:  # another replica decided first
                 continue
-            implicated = await self._implicated(route, kind, fig) if action == "rolled_back" else None
+            implicated = (await self.facts.implicated(route, kind, fig.canary, fig.since)
+                          if action == "rolled_back" else None)
             await self.registry.annotate(route, kind, fig.canary, online=asdict(fig), sequential=_figures(seq),
                                          decided_at=time.time(),
                                          **({} if implicated is None else {"implicated": implicated}))
@@ -285,11 +241,11 @@ class Rollout:
         out = [await self.reject(route, kind, v, f"superseded by {queued[-1]} (queued behind {decided})")
                for v in queued[:-1]]
         newest = await self.registry.get(route, kind, queued[-1])
-        ev = newest.evaluation if newest is not None and isinstance(newest.evaluation, dict) else {}
+        ev = evaluation_of(newest)
         why = str((ev.get("queued") or {}).get("why", "offline evaluation passed"))
         if action == "rolled_back":
             old = await self.registry.get(route, kind, decided)
-            old_ev = old.evaluation if old is not None and isinstance(old.evaluation, dict) else {}
+            old_ev = evaluation_of(old)
             shared = set(ev.get("added") or ()) & set(blamed(old_ev))
             if shared:
                 out.append(await self.reject(route, kind, queued[-1], f"carries {len(shared)} examples of "
@@ -298,85 +254,18 @@ class Rollout:
         out.append(await self._begin(route, kind, queued[-1], f"{why} (was queued behind {decided}, {action})"))
         return out
 
-    async def _implicated(self, route: str, kind: ArtifactKind, fig: OnlineFigures) -> list[str] | None:
-        """Of the examples a rolled-back index canary added, those retrieved into its calls that
-        were rated bad, and those giving the same answer: what later datasets leave out. A canary
-        judged on a handful of calls can be rolled back by chance; blocking every example it added
-        would throw good corrections away for good, while a poisoned example shows up in the bad
-        calls it was retrieved into."""
-        rec = await self.registry.get(route, kind, fig.canary) if kind == "index" else None
-        ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
-        added = set(ev.get("added") or ())
-        if not added:
-            return None
-        members, _ = await self._members(route, kind, fig.canary, fig.since)
-        served = {c.id: c for c in await _calls_since(self.registry, route, fig.since)
-                  if c.index_version in members and added.intersection(c.retrieved_ids)}
-        per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
-        for fb in await self.registry.store.list_feedback(route=route, since=fig.since):
-            if fb.call_id in served:
-                per_call[fb.call_id].append(fb)
-        bad = {e for cid, fbs in per_call.items() if (q := call_quality(fbs, "any")) is not None and q < 0.5
-               for e in added.intersection(served[cid].retrieved_ids)}
-        # a poisoned batch repeats one wrong answer: its examples no bad call happened to retrieve go too
-        outputs = {str(e.get("id")): " ".join(str(e.get("output", "")).split()).casefold()
-                   for e in (rec.body.get("examples", []) if rec is not None and isinstance(rec.body, dict) else [])
-                   if isinstance(e, dict)}
-        wrong = {outputs[e] for e in bad if e in outputs}
-        return sorted(bad | {e for e in added if outputs.get(e) in wrong})
-
     async def _opening_share(self, route: str, kind: ArtifactKind, version: str) -> float | None:
         """The share the sequential rule gives a new canary on its offline evidence alone: current
         as replayed (n held-out calls at its offline mean), the canary as the prior shifted by the
         offline delta. A tie stays at `canary_share`; a large gain on enough cases opens wider."""
         rec = await self.registry.get(route, kind, version)
-        ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
+        ev = evaluation_of(rec)
         offline = ev.get("offline") or {}
         n, current, delta = offline.get("n"), offline.get("current"), offline.get("delta")
         if kind == "policy" or not (isinstance(n, int) and n > 0 and isinstance(current, int | float)
                                     and isinstance(delta, int | float)):
             return None
         return decide(ArmEvidence(0, 0.0), ArmEvidence(n, n * current), Rule.of(self._settings()), delta).share
-
-    async def _exposure(self, route: str, kind: ArtifactKind) -> tuple[float, ArmEvidence]:
-        """The share a new canary of `kind` may open at given current's online quality
-        (learners/sequential.py `exposure_share`): the newest `_EXPOSURE_CALLS` rated chat calls of
-        the route in the last hour that the kind's current version served (its canary calls too)."""
-        rule = Rule.of(self._settings())
-        if kind not in AUGMENTING_KINDS:  # a policy's quality is the route's own metric: no shortcut
-            return rule.base_share, ArmEvidence(0, 0.0)
-        current = (await self.registry.states(route, kind)).current
-        since = time.time() - _EXPOSURE_WINDOW_S
-        served = {c.id for c in await _calls_since(self.registry, route, since)
-                  if c.endpoint == "chat" and SERVED_BY[kind](c) == current}
-        per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
-        for fb in await self.registry.store.list_feedback(route=route, since=since):
-            if fb.call_id in served:
-                per_call[fb.call_id].append(fb)
-        qs = [q for fbs in per_call.values() if (q := call_quality(fbs, "any")) is not None][-_EXPOSURE_CALLS:]
-        evidence = ArmEvidence(len(qs), sum(qs))
-        return exposure_share(rule, evidence), evidence
-
-    async def _floor(self, route: str, kind: ArtifactKind, version: str) -> float | None:
-        """The exposure share `version` opened at (None: `canary_share`)."""
-        key = (route, kind, version)
-        if key not in self._floors:
-            rec = await self.registry.get(route, kind, version)
-            ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
-            share = (ev.get("exposure") or {}).get("share")
-            self._floors[key] = float(share) if isinstance(share, int | float) else None
-        return self._floors[key]
-
-    async def _prior(self, route: str, kind: ArtifactKind, version: str) -> float | None:
-        """The offline evaluation's quality delta of `version` (None when it has none)."""
-        key = (route, kind, version)
-        if key not in self._priors:
-            rec = await self.registry.get(route, kind, version)
-            ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
-            offline = ev.get("offline") if kind != "policy" else ev.get("verdict")
-            delta = (offline or {}).get("delta" if kind != "policy" else "quality_delta")
-            self._priors[key] = float(delta) if isinstance(delta, int | float) else None
-        return self._priors[key]
 
     async def rollback(self, route: str, version: str | None = None,
                        reason: str = "rolled back by admin") -> RolloutDecision:
@@ -412,13 +301,6 @@ class Rollout:
         if vs.state == "canary":
             await self._dequeue(route, kind, version, "rolled_back")
         return RolloutDecision(route, kind, version, "rolled_back", reason)
-
-
-def blamed(evaluation: dict[str, Any]) -> list[str]:
-    """The example ids a rolled-back or refused version is blamed for: those its canary's bad calls
-    retrieved (`implicated`, set when the online decision rolled it back), else every one it added."""
-    implicated = evaluation.get("implicated")
-    return list(implicated if isinstance(implicated, list) else evaluation.get("added") or ())
 
 
 def _figures(seq: SequentialVerdict) -> dict[str, float]:

@@ -170,7 +170,7 @@ async def test_without_a_user_the_split_is_per_call_never_per_key() -> None:
 
 
 async def test_a_rolled_back_index_is_blamed_for_the_examples_its_bad_calls_retrieved(store: SqlStore) -> None:
-    from learners.rollout import blamed
+    from learners.canary_facts import blamed
 
     reg = ArtifactRegistry(store)
     await reg.save_candidate("bot", "index", {"v": 1}, M, version="i1")
