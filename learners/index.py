@@ -43,14 +43,16 @@ def example_ids(body: Any) -> list[str]:
 
 
 def tuning_grid(rs: RetrievalSettings) -> list[Tuning]:
-    """The route's settings first (they win ties), then wider dense, hybrid and BM25 retrieval with
+    """The route's settings first (they win ties), then wider dense (nearest closest, or the
+    examples that agree closest: retrieval/lexical.py `arrange`), hybrid and BM25 retrieval with
     thresholds relative to the best match: an absolute cosine floor that suits one embedder and
     task filters out most neighbours on another."""
-    base = Tuning(rs.scoring, rs.k, rs.min_score, rs.relative_min)
+    base = Tuning(rs.scoring, rs.k, rs.min_score, rs.relative_min, rs.order)
     if not rs.tune or rs.k == 0:
         return [base]
     k = max(rs.k, 8)
-    grid = [base, Tuning("dense", k, -1.0, 0.0), Tuning("hybrid", k, -1.0, 0.6), Tuning("bm25", k, 0.0, 0.5)]
+    grid = [base, Tuning("dense", k, -1.0, 0.0), Tuning("dense", k, -1.0, 0.0, "agreeing"),
+            Tuning("hybrid", k, -1.0, 0.6), Tuning("bm25", k, 0.0, 0.5)]
     return list(dict.fromkeys(grid))
 
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 Scoring = Literal["dense", "bm25", "hybrid"]
+Order = Literal["nearest", "agreeing"]
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+_Hit = TypeVar("_Hit")
 
 
 def tokens(text: str) -> list[str]:
@@ -39,6 +41,9 @@ class Tuning:
     k: int = 4
     min_score: float = 0.3
     relative_min: float = 0.0
+    # how the hits are laid out before the question (`arrange`): "nearest" closest last;
+    # "agreeing": the hits that give the answer most of them give closest, then the rest
+    order: Order = "nearest"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (the index artifact's `retrieval`)."""
@@ -50,14 +55,18 @@ class Tuning:
         scoring = str(d.get("scoring", "dense"))
         if scoring not in ("dense", "bm25", "hybrid"):
             raise ValueError(f"unknown scoring {scoring!r}")
+        order = str(d.get("order", "nearest"))
+        if order not in ("nearest", "agreeing"):
+            raise ValueError(f"unknown order {order!r}")
         return cls(scoring, int(d.get("k", 4)), float(d.get("min_score", 0.3)),  # type: ignore[arg-type]
-                   float(d.get("relative_min", 0.0)))
+                   float(d.get("relative_min", 0.0)), order)  # type: ignore[arg-type]
 
     def describe(self) -> str:
         """One line: "hybrid k=8, >= 0.6 x best"."""
         floor = f", >= {self.min_score:.2f}" if self.min_score > -1 else ""
         rel = f", >= {self.relative_min:.1f} x best" if self.relative_min > 0 else ""
-        return f"{self.scoring} k={self.k}{floor}{rel}"
+        order = ", agreeing closest" if self.order == "agreeing" else ""
+        return f"{self.scoring} k={self.k}{floor}{rel}{order}"
 
 
 class BM25:
@@ -88,6 +97,31 @@ class BM25:
             tf = np.fromiter((t for _, t in posting), dtype=np.float32, count=len(posting))
             out[idx] += idf * tf * (self._k1 + 1) / (tf + self._norm[idx])
         return out
+
+
+def answer_key(answer: str) -> str:
+    """What two example answers must share to count as the same: case and spacing aside."""
+    return " ".join(answer.split()).casefold()
+
+
+def arrange(hits: Sequence[tuple[_Hit, float]], order: Order,
+            answer: Callable[[_Hit], str]) -> list[tuple[_Hit, float]]:
+    """Hits (best first) in the order they are listed for injection, the first put closest to the question.
+
+    "agreeing": the hits whose answer most hits give (at least two; a tie goes to the answer of
+    the better hit) first, then the others, each group best first. A small model copies what it
+    saw last far more than it weighs every example: put the consensus there and it answers with
+    the consensus instead of the one nearest neighbour. Where answers never repeat (free text)
+    nothing moves.
+    """
+    if order == "nearest" or len(hits) < 3:
+        return list(hits)
+    counts = Counter(answer_key(answer(h)) for h, _ in hits)
+    top, n = max(counts.items(), key=lambda kv: kv[1])  # max keeps the first (best) of equals
+    if n < 2:
+        return list(hits)
+    return ([x for x in hits if answer_key(answer(x[0])) == top]
+            + [x for x in hits if answer_key(answer(x[0])) != top])
 
 
 def select(scored: Sequence[tuple[int, float]], tuning: Tuning, limit: int) -> list[tuple[int, float]]:

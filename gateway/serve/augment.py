@@ -35,7 +35,7 @@ from gateway.serve.pipeline import Augmentation, RequestContext
 from gateway.serve.templating import CompiledTemplate, TemplateError, standard_variables
 from policies.featurise import memory_agreement, memory_answer
 from retrieval.examples import ExampleIndex, with_few_shot
-from retrieval.lexical import Tuning
+from retrieval.lexical import Tuning, arrange
 
 log = logging.getLogger("flywheel.augment")
 
@@ -136,7 +136,8 @@ async def apply(
             log.error("route %s: template %s skipped: %s", route, serving.template.version, exc)
             notes.append(f"template {serving.template.version} failed to render")
     tuning = serving.index.index.tuning if serving.index is not None else None
-    tuning = tuning or Tuning(retrieval.scoring, retrieval.k, retrieval.min_score, retrieval.relative_min)
+    tuning = tuning or Tuning(retrieval.scoring, retrieval.k, retrieval.min_score, retrieval.relative_min,
+                              retrieval.order)
     if serving.index is not None and tuning.k > 0 and embed is not None and len(serving.index.index):
         question = query_text(out)
         if question.strip():
@@ -148,12 +149,13 @@ async def apply(
                 index = serving.index.index
                 hits = index.search(vec, question, tuning, tuning.k + len(exclude_calls))
                 hits = [h for h in hits if h[0].source_call_id not in exclude_calls][: tuning.k]
+                if hits:  # the memory features read the hits best first, before they are arranged
+                    score, agreement = hits[0][1], memory_agreement(e.output for e, _ in hits)
+                    answer = memory_answer(e.output for e, _ in hits)
+                hits = arrange(hits, tuning.order, lambda e: e.output)
                 out = with_few_shot(out, hits)
                 index_version = serving.index.version
                 retrieved = tuple(e.id for e, _ in hits)
-                if hits:
-                    score, agreement = hits[0][1], memory_agreement(e.output for e, _ in hits)
-                    answer = memory_answer(e.output for e, _ in hits)
     return Augmentation(out, template_version, index_version, retrieved, "; ".join(notes),
                         memory_score=score, memory_agreement=agreement, memory_answer=answer)
 

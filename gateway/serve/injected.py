@@ -43,10 +43,11 @@ def client_messages(rec: CallRecord) -> list[dict[str, Any]] | None:
 
 
 def injected_examples(rec: CallRecord) -> list[tuple[str, str]]:
-    """The (input, output) examples retrieval injected into a stored call, nearest first."""
+    """The (input, output) examples retrieval injected into a stored call, the one closest to the
+    question first (the nearest, unless the index's `order` put the agreeing ones there)."""
     split = _undo_augmentation(rec)
     if split is None:
         return []
     shots = split[1]
     pairs = [(message_text(shots[i]), message_text(shots[i + 1])) for i in range(0, len(shots) - 1, 2)]
-    return pairs[::-1]  # the augmenter puts the nearest example last, next to the question
+    return pairs[::-1]  # the augmenter puts the first listed example last, next to the question

@@ -55,3 +55,35 @@ def test_the_grid_starts_with_the_route_settings_and_can_be_turned_off() -> None
     grid = tuning_grid(RetrievalSettings(k=3, min_score=0.2))
     assert grid[0] == Tuning("dense", 3, 0.2, 0.0) and {t.scoring for t in grid} == {"dense", "bm25", "hybrid"}
     assert tuning_grid(RetrievalSettings(tune=False)) == [Tuning()]
+
+
+def test_agreeing_order_puts_the_consensus_closest_to_the_question() -> None:
+    from retrieval.lexical import arrange
+
+    hits = [("a1", 0.9), ("b1", 0.8), ("b2", 0.7), ("a2", 0.6), ("b3", 0.5)]  # best first
+
+    def answer(h: str) -> str:
+        return {"a": "Positive", "b": " negative "}[h[0]]
+
+    assert [h for h, _ in arrange(hits, "agreeing", answer)] == ["b1", "b2", "b3", "a1", "a2"]
+    assert arrange(hits, "nearest", answer) == hits
+    unique = [(f"x{i}", 1.0 - i / 10) for i in range(4)]  # free-text answers never repeat: nothing moves
+    assert arrange(unique, "agreeing", lambda h: h) == unique
+    tie = [("a1", 0.9), ("b1", 0.8), ("b2", 0.7), ("a2", 0.6)]  # two each: the better hit's answer wins
+    assert [h for h, _ in arrange(tie, "agreeing", answer)] == ["a1", "a2", "b1", "b2"]
+    t = Tuning("dense", 8, -1.0, 0.0, "agreeing")
+    assert Tuning.from_dict(t.to_dict()) == t and t.describe().endswith("agreeing closest")
+    assert t in tuning_grid(RetrievalSettings())  # the learning cycle tries it on held-out calls
+
+
+async def test_an_agreeing_index_injects_the_consensus_next_to_the_question() -> None:
+    texts = ["great film", "great movie", "great show", "great book", "great song"]
+    outs = ["negative", "positive", "positive", "negative", "positive"]
+    ex = [Example(f"p{i}", t, o, f"c{i}", "correction", float(i)) for i, (t, o) in enumerate(zip(texts, outs))]
+    index = ExampleIndex.build(ex, EMB).with_tuning(Tuning("dense", 5, -1.0, 0.0, "agreeing"))
+    msgs = [{"role": "user", "content": "great film"}]
+    aug = await apply("bot", msgs, ServingSet(None, LoadedIndex("i1", index)), RetrievalSettings(), embed)
+    assert aug is not None and len(aug.retrieved_ids) == 5
+    # the last example before the question gives the answer most neighbours give
+    assert aug.messages[-2] == {"role": "assistant", "content": "positive"}
+    assert aug.memory_answer == "positive" and aug.memory_score > 0.99  # read best first: "great film" itself
