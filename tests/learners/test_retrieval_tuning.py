@@ -79,7 +79,8 @@ def test_agreeing_order_puts_the_consensus_closest_to_the_question() -> None:
 async def test_an_agreeing_index_injects_the_consensus_next_to_the_question() -> None:
     texts = ["great film", "great movie", "great show", "great book", "great song"]
     outs = ["negative", "positive", "positive", "negative", "positive"]
-    ex = [Example(f"p{i}", t, o, f"c{i}", "correction", float(i)) for i, (t, o) in enumerate(zip(texts, outs, strict=True))]
+    ex = [Example(f"p{i}", t, o, f"c{i}", "correction", float(i))
+          for i, (t, o) in enumerate(zip(texts, outs, strict=True))]
     index = ExampleIndex.build(ex, EMB).with_tuning(Tuning("dense", 5, -1.0, 0.0, "agreeing"))
     msgs = [{"role": "user", "content": "great film"}]
     aug = await apply("bot", msgs, ServingSet(None, LoadedIndex("i1", index)), RetrievalSettings(), embed)
