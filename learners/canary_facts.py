@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from gateway.capture.quality import call_quality
@@ -25,6 +25,7 @@ from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord
 from learners.index import example_ids
 from learners.sequential import ArmEvidence, Rule, exposure_share
+from retrieval.lexical import answer_key
 
 SERVED_BY: dict[ArtifactKind, Callable[[CallRecord], str | None]] = {
     "template": lambda c: c.template_version,
@@ -47,6 +48,15 @@ async def calls_since(registry: ArtifactRegistry, route: str, since: float) -> l
         if len(page) < _PAGE:
             break
     return calls
+
+
+async def qualities(registry: ArtifactRegistry, route: str, since: float, calls: Collection[str]) -> dict[str, float]:
+    """The quality of each of `calls` that has rated feedback since `since` (`call_quality`, "any")."""
+    per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
+    for fb in await registry.store.list_feedback(route=route, since=since):
+        if fb.call_id in calls:
+            per_call[fb.call_id].append(fb)
+    return {cid: q for cid, fbs in per_call.items() if (q := call_quality(fbs, "any")) is not None}
 
 
 def evaluation_of(rec: ArtifactRecord | None) -> dict[str, Any]:
@@ -111,11 +121,7 @@ class CanaryFacts:
         since = time.time() - _EXPOSURE_WINDOW_S
         served = {c.id for c in await calls_since(self.registry, route, since)
                   if c.endpoint == "chat" and SERVED_BY[kind](c) == current}
-        per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
-        for fb in await self.registry.store.list_feedback(route=route, since=since):
-            if fb.call_id in served:
-                per_call[fb.call_id].append(fb)
-        qs = [q for fbs in per_call.values() if (q := call_quality(fbs, "any")) is not None][-_EXPOSURE_CALLS:]
+        qs = list((await qualities(self.registry, route, since, served)).values())[-_EXPOSURE_CALLS:]
         evidence = ArmEvidence(len(qs), sum(qs))
         return exposure_share(rule, evidence), evidence
 
@@ -154,14 +160,10 @@ class CanaryFacts:
         members, _ = await self.members(route, kind, canary, since)
         served = {c.id: c for c in await calls_since(self.registry, route, since)
                   if c.index_version in members and added.intersection(c.retrieved_ids)}
-        per_call: dict[str, list[FeedbackRecord]] = defaultdict(list)
-        for fb in await self.registry.store.list_feedback(route=route, since=since):
-            if fb.call_id in served:
-                per_call[fb.call_id].append(fb)
-        bad = {e for cid, fbs in per_call.items() if (q := call_quality(fbs, "any")) is not None and q < 0.5
+        bad = {e for cid, q in (await qualities(self.registry, route, since, served)).items() if q < 0.5
                for e in added.intersection(served[cid].retrieved_ids)}
         # a poisoned batch repeats one wrong answer: its examples no bad call happened to retrieve go too
-        outputs = {str(e.get("id")): " ".join(str(e.get("output", "")).split()).casefold()
+        outputs = {str(e.get("id")): answer_key(str(e.get("output", "")))
                    for e in (rec.body.get("examples", []) if rec is not None and isinstance(rec.body, dict) else [])
                    if isinstance(e, dict)}
         wrong = {outputs[e] for e in bad if e in outputs}
