@@ -51,7 +51,7 @@ def tuning_grid(rs: RetrievalSettings) -> list[Tuning]:
     if not rs.tune or rs.k == 0:
         return [base]
     k = max(rs.k, 8)
-    grid = [base, Tuning("dense", k, -1.0, 0.0), Tuning("dense", k, -1.0, 0.0, "agreeing"),
+    grid = [base, Tuning("dense", k, -1.0, 0.0), Tuning("dense", k, -1.0, 0.5, "agreeing"),
             Tuning("hybrid", k, -1.0, 0.6), Tuning("bm25", k, 0.0, 0.5)]
     return list(dict.fromkeys(grid))
 

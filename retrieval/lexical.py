@@ -108,17 +108,17 @@ def arrange(hits: Sequence[tuple[_Hit, float]], order: Order,
             answer: Callable[[_Hit], str]) -> list[tuple[_Hit, float]]:
     """Hits (best first) in the order they are listed for injection, the first put closest to the question.
 
-    "agreeing": the hits whose answer most hits give (at least two; a tie goes to the answer of
-    the better hit) first, then the others, each group best first. A small model copies what it
-    saw last far more than it weighs every example: put the consensus there and it answers with
-    the consensus instead of the one nearest neighbour. Where answers never repeat (free text)
-    nothing moves.
+    "agreeing": when more than half of the hits give one answer, those hits first, then the
+    others, each group best first. A small model copies what it saw last far more than it weighs
+    every example: put the consensus there and it answers with the consensus instead of the one
+    nearest neighbour. Without a majority (free text, many labels and no consensus) nothing moves:
+    a plurality would put a few loosely related look-alikes above a near-duplicate question.
     """
     if order == "nearest" or len(hits) < 3:
         return list(hits)
     counts = Counter(answer_key(answer(h)) for h, _ in hits)
-    top, n = max(counts.items(), key=lambda kv: kv[1])  # max keeps the first (best) of equals
-    if n < 2:
+    top, n = max(counts.items(), key=lambda kv: kv[1])
+    if 2 * n <= len(hits):
         return list(hits)
     return ([x for x in hits if answer_key(answer(x[0])) == top]
             + [x for x in hits if answer_key(answer(x[0])) != top])
