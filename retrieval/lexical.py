@@ -42,7 +42,7 @@ class Tuning:
     min_score: float = 0.3
     relative_min: float = 0.0
     # how the hits are laid out before the question (`arrange`): "nearest" closest last;
-    # "agreeing": the hits that give the answer most of them give closest, then the rest
+    # "agreeing": when more than half of the hits give one answer, those closest, then the rest
     order: Order = "nearest"
 
     def to_dict(self) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class RetrievalSettings(_Strict):
     min_score: float = Field(0.3, ge=-1, le=1)
     scoring: Literal["dense", "bm25", "hybrid"] = "dense"  # cosine, lexical BM25, or their mean
     relative_min: float = Field(0.0, ge=0, le=1)  # keep hits scoring >= this x the best hit's score
-    # "agreeing": the hits giving the answer most of them give go closest to the question (retrieval/lexical.py)
+    # "agreeing": when most hits give one answer, those go closest to the question (retrieval/lexical.py)
     order: Literal["nearest", "agreeing"] = "nearest"
     tune: bool = True  # let the learning cycle choose k, scoring and thresholds by held-out evaluation
     # PII types learned examples of this route may keep (a name-extraction task must see names);
