@@ -218,15 +218,16 @@ class Rollout:
                 out.append(RolloutDecision(route, kind, fig.canary, "waiting", reason, fig, new_share))
                 continue
             action: Literal["promoted", "rolled_back"] = "promoted" if seq.verdict == "promote" else "rolled_back"
+            implicated = (await self.facts.implicated(route, kind, fig.canary, fig.since)
+                          if action == "rolled_back" else None)
+            if implicated is not None:  # written first: whoever reads the rolled-back state reads its blame
+                await self.registry.annotate(route, kind, fig.canary, implicated=implicated)
             try:
                 await self.registry.move(route, kind, fig.canary, action, reason)
             except TransitionRefused:  # another replica decided first
                 continue
-            implicated = (await self.facts.implicated(route, kind, fig.canary, fig.since)
-                          if action == "rolled_back" else None)
             await self.registry.annotate(route, kind, fig.canary, online=asdict(fig), sequential=_figures(seq),
-                                         decided_at=time.time(),
-                                         **({} if implicated is None else {"implicated": implicated}))
+                                         decided_at=time.time())
             out.append(RolloutDecision(route, kind, fig.canary, action, reason, fig))
             out += await self._dequeue(route, kind, fig.canary, action)
         return out
