@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from gateway.background import cancel_and_wait
@@ -154,27 +155,39 @@ class LearningLoop:
     # -- schedule -------------------------------------------------------------------------------
     async def _run(self) -> None:
         last = time.monotonic()
+
+        async def scheduled_pass() -> None:
+            nonlocal last  # ordinary feedback is learned from every interval_s, corrections at once
+            due = time.monotonic() - last >= self.host.settings.learners.interval_s
+            last = time.monotonic() if due else last
+            await self.tick(due=due)
+
+        # Woken by feedback: on a busy route a fixed poll lets hundreds of calls pass before a
+        # correction is learned from.
+        await self._passes(self._learn_wake, lambda: max(0.05, min(self.host.settings.learners.interval_s, _POLL_S)),
+                           _LEARN_MIN_S, scheduled_pass, "learning loop iteration")
+
+    async def _passes(self, wake: asyncio.Event, period: Callable[[], float], rest_s: float,
+                      work: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run `work` when `wake` is set, else every `period()` seconds, then rest `rest_s` (a burst
+        of feedback makes one pass, not one per row); only with learning enabled on the lease
+        holder, the feedback that woke it flushed first (it must be readable in the store), and
+        outliving a pass that fails."""
         while True:
-            # Wake on feedback (a correction is learned from within a second or two: on a busy route
-            # a fixed poll lets hundreds of calls pass first), else every few seconds; learn from
-            # ordinary feedback every interval_s.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._learn_wake.wait(),
-                                       max(0.05, min(self.host.settings.learners.interval_s, _POLL_S)))
-            woken = self._learn_wake.is_set()
-            self._learn_wake.clear()
+                await asyncio.wait_for(wake.wait(), period())
+            woken = wake.is_set()
+            wake.clear()
             try:
                 if self.host.settings.learners.enabled and self.lease.held():
-                    if woken:  # the feedback that woke us must be readable in the store
+                    if woken:
                         await self.host.flush_captured(2.0)
-                    due = time.monotonic() - last >= self.host.settings.learners.interval_s
-                    last = time.monotonic() if due else last
-                    await self.tick(due=due)
+                    await work()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the loop must outlive one bad cycle
-                log.exception("learning loop iteration failed")
-            await asyncio.sleep(_LEARN_MIN_S)  # a burst of feedback makes one pass, not one per row
+            except Exception:
+                log.exception("%s failed", what)
+            await asyncio.sleep(rest_s)
 
     async def tick(self, *, due: bool = True) -> list[str]:
         """One scheduled pass over every route that may learn: a cycle where a correction arrived
@@ -206,21 +219,7 @@ class LearningLoop:
 
     async def _decide_loop(self) -> None:
         """Decide running canaries beside any cycle: every `_DECIDE_S`, sooner after feedback."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _DECIDE_S)
-            woken = self._wake.is_set()
-            self._wake.clear()
-            try:
-                if self.host.settings.learners.enabled and self.lease.held():
-                    if woken:  # the feedback that woke us must be readable in the store
-                        await self.host.flush_captured(2.0)
-                    await self.decide_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # decisions must outlive one bad pass
-                log.exception("canary decision pass failed")
-            await asyncio.sleep(_DECIDE_MIN_S)
+        await self._passes(self._wake, lambda: _DECIDE_S, _DECIDE_MIN_S, self.decide_all, "canary decision pass")
 
     async def decide_all(self) -> list[RolloutDecision]:
         """One pass of canary decisions over every route that may learn and is not paused (the
