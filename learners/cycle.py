@@ -27,8 +27,9 @@ from learners import guardrails
 from learners.dataset import CurateConfig, Dataset, DatasetStats, EvalCase, curate, load_records
 from learners.economy import Economy, content_hash
 from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
+from learners.growth import serving_index
 from learners.halving import Halving, first_slice, successive_halving
-from learners.index import example_ids, fit_index, tuning_grid
+from learners.index import IndexCandidate, example_ids, fit_index, tuning_grid
 from learners.rollout import Rollout, RolloutDecision
 from learners.routing_replay import replay_variants
 from learners.scoring import build_metric
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber
 
 Outcome = Literal["canary", "promoted", "rejected", "queued"]
+# "grow": only indices that add to the serving one, judged online (seconds, on every correction);
+# "full": also the replayed evaluations (retrieval tuning, templates; minutes on a slow upstream)
+Lane = Literal["grow", "full"]
 MAX_CASES = 100  # held-out calls replayed per arm; the budget may stop earlier
 
 
@@ -97,10 +101,15 @@ class CycleDeps:
 
 
 class LearningCycle:
-    """Runs `learn(route)` once; a new object per cycle keeps per-run state (budget, memo) local."""
+    """Runs `learn(route)` once; a new object per cycle keeps per-run state (budget, memo) local.
 
-    def __init__(self, deps: CycleDeps, cfg: LearnerSettings, route: str, rs: RouteSettings) -> None:
+    The learning loop runs the two lanes side by side (learners/loop.py), so a minutes-long
+    evaluation never holds back the next correction's index (learners/growth.py)."""
+
+    def __init__(self, deps: CycleDeps, cfg: LearnerSettings, route: str, rs: RouteSettings,
+                 lane: Lane = "full") -> None:
         self.d = deps
+        self.lane = lane
         self.cfg = cfg
         self.route = route
         self.rs = rs
@@ -149,7 +158,7 @@ class LearningCycle:
                                  cur.index.version if cur.index else None)
         steps: tuple[tuple[ArtifactKind, Callable[[Dataset, Embedder], Awaitable[None]]], ...] = (
             ("index", self._index), ("template", self._template))
-        for kind, learn in steps:
+        for kind, learn in steps[:1] if self.lane == "grow" else steps:
             left = self.d.economy.sits_out(self.route, kind) if self.d.economy else 0
             if left:
                 r.skipped.append(f"{kind}: sits out this cycle after repeated rejections ({left - 1} more)")
@@ -230,8 +239,9 @@ class LearningCycle:
 
     async def _settle(self, kind: ArtifactKind, body: Any, manifest: Manifest, problems: list[str],
                       arm: ArmResult | None, extra: dict[str, Any], trials: tuple[tuple[str, float], ...] = (),
-                      content: str | None = None) -> None:
-        """Store the candidate with its evaluation, then reject it or start its rollout."""
+                      content: str | None = None, online: str | None = None) -> None:
+        """Store the candidate with its evaluation, then reject it or start its rollout (`online`:
+        why it is judged by the canary alone, without an offline evaluation)."""
         content = content or content_hash(body)
         ev = gate(await self._current(arm), arm, self.cfg, self.cfg.metric, self.budget, trials=trials,
                   require_gain=kind == "template") if arm else None
@@ -245,12 +255,9 @@ class LearningCycle:
                       **extra}
         reason = ("guardrails: " + "; ".join(problems) if problems
                   else ev.reason if ev is not None else "not evaluated")
-        online_only = kind == "index" and not problems and ev is None and self._too_few()
+        online_only = online is not None and not problems and ev is None
         if online_only:
-            reason = (f"{len(self.cases)} held-out calls with a reference, fewer than min_samples "
-                      f"{self.cfg.min_samples}: judged online by the canary alone")
-            evaluation["offline"] = None
-            evaluation["online_only"] = reason
+            reason = evaluation["online_only"] = str(online)
         rec = await self.d.registry.save_candidate(self.route, kind, body, manifest, evaluation=evaluation)
         if not online_only and (problems or ev is None or not ev.passed):
             decision = await self.d.rollout.reject(self.route, kind, rec.version, reason)
@@ -273,9 +280,9 @@ class LearningCycle:
         return await self.d.registry.get(self.route, kind, newest.version)
 
     async def _index(self, ds: Dataset, embedder: Embedder) -> None:
-        parent = await self.d.registry.current(self.route, "index")
-        cand = await asyncio.to_thread(fit_index, ds, embedder, parent=parent.version if parent else None,
-                                       parent_body=parent.body if parent else None)
+        serving = await serving_index(self.d.registry, self.route)
+        due = self.lane == "full" and not self._too_few() and (serving is None or serving.tuning_due(len(self.heldout)))
+        cand = await self._fit_index(ds, embedder, same_too=due)
         if cand is None:
             self.report.skipped.append("index: no change in the curated examples")
             return
@@ -283,35 +290,88 @@ class LearningCycle:
         if last is not None and sorted(example_ids(last.body)) == sorted(e.id for e in cand.examples):
             self.report.skipped.append(f"index: same examples as {last.version}, {last.state}: {last.note}")
             return
-        content = content_hash(embedder.name, sorted(e.id for e in cand.examples))
-        if await self._judged_before("index", content):
+        ids = frozenset(e.id for e in cand.examples)
+        grown = serving.grown_by(ids) if serving is not None else len(ids)
+        tuning = serving.tuning if serving is not None and serving.tuning else self._route_tuning()
+        tuned_on = serving.tuned_on if serving is not None else 0
+        online = None
+        if self._too_few():
+            online = (f"{len(self.cases)} held-out calls with a reference, fewer than min_samples "
+                      f"{self.cfg.min_samples}: judged online by the canary alone")
+        elif grown and not due:
+            online = (f"only adds {grown} examples to {serving.version if serving else 'nothing'}, with its retrieval "
+                      f"{tuning.describe()} (raced on {tuned_on} held-out calls): judged online by the canary alone")
+        elif self.lane == "grow":
+            self.report.skipped.append("index: leaves out examples of the serving index: "
+                                       "left to the evaluation lane (replayed against current)")
             return
-        problems = guardrails.check_index_candidate(cand.examples, cand.manifest, max_examples=self.cfg.max_examples,
+        content = content_hash(embedder.name, sorted(ids))
+        # a due race is judged on new data (the held-out set doubled): the same examples race again
+        if not due and await self._judged_before("index", content):
+            return
+        if serving is not None and ids == serving.ids and not due:
+            self.report.skipped.append(f"index: the same examples as {serving.version}, which serves")
+            return
+        arm, manifest = None, cand.manifest
+        tried: list[tuple[str, float]] = []
+        if online is None:
+            # replayed on the held-out calls: every retrieval setting when they are due a race (the
+            # best kept, learners/growth.py), else the serving ones
+            grid = list(dict.fromkeys([tuning, *tuning_grid(self.rs.retrieval or RetrievalSettings())])) \
+                if due else [tuning]
+            tuning, arm, tried = await self._tune(cand, grid)
+            tuned_on = len(self.heldout) if due else tuned_on
+            if serving is not None and ids == serving.ids and tuning == serving.tuning:
+                # raced again, the serving settings still win: nothing new to serve
+                await self.d.registry.annotate(self.route, "index", serving.version, tuned_on=tuned_on)
+                self.report.skipped.append(f"index: retrieval raced on {tuned_on} held-out calls, "
+                                           f"{serving.version}'s {tuning.describe()} still best")
+                return
+            cand = await self._grown_meanwhile(cand, embedder)
+            manifest = replace(cand.manifest, note=f"{cand.manifest.note}; retrieval {tuning.describe()}")
+        problems = guardrails.check_index_candidate(cand.examples, manifest, max_examples=self.cfg.max_examples,
                                                     scrubber=await self.d.scrubber(), keep=self.keep)
-        # the route's settings, recorded: an index tuned later to the same settings retrieves alike
-        arm, index, manifest, tried = None, cand.index.with_tuning(self._route_tuning()), cand.manifest, []
-        if not problems and not self._too_few():
-            # retrieval tunes itself: each setting replayed on the held-out calls, the best kept
-            current = self.d.current(self.route)
-            grid = {t.describe(): t for t in tuning_grid(self.rs.retrieval or RetrievalSettings())}
-            race = await self._race("index", {label: ServingSet(current.template, LoadedIndex(
-                "candidate", cand.index.with_tuning(t))) for label, t in grid.items()})
-            best: tuple[Tuning, ArmResult] | None = None
-            for label, t in grid.items():
-                a = race.results.get(label)
-                if a is None:
-                    continue
-                tried.append((label, round(a.mean, 4)))
-                if label in race.survivors and a.results and (best is None or a.mean > best[1].mean):
-                    best = (t, a)
-            if best is not None:
-                index, arm = cand.index.with_tuning(best[0]), best[1]
-                manifest = replace(manifest, note=f"{manifest.note}; retrieval {best[0].describe()}")
+        index = cand.index.with_tuning(tuning)
         body = await asyncio.to_thread(index.to_body)
         await self._settle("index", body, manifest, problems, arm,
                            {"added": list(cand.added), "removed": list(cand.removed),
-                            "retrieval": index.tuning.to_dict() if index.tuning else None},
-                           tuple(tried), content=content)
+                            "retrieval": tuning.to_dict(), "tuned_on": tuned_on},
+                           tuple(tried), content=content, online=online)
+
+    async def _fit_index(self, ds: Dataset, embedder: Embedder, *, same_too: bool = False) -> IndexCandidate | None:
+        parent = await self.d.registry.current(self.route, "index")
+        return await asyncio.to_thread(fit_index, ds, embedder, parent=parent.version if parent else None,
+                                       parent_body=parent.body if parent else None, same_too=same_too)
+
+    async def _tune(self, cand: IndexCandidate, grid: list[Tuning]) -> tuple[Tuning, ArmResult | None,
+                                                                             list[tuple[str, float]]]:
+        """Each setting of `grid` replayed on the held-out calls (successive halving); the best
+        survivor with its replays (the first setting, unreplayed, when none has results)."""
+        current = self.d.current(self.route)
+        arms = {t.describe(): t for t in grid}
+        race = await self._race("index", {label: ServingSet(current.template, LoadedIndex(
+            "candidate", cand.index.with_tuning(t))) for label, t in arms.items()})
+        tried: list[tuple[str, float]] = []
+        best: tuple[Tuning, ArmResult] | None = None
+        for label, t in arms.items():
+            a = race.results.get(label)
+            if a is None:
+                continue
+            tried.append((label, round(a.mean, 4)))
+            if label in race.survivors and a.results and (best is None or a.mean > best[1].mean):
+                best = (t, a)
+        return (best[0], best[1], tried) if best is not None else (grid[0], None, tried)
+
+    async def _grown_meanwhile(self, cand: IndexCandidate, embedder: Embedder) -> IndexCandidate:
+        """The candidate refit on the store as it is now, when corrections arrived during its
+        replays and it only gained examples: served at the end of minutes of evaluation, the
+        older candidate would leave them out (and could not take a grown canary's place)."""
+        fresh = await self._fit_index(await self.dataset(), embedder)
+        before = {e.id for e in cand.examples}
+        if fresh is None or not before < {e.id for e in fresh.examples}:
+            return cand
+        note = f"{fresh.manifest.note}; {len(fresh.examples) - len(before)} arrived during its evaluation"
+        return replace(fresh, manifest=replace(fresh.manifest, note=note))
 
     def _route_tuning(self) -> Tuning:
         """The route's own retrieval settings (the first of the tuning grid)."""

@@ -56,13 +56,15 @@ def tuning_grid(rs: RetrievalSettings) -> list[Tuning]:
     return list(dict.fromkeys(grid))
 
 
-def fit_index(dataset: Dataset, embedder: Embedder, *, parent: str | None, parent_body: Any) -> IndexCandidate | None:
-    """Index every curated example; None when the parent already holds exactly these examples."""
+def fit_index(dataset: Dataset, embedder: Embedder, *, parent: str | None, parent_body: Any,
+              same_too: bool = False) -> IndexCandidate | None:
+    """Index every curated example; None when the parent already holds exactly these examples
+    (unless `same_too`: its retrieval settings are to be raced again)."""
     examples = list(dataset.examples)
     old = example_ids(parent_body)
     new = [e.id for e in examples]
     same_model = isinstance(parent_body, dict) and parent_body.get("embedder") == embedder.name
-    if not examples or (same_model and sorted(old) == sorted(new)):
+    if not examples or (same_model and sorted(old) == sorted(new) and not same_too):
         return None
     added = tuple(i for i in new if i not in set(old))
     removed = tuple(i for i in old if i not in set(new))

@@ -4,9 +4,9 @@ It sees the gateway only through `LearningHost` (gateway/learning.py). With `[le
 it wakes when feedback arrives (at most once a second) and every few seconds: for each route
 that may learn, it runs a cycle once
 `min_new_feedback` feedback rows arrived since the last one (looked at every `interval_s`) or,
-with `learn_on_correction`, as soon as a correction did (each route's cycle in a task of its own:
-routes learn side by side, one cycle per route at a time), and otherwise checks running canaries
-(learners/rollout.py: promote, roll back, or grow their share). What a cycle or a
+with `learn_on_correction`, as soon as a correction did (each route's cycles in tasks of their own:
+routes learn side by side; a route in two lanes, `tick`, one cycle per lane at a time), and
+otherwise checks running canaries (learners/rollout.py: promote, roll back, or grow their share). What a cycle or a
 decision changes is written to the store; the gateway's artifact server
 (gateway/serve/artifacts.py) then serves it, at once for this gateway (`refresh`) and within
 `refresh_s` for every other replica. `learn_route` runs one cycle on demand; policy learning
@@ -46,7 +46,7 @@ from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.base import Store
 from learners.canary_facts import blamed
 from learners.controls import Controls
-from learners.cycle import CycleDeps, LearningCycle, LearnReport
+from learners.cycle import CycleDeps, Lane, LearningCycle, LearnReport
 from learners.economy import Economy
 from learners.fencing import AllOf, Fence, FencedStore, LeaseLost
 from learners.lease import Lease, open_lease
@@ -104,7 +104,8 @@ class LearningLoop:
         # evaluation memo, cache, upstream gate (replays yield to live calls on few-slot upstreams)
         self.economy = Economy(lambda: self.host.settings.learners, host.live_activity)
         self._task: asyncio.Task[None] | None = None
-        self._cycles: dict[str, asyncio.Task[None]] = {}  # each route's scheduled cycle in flight
+        self._cycles: dict[str, asyncio.Task[None]] = {}  # each route's "grow" lane in flight
+        self._evals: dict[str, asyncio.Task[None]] = {}  # each route's "full" lane in flight
         # a person's controls (console, CLI): learners/controls.py
         self.controls = Controls(host, lambda: self.registry, lambda: self.rollout, self._lock, self._deps)
 
@@ -146,8 +147,8 @@ class LearningLoop:
 
     async def stop(self) -> None:
         """Service.stop: end the schedule (a cycle in progress is cancelled)."""
-        tasks, self._task, self._decider = [self._task, self._decider, *self._cycles.values()], None, None
-        self._cycles = {}
+        tasks = [self._task, self._decider, *self._cycles.values(), *self._evals.values()]
+        self._task, self._decider, self._cycles, self._evals = None, None, {}, {}
         await cancel_and_wait(tasks)
         await self.routing.stop()
         await self.lease.stop()
@@ -191,31 +192,45 @@ class LearningLoop:
 
     async def tick(self, *, due: bool = True) -> list[str]:
         """One scheduled pass over every route that may learn: a cycle where a correction arrived
-        (or, when `due`, `min_new_feedback` feedback rows). Each route's cycle runs in a task of its
-        own, so one route's long evaluation never holds back another's first examples; a route whose
-        cycle still runs is left to it. Returns the routes whose cycle started. Canaries are decided
-        by `_decide_loop`."""
+        (or, when `due`, `min_new_feedback` feedback rows). Each route's cycle runs in tasks of its
+        own, so one route's long evaluation never holds back another's first examples: its "grow"
+        lane (indices that only add examples, judged online: seconds) and, once that is done, its
+        "full" lane (replayed evaluations: minutes), which a correction arriving meanwhile does not
+        wait for. A lane still running is left to itself. Returns the routes whose cycle started.
+        Canaries are decided by `_decide_loop`."""
         started = []
         cfg = self.host.settings.learners
         await self.host.route_pending_feedback()  # 202 feedback counts for its route once its call is readable
         for route, rs in self.host.settings.routes.items():
-            running = self._cycles.get(route)
-            if not rs.learn or (running is not None and not running.done()):
+            if not rs.learn or not (self._idle(self._cycles, route) or self._idle(self._evals, route)):
                 continue
             flags = await self.controls.route_flags(route)  # frozen: no cycle; paused: no decision
             enough = due and self.host.new_feedback().get(route, 0) >= max(1, cfg.min_new_feedback)
-            if not flags.frozen and (enough or (cfg.learn_on_correction and await self._correction_since(route))):
-                self._cycles[route] = asyncio.create_task(self._scheduled_cycle(route), name=f"flywheel-learn-{route}")
-                started.append(route)
+            if flags.frozen or not (enough or (cfg.learn_on_correction and await self._correction_since(route))):
+                continue
+            if self._idle(self._cycles, route):
+                self._cycles[route] = asyncio.create_task(self._scheduled_cycle(route, "grow"),
+                                                          name=f"flywheel-grow-{route}")
+            if self._idle(self._evals, route):
+                self._evals[route] = asyncio.create_task(self._scheduled_cycle(route, "full", self._cycles[route]),
+                                                         name=f"flywheel-learn-{route}")
+            started.append(route)
         return started
 
-    async def _scheduled_cycle(self, route: str) -> None:
+    @staticmethod
+    def _idle(lanes: dict[str, asyncio.Task[None]], route: str) -> bool:
+        task = lanes.get(route)
+        return task is None or task.done()
+
+    async def _scheduled_cycle(self, route: str, lane: Lane, after: asyncio.Task[None] | None = None) -> None:
         try:
-            await self.learn_route(route, scheduled=True)
+            if after is not None:  # the full lane starts from what the grow lane served
+                await asyncio.wait({after})
+            await self.learn_route(route, scheduled=True, lane=lane)
         except asyncio.CancelledError:
             raise
         except Exception:  # one route's failed cycle must not end the others' schedule
-            log.exception("route %s: learning cycle failed", route)
+            log.exception("route %s: %s learning cycle failed", route, lane)
 
     async def _decide_loop(self) -> None:
         """Decide running canaries beside any cycle: every `_DECIDE_S`, sooner after feedback."""
@@ -253,23 +268,25 @@ class LearningLoop:
         return self._rollout_locks.setdefault(route, asyncio.Lock())
 
     # -- on demand ------------------------------------------------------------------------------
-    async def learn_route(self, route: str, *, scheduled: bool = False) -> LearnReport:
-        """Run one full cycle for `route` now: canary decisions, then new candidates (`scheduled`:
-        the schedule's, its writes fenced by the lease)."""
+    async def learn_route(self, route: str, *, scheduled: bool = False, lane: Lane = "full") -> LearnReport:
+        """Run one cycle for `route` now: canary decisions, then new candidates (`scheduled`:
+        the schedule's, its writes fenced by the lease; `lane`: learners/cycle.py). Each lane has
+        a lock of its own, in this process and across replicas."""
         rs = self.host.settings.routes.get(route)
         if rs is None:
             raise UnknownRoute(route)
         if (frozen := await self.controls.frozen_report(route)) is not None:
             return frozen
         await self.host.flush_captured(10.0)  # learn from what has arrived
-        async with self._lock(route):
-            hold = await self._hold(route)  # the route's cycle lock, shared by every replica
+        key = route if lane == "full" else f"{route}#{lane}"
+        async with self._lock(key):
+            hold = await self._hold(route, key)  # the route's cycle lock, shared by every replica
             if isinstance(hold, LearnReport):
                 return hold
             fence: Fence = AllOf(self.lease, hold) if scheduled else hold
             try:
                 with cycle_span(self.host.tracing, route) as span:
-                    report = await self._learn_locked(route, rs, scheduled, fence)
+                    report = await self._learn_locked(route, rs, scheduled, fence, lane)
                     if span is not None:
                         span.set_attributes({
                             "flywheel.candidates": len(report.candidates),
@@ -285,10 +302,11 @@ class LearningLoop:
             finally:
                 await hold.release()
 
-    async def _hold(self, route: str) -> RouteHold | LearnReport:
-        """The route's cycle lock, or the report of a cycle not run because another replica holds it."""
+    async def _hold(self, route: str, key: str) -> RouteHold | LearnReport:
+        """The cycle lock `key` of `route`'s lane, or the report of a cycle not run because another
+        replica holds it."""
         try:
-            hold = await self.lease.hold_route(route)
+            hold = await self.lease.hold_route(key)
         except Exception as exc:  # the lock's backend unreachable: running unlocked could duplicate
             log.error("route %s: the cycle lock could not be taken (%s); no cycle run", route, exc)
             hold, why = None, f"the route's cycle lock could not be taken ({type(exc).__name__}: {exc})"
@@ -301,24 +319,26 @@ class LearningLoop:
         return report
 
     async def _learn_locked(self, route: str, rs: RouteSettings, scheduled: bool = False,
-                            fence: Fence | None = None) -> LearnReport:
-        """learn_route's cycle, under the route's lock; its writes fenced by `fence` (None: unfenced)."""
+                            fence: Fence | None = None, lane: Lane = "full") -> LearnReport:
+        """learn_route's cycle, under the lane's lock; its writes fenced by `fence` (None: unfenced)."""
         deps = self._deps(scheduled=scheduled, fence=fence)
         started = time.time()
         count_cycle(route, [], started=True)
         self.host.reset_new_feedback(route)
         paused = (await self.controls.route_flags(route)).paused
-        decisions = [] if paused else await deps.rollout.check(route)
+        # the grow lane leaves canary decisions to `_decide_loop`: it is to serve a correction in seconds
+        decisions = [] if paused or lane == "grow" else await deps.rollout.check(route)
         if any(d.action != "waiting" for d in decisions):
             await self.host.serving.refresh(route)
-        cycle = LearningCycle(deps, self.host.settings.learners, route, rs)
+        cycle = LearningCycle(deps, self.host.settings.learners, route, rs, lane)
         try:
             report = await cycle.learn()
         finally:
-            self._last_run[route] = started
+            if lane == "grow" or not scheduled:  # what the next scheduled pass looks for corrections after
+                self._last_run[route] = started
             await self.host.serving.refresh(route)
         report.rollout = decisions + report.rollout
-        if rs.policy.kind == "learned":  # the routing learner shares the cycle (learners/routing.py)
+        if rs.policy.kind == "learned" and lane == "full":  # the routing learner shares the cycle (learners/routing.py)
             n = online_learning(rs.policy.params()).replays
             replays = await cycle.routing_replays(n, self.host.routing.embed_many)
             report.policy = await self.routing.learn(route, replays, store=deps.registry.store)

@@ -1,5 +1,8 @@
 """The per-route cycle lock of each learner-lease backend: one cycle of a route at a time, across replicas.
 
+(A route learns in two lanes, learners/loop.py; each takes a lock of its own, keyed `route` and
+`route#grow`.)
+
 The learner lease (learners/lease.py) decides which replica runs the *schedule*; a person's
 `POST /admin/learn` runs a cycle on whichever replica is asked. Both take the route's cycle lock
 first, through `Lease.hold_route`, so an on-demand cycle never overlaps the leader's scheduled

@@ -44,6 +44,10 @@ class Effects:
     outcomes: str  # e.g. "index: 2 promoted, 1 rejected; template: 3 rejected"
     p50_learning_s: float | None
     p50_quiet_s: float | None
+    # like for like: p50 (during learning, quiet) of calls with a plain prompt, and of those
+    # carrying learned examples or a learned template (longer prompts: slower on a CPU model)
+    p50_plain: tuple[float | None, float | None] = (None, None)
+    p50_learned: tuple[float | None, float | None] = (None, None)
 
 
 def _learned(row: CallRow) -> bool:
@@ -97,6 +101,11 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
     plain = [r for r in rows if not _learned(r)]
     during = [r.latency_s for r in rows if r.during_learning]
     quiet = [r.latency_s for r in rows if not r.during_learning]
+
+    def p50s(rs: Sequence[CallRow]) -> tuple[float | None, float | None]:
+        d, q = [r.latency_s for r in rs if r.during_learning], [r.latency_s for r in rs if not r.during_learning]
+        return (statistics.median(d) if d else None, statistics.median(q) if q else None)
+
     reps = [c.report for c in run.cycles]
     return Effects(
         first_correction=None if corr is None else corr + 1,
@@ -119,4 +128,6 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         outcomes=outcome_counts(run),
         p50_learning_s=statistics.median(during) if during else None,
         p50_quiet_s=statistics.median(quiet) if quiet else None,
+        p50_plain=p50s(plain),
+        p50_learned=p50s(learned),
     )

@@ -68,8 +68,11 @@ def checks(r: TaskResult) -> list[tuple[str, bool | None]]:
     out.append((f"first effect for all users {_f(after, '{:d}')} calls after the first correction (needs <= 50)",
                 after is not None and after <= 50))
     d, q = r.fx.p50_learning_s, r.fx.p50_quiet_s
-    out.append((f"live p50 during learning {_f(d, '{:.2f}')} s vs {_f(q, '{:.2f}')} s without (needs <= +20 %)",
-                None if d is None or q is None else d <= 1.2 * q))
+    out.append((f"live p50 during learning {_f(d, '{:.2f}')} s vs {_f(q, '{:.2f}')} s without, all calls "
+                f"(mixes prompt lengths; not the verdict)", None))
+    for label, (d, q) in (("plain-prompt", r.fx.p50_plain), ("learned-prompt", r.fx.p50_learned)):
+        out.append((f"live p50 of {label} calls during learning {_f(d, '{:.2f}')} s vs {_f(q, '{:.2f}')} s "
+                    f"without (needs <= +20 %)", None if d is None or q is None else d <= 1.2 * q))
     return out
 
 

@@ -11,7 +11,7 @@ from gateway.serve.templating import Demonstration, Template
 from gateway.store.artifacts import Manifest
 from learners.guardrails import check_index_candidate, check_template_candidate
 from retrieval.examples import Example
-from tests.learners.scenario import ROUTE, Client, config, correct_everything
+from tests.learners.scenario import ROUTE, Client, config, correct_everything, truth
 
 SCRUBBER = Scrubber()
 M = Manifest(produced_by="test", evidence_call_ids=("c1",))
@@ -110,3 +110,34 @@ def test_with_too_few_held_out_calls_the_index_is_judged_online_without_replays(
     row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"]
                if r["version"] == index["version"])
     assert row["state"] == "canary" and row["evaluation"]["offline"] is None and row["evaluation"]["online_only"]
+
+
+def test_an_index_that_only_adds_examples_keeps_the_raced_retrieval_and_replays_nothing(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    from gateway.config.settings import LearnerSettings
+    from learners.dataset import in_heldout
+
+    c = Client(make_gateway(config(fake_upstream, tmp_path, canary_share=0.0)).url)
+    correct_everything(c)
+    first = next(x for x in c.learn()["candidates"] if x["kind"] == "index")
+    assert first["outcome"] == "promoted" and first["evaluation"] is not None  # raced on the held-out calls
+
+    def stored(version: str) -> dict[str, Any]:
+        rows = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"]
+        return dict(next(r for r in rows if r["version"] == version)["evaluation"])
+
+    raced = stored(first["version"])
+    assert raced["tuned_on"] >= 2 and raced["retrieval"]
+    # one more correction on the training side (a held-out one would change what was raced on)
+    seed = LearnerSettings().seed
+    for i in range(40):
+        call_id, _, _ = c.ask(f"new-{i}", f"Which carrier brings parcel {i} to Iceland, and at what price?")
+        if not in_heldout(call_id, seed, 0.5):
+            c.feedback(call_id, correction=truth("shipping"))
+            break
+    report = c.learn()
+    [grown] = [x for x in report["candidates"] if x["kind"] == "index"]
+    assert grown["outcome"] == "promoted" and "only adds 1 examples" in grown["reason"], grown
+    assert grown["evaluation"] is None and not any(h.startswith("index") for h in report["eval_halving"])
+    ev = stored(grown["version"])
+    assert ev["online_only"] and ev["retrieval"] == raced["retrieval"] and ev["tuned_on"] == raced["tuned_on"]

@@ -73,11 +73,11 @@ def test_one_routes_long_cycle_does_not_hold_back_another_routes_learning(
     original = LearningLoop.learn_route
     slow_started = []
 
-    async def learn_route(self: LearningLoop, route: str, *, scheduled: bool = False) -> Any:
+    async def learn_route(self: LearningLoop, route: str, **kw: Any) -> Any:
         if route == "slow":  # a cycle replaying through a slow upstream for minutes
             slow_started.append(route)
             await asyncio.sleep(3600)
-        return await original(self, route, scheduled=scheduled)
+        return await original(self, route, **kw)
 
     monkeypatch.setattr(LearningLoop, "learn_route", learn_route)
     cfg = config(fake_upstream, tmp_path, enabled=True, interval_s=3600, min_new_feedback=1000, canary_share=0.0)
@@ -90,3 +90,36 @@ def test_one_routes_long_cycle_does_not_hold_back_another_routes_learning(
     correct_everything(c)
     index = wait_for(lambda: c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"], timeout=20)
     assert index.startswith("i") and slow_started == ["slow"]  # still in its one cycle
+
+
+def test_a_correction_is_served_while_the_routes_evaluation_runs(make_gateway: Any, fake_upstream: str,
+                                                                 tmp_path: Path, monkeypatch: Any) -> None:
+    # the full lane's template evaluation replays for an hour; corrections still reach users
+    import asyncio
+
+    from gateway.config.settings import LearnerSettings
+    from learners.cycle import LearningCycle
+    from learners.dataset import in_heldout
+
+    evaluating = []
+
+    async def slow_template(self: LearningCycle, *args: Any) -> None:
+        evaluating.append(self.route)
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(LearningCycle, "_template", slow_template)
+    cfg = config(fake_upstream, tmp_path, enabled=True, interval_s=3600, min_new_feedback=1000, canary_share=0.0)
+    c = Client(make_gateway(cfg).url)
+    correct_everything(c)
+    wait_for(lambda: evaluating)  # the index step is done: retrieval raced, its index promoted
+    first = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"]
+    for i in range(40):  # a correction on the training side (held-out calls are not examples)
+        call_id, _, _ = c.ask(f"late-{i}", f"Which carrier brings parcel {i} to Iceland, and at what price?")
+        if not in_heldout(call_id, LearnerSettings().seed, 0.5):
+            c.feedback(call_id, correction=truth("shipping"))
+            break
+    newer = wait_for(lambda: (v := c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"]) != first and v,
+                     timeout=20)
+    row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"] if r["version"] == newer)
+    assert row["evaluation"]["online_only"] and row["evaluation"]["offline"] is None  # no replays
+    assert evaluating == [ROUTE]  # still in its one evaluation

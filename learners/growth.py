@@ -1,0 +1,56 @@
+"""When a new example index is judged online alone, and with which retrieval settings.
+
+Replaying held-out calls for every retrieval setting takes minutes on a slow upstream (each
+replay is a model call). If every index waited for that, corrections made while it ran would
+reach nobody until it ended: on a fast route, most of a day's first hundred calls. So an index
+that only *adds* examples to the one serving (the canary, else current) skips the replays: it
+keeps the serving index's tuned retrieval settings and goes to the canary, whose online evidence
+decides it (learners/rollout.py: it grows a rolling canary, or a canary that only adds to current).
+
+The settings are raced again (learners/cycle.py) when none were raced yet on enough held-out
+calls, or when the held-out set has doubled since they were: what suits 10 examples may not suit
+100. An index that leaves examples out (blamed by a rollback, deduplicated, trimmed to the cap)
+is replayed against current as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.store.artifacts import ArtifactRegistry
+from learners.canary_facts import evaluation_of
+from learners.index import example_ids
+from retrieval.lexical import Tuning
+
+
+@dataclass(frozen=True, slots=True)
+class ServingIndex:
+    """The index a route serves its newest calls with: its running canary, else current."""
+
+    version: str
+    ids: frozenset[str]  # its example ids
+    tuning: Tuning | None  # the retrieval settings stored with it
+    tuned_on: int  # held-out calls those settings were raced on (0: never raced)
+
+    def grown_by(self, ids: frozenset[str]) -> int:
+        """How many examples `ids` adds when it holds all of this index's (0 when it does not)."""
+        return len(ids - self.ids) if self.ids < ids else 0
+
+    def tuning_due(self, heldout: int) -> bool:
+        """Race the retrieval settings again: never raced, or the held-out set doubled since."""
+        return self.tuned_on == 0 or heldout >= 2 * self.tuned_on
+
+
+async def serving_index(registry: ArtifactRegistry, route: str) -> ServingIndex | None:
+    """The route's serving index (canary first), or None when it has none."""
+    states = await registry.states(route, "index")
+    version = states.canary or states.current
+    rec = await registry.get(route, "index", version) if version else None
+    if rec is None or version is None:
+        return None
+    ev = evaluation_of(rec)
+    retrieval = ev.get("retrieval")
+    tuning = Tuning.from_dict(retrieval) if isinstance(retrieval, dict) else None
+    tuned_on = ev.get("tuned_on")
+    return ServingIndex(version, frozenset(example_ids(rec.body)), tuning,
+                        tuned_on if isinstance(tuned_on, int) else 0)
