@@ -322,8 +322,12 @@ class LearningCycle:
             tuning, arm, tried = await self._tune(cand, grid)
             tuned_on = len(self.heldout) if due else tuned_on
             if serving is not None and ids == serving.ids and tuning == serving.tuning:
-                # raced again, the serving settings still win: nothing new to serve
-                await self.d.registry.annotate(self.route, "index", serving.version, tuned_on=tuned_on)
+                # raced again, the serving settings still win: nothing new to serve. Recorded on
+                # the index serving now (the grow lane may have grown it meanwhile), which the
+                # next grown ones inherit it from.
+                now = await serving_index(self.d.registry, self.route)
+                if now is not None and now.tuning == tuning:
+                    await self.d.registry.annotate(self.route, "index", now.version, tuned_on=tuned_on)
                 self.report.skipped.append(f"index: retrieval raced on {tuned_on} held-out calls, "
                                            f"{serving.version}'s {tuning.describe()} still best")
                 return

@@ -111,6 +111,9 @@ class Rollout:
         if share > 0:
             reason = f"canary at {share:.0%}: {why}"
             exposure, cur = await self.facts.exposure(route, kind)
+            adds = await self.facts.grown(route, kind, states.current, version)
+            if adds is not None:  # learners/sequential.py `exposure_share`: an index that only adds
+                exposure = max(exposure, Rule.of(self._settings()).max_share)
             wide_open = exposure - share >= 0.05
             if wide_open:  # recorded before the canary starts: every replica's decisions read it
                 await self.registry.annotate(route, kind, version, exposure={
@@ -120,7 +123,9 @@ class Rollout:
             whys = []
             if opening is not None and opening - share >= 0.05:
                 whys.append("the offline evaluation's evidence")  # strong: the deciding feedback comes sooner
-            if wide_open:
+            if wide_open and adds is not None:
+                whys.append(f"it only adds {adds} examples to current {states.current}")
+            elif wide_open:
                 # current fails most calls: a wide canary risks little (learners/sequential.py)
                 whys.append(f"current scores {(1 + cur.total) / (2 + cur.n):.2f} on its last {cur.n} rated calls")
             wide = max(opening or 0.0, exposure)
@@ -145,10 +150,15 @@ class Rollout:
         fields: dict[str, Any] = {"chain": {"since": chain["since"], "versions": [*chain["versions"], running]}}
         if isinstance(ev.get("exposure"), dict):
             fields["exposure"] = ev["exposure"]
+        share = states.versions[running].share or self._settings().canary_share
+        if await self.facts.grown(route, kind, states.current, version) is not None:
+            # it only adds to current: it opens as wide as such an index does in `_begin`
+            wide = Rule.of(self._settings()).max_share
+            if wide > share:
+                share, fields["exposure"] = wide, {"share": wide, "adds_to": states.current}
         await self.registry.annotate(route, kind, version, **fields)  # before it serves: every replica reads it
         await self.registry.move(route, kind, running, "rejected", f"superseded by {version}, grown from it "
                                  f"(+{grown} examples); its calls count as {version}'s evidence")
-        share = states.versions[running].share or self._settings().canary_share
         reason = f"canary at {share:.0%} in place of {running}, grown from it (+{grown} examples): {why}"
         await self.registry.move(route, kind, version, "canary", reason)
         await self.registry.set_share(route, kind, version, share, reason)

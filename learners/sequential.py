@@ -21,7 +21,12 @@ the evidence that rolls it back.
 The floor may be raised for one canary (`floor`): `exposure_share` bounds what a canary can cost.
 Quality per call lies in [0, 1], so a canary serving share s can lose at most s · q per call
 against a current of quality q: when current fails most calls (q small) a wide canary risks
-little and gathers its evidence in a few dozen calls instead of hundreds. numpy only: pure, no I/O.
+little and gathers its evidence in a few dozen calls instead of hundreds. An index that only adds
+examples to current opens at the cap (learners/rollout.py): it changes only the calls that retrieve
+its new examples, and rolling a bad one back takes about as many bad rated canary calls at any
+share, so a wide canary serves no more bad answers before it is decided, only sooner; a narrow one
+would leave most users on an index that lags the corrections by its whole decision.
+numpy only: pure, no I/O.
 """
 
 from __future__ import annotations

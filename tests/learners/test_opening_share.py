@@ -72,3 +72,30 @@ def test_the_exposure_share_bounds_what_a_canary_can_lose() -> None:
     # the opening share is this canary's floor while it does not look worse; once it does, canary_share
     assert decide(ArmEvidence(1, 1), ArmEvidence(3, 0), rule, floor=failing).share >= failing
     assert decide(ArmEvidence(6, 0), ArmEvidence(30, 20), rule, floor=failing).share == CFG.canary_share
+
+
+async def test_an_index_that_only_adds_to_current_opens_at_the_cap(store: SqlStore) -> None:
+    # It changes only the calls that retrieve its new examples, and rolling a bad one back takes
+    # about as many bad rated calls at any share: a wide canary reaches that evidence sooner.
+    await _rated_calls(store, 20, good=17)  # current mostly succeeds: no exposure shortcut
+    reg = ArtifactRegistry(store)
+    rollout = Rollout(reg, lambda: CFG)
+
+    async def index(version: str, *ids: str) -> None:
+        body = {"embedder": "hashing", "examples": [{"id": i} for i in ids]}
+        await reg.save_candidate("bot", "index", body, M, version=version, evaluation={"offline": {}})
+
+    await index("i1", "a", "b")
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    await index("i2", "a", "x")  # leaves b out: the configured share
+    leaves = await rollout.begin("bot", "index", "i2", "ok")
+    assert leaves.action == "canary" and (await reg.states("bot", "index")).versions["i2"].share in (None, 0.1)
+    await index("i3", "a", "b", "x", "y")  # grows the canary and holds all of current: widened as it takes over
+    grows = await rollout.begin("bot", "index", "i3", "ok")
+    assert grows.action == "canary" and grows.share == CFG.canary_max_share
+    rec = await reg.get("bot", "index", "i3")
+    assert rec is not None and rec.evaluation["exposure"]["share"] == CFG.canary_max_share  # its floor
+    await reg.move("bot", "index", "i3", "promoted", "decided")
+    await index("i4", "a", "b", "x", "y", "z")
+    adds = await rollout.begin("bot", "index", "i4", "ok")
+    assert adds.share == CFG.canary_max_share and "only adds 1 examples to current i3" in adds.reason
