@@ -84,7 +84,8 @@ class CanaryFacts:
 
     async def grown(self, route: str, kind: ArtifactKind, inner: str | None, outer: str) -> int | None:
         """How many examples index `outer` adds to index `inner` when it holds all of them, built
-        by the same embedder (None otherwise, or for another kind)."""
+        by the same embedder and retrieved the same way (None otherwise, or for another kind): a
+        change of retrieval settings changes every call, so it is judged on its own evidence."""
         if kind != "index" or inner is None:
             return None
         key = (route, inner, outer)
@@ -93,7 +94,8 @@ class CanaryFacts:
             grown = None
             if old is not None and new is not None and isinstance(old.body, dict) and isinstance(new.body, dict):
                 before, after = set(example_ids(old.body)), set(example_ids(new.body))
-                if old.body.get("embedder") == new.body.get("embedder") and before < after:
+                same_way = all(old.body.get(k) == new.body.get(k) for k in ("embedder", "retrieval"))
+                if same_way and before < after:
                     grown = len(after - before)
             self._growth[key] = grown  # artifact bodies never change
         return self._growth[key]

@@ -37,7 +37,7 @@ from learners.scoring import build_metric
 from learners.template import cluster, cluster_threshold
 
 if TYPE_CHECKING:
-    from learners.cycle import LearnReport
+    from learners.report import LearnReport
 
 PERSON = "person:"  # produced_by prefix of versions a person wrote
 MAX_CASES = 100
@@ -184,7 +184,7 @@ class Controls:
 
     async def frozen_report(self, route: str) -> LearnReport | None:
         """A report saying the cycle was skipped, when the route's learning is frozen; else None."""
-        from learners.cycle import LearnReport
+        from learners.report import LearnReport
 
         flags = await self.route_flags(route)
         if not flags.frozen:

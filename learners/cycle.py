@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.config.settings import LearnerSettings, RetrievalSettings, RouteSettings
@@ -24,13 +24,14 @@ from gateway.serve.templating import CompiledTemplate, Template, TemplateError
 from gateway.store.artifacts import ArtifactRegistry, Manifest, version_number
 from gateway.store.records import ArtifactKind, ArtifactRecord
 from learners import guardrails
-from learners.dataset import CurateConfig, Dataset, DatasetStats, EvalCase, curate, load_records
+from learners.dataset import CurateConfig, Dataset, EvalCase, curate, load_records
 from learners.economy import Economy, content_hash
-from learners.evaluate import ArmResult, Budget, Evaluation, Replayer, gate
+from learners.evaluate import ArmResult, Budget, Replayer, gate
 from learners.growth import serving_index
 from learners.halving import Halving, first_slice, successive_halving
 from learners.index import IndexCandidate, example_ids, fit_index, tuning_grid
-from learners.rollout import Rollout, RolloutDecision
+from learners.report import CandidateReport, LearnReport, Outcome
+from learners.rollout import Rollout
 from learners.routing_replay import replay_variants
 from learners.scoring import build_metric
 from learners.template import Failure, fit_template
@@ -40,47 +41,10 @@ from retrieval.lexical import Tuning
 if TYPE_CHECKING:
     from gateway.privacy.scrubber import Scrubber
 
-Outcome = Literal["canary", "promoted", "rejected", "queued"]
 # "grow": only indices that add to the serving one, judged online (seconds, on every correction);
 # "full": also the replayed evaluations (retrieval tuning, templates; minutes on a slow upstream)
 Lane = Literal["grow", "full"]
 MAX_CASES = 100  # held-out calls replayed per arm; the budget may stop earlier
-
-
-@dataclass(frozen=True, slots=True)
-class CandidateReport:
-    kind: ArtifactKind
-    version: str
-    outcome: Outcome
-    reason: str
-    note: str
-    evaluation: Evaluation | None = None
-
-
-@dataclass(slots=True)
-class LearnReport:
-    """What one cycle did for one route (the answer of `POST /admin/learn`)."""
-
-    route: str
-    started_at: float
-    duration_s: float = 0.0
-    examples: int = 0
-    train: int = 0
-    heldout: int = 0
-    dataset: DatasetStats = field(default_factory=DatasetStats)
-    candidates: list[CandidateReport] = field(default_factory=list)
-    rollout: list[RolloutDecision] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    eval_calls: int = 0  # upstream calls evaluation made this cycle (replays, judge, optimizer)
-    eval_cost_usd: float = 0.0
-    eval_cached: int = 0  # replays answered from the cache instead (learners/economy.py)
-    eval_skipped: list[str] = field(default_factory=list)  # candidates not evaluated, and why
-    eval_halving: list[str] = field(default_factory=list)  # each search's rungs (learners/halving.py)
-    eval_saved: int = 0  # case replays successive halving avoided (a full replay of every arm makes them)
-    policy: Any = None  # learners.routing.LearnResult, for routes whose policy is learned
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +123,8 @@ class LearningCycle:
         steps: tuple[tuple[ArtifactKind, Callable[[Dataset, Embedder], Awaitable[None]]], ...] = (
             ("index", self._index), ("template", self._template))
         for kind, learn in steps[:1] if self.lane == "grow" else steps:
-            left = self.d.economy.sits_out(self.route, kind) if self.d.economy else 0
+            # back-off after repeated refusals saves evaluation: the grow lane spends none
+            left = self.d.economy.sits_out(self.route, kind) if self.d.economy and self.lane == "full" else 0
             if left:
                 r.skipped.append(f"{kind}: sits out this cycle after repeated rejections ({left - 1} more)")
             else:
@@ -286,10 +251,6 @@ class LearningCycle:
         if cand is None:
             self.report.skipped.append("index: no change in the curated examples")
             return
-        last = await self._last_rejected("index")
-        if last is not None and sorted(example_ids(last.body)) == sorted(e.id for e in cand.examples):
-            self.report.skipped.append(f"index: same examples as {last.version}, {last.state}: {last.note}")
-            return
         ids = frozenset(e.id for e in cand.examples)
         grown = serving.grown_by(ids) if serving is not None else len(ids)
         tuning = serving.tuning if serving is not None and serving.tuning else self._route_tuning()
@@ -301,9 +262,12 @@ class LearningCycle:
         elif grown and not due:
             online = (f"only adds {grown} examples to {serving.version if serving else 'nothing'}, with its retrieval "
                       f"{tuning.describe()} (raced on {tuned_on} held-out calls): judged online by the canary alone")
-        elif self.lane == "grow":
-            self.report.skipped.append("index: leaves out examples of the serving index: "
-                                       "left to the evaluation lane (replayed against current)")
+        last = await self._last_rejected("index")
+        # the same candidate as the newest refused one: the same examples (retrieved the same way,
+        # unless a race is to choose how)
+        if last is not None and set(example_ids(last.body)) == ids and (
+                online is None or not isinstance(last.body, dict) or last.body.get("retrieval") == tuning.to_dict()):
+            self.report.skipped.append(f"index: same examples as {last.version}, {last.state}: {last.note}")
             return
         content = content_hash(embedder.name, sorted(ids))
         # a due race is judged on new data (the held-out set doubled): the same examples race again
@@ -312,9 +276,14 @@ class LearningCycle:
         if serving is not None and ids == serving.ids and not due:
             self.report.skipped.append(f"index: the same examples as {serving.version}, which serves")
             return
+        if online is None and self.lane == "grow":
+            self.report.skipped.append("index: leaves out examples of the serving index: "
+                                       "left to the evaluation lane (replayed against current)")
+            return
         arm, manifest = None, cand.manifest
         tried: list[tuple[str, float]] = []
-        if online is None:
+        problems = await self._index_problems(cand, manifest)
+        if online is None and not problems:
             # replayed on the held-out calls: every retrieval setting when they are due a race (the
             # best kept, learners/growth.py), else the serving ones
             grid = list(dict.fromkeys([tuning, *tuning_grid(self.rs.retrieval or RetrievalSettings())])) \
@@ -322,25 +291,33 @@ class LearningCycle:
             tuning, arm, tried = await self._tune(cand, grid)
             tuned_on = len(self.heldout) if due else tuned_on
             if serving is not None and ids == serving.ids and tuning == serving.tuning:
-                # raced again, the serving settings still win: nothing new to serve. Recorded on
-                # the index serving now (the grow lane may have grown it meanwhile), which the
-                # next grown ones inherit it from.
-                now = await serving_index(self.d.registry, self.route)
-                if now is not None and now.tuning == tuning:
-                    await self.d.registry.annotate(self.route, "index", now.version, tuned_on=tuned_on)
+                await self._raced(tuned_on)  # the serving settings still win: nothing new to serve
                 self.report.skipped.append(f"index: retrieval raced on {tuned_on} held-out calls, "
                                            f"{serving.version}'s {tuning.describe()} still best")
                 return
             cand = await self._grown_meanwhile(cand, embedder)
             manifest = replace(cand.manifest, note=f"{cand.manifest.note}; retrieval {tuning.describe()}")
-        problems = guardrails.check_index_candidate(cand.examples, manifest, max_examples=self.cfg.max_examples,
-                                                    scrubber=await self.d.scrubber(), keep=self.keep)
+            problems = await self._index_problems(cand, manifest)  # the refit may hold new examples
         index = cand.index.with_tuning(tuning)
         body = await asyncio.to_thread(index.to_body)
         await self._settle("index", body, manifest, problems, arm,
                            {"added": list(cand.added), "removed": list(cand.removed),
                             "retrieval": tuning.to_dict(), "tuned_on": tuned_on},
                            tuple(tried), content=content, online=online)
+        if due and arm is not None and self.report.candidates[-1].outcome == "rejected":
+            await self._raced(tuned_on)  # raced, and refused: what serves keeps its settings until the next race
+
+    async def _raced(self, tuned_on: int) -> None:
+        """Record a finished race on the index serving now (the grow lane may have grown it
+        meanwhile; those it grows next inherit the figure): no race again before the held-out
+        set doubles."""
+        now = await serving_index(self.d.registry, self.route)
+        if now is not None:
+            await self.d.registry.annotate(self.route, "index", now.version, tuned_on=tuned_on)
+
+    async def _index_problems(self, cand: IndexCandidate, manifest: Manifest) -> list[str]:
+        return guardrails.check_index_candidate(cand.examples, manifest, max_examples=self.cfg.max_examples,
+                                                scrubber=await self.d.scrubber(), keep=self.keep)
 
     async def _fit_index(self, ds: Dataset, embedder: Embedder, *, same_too: bool = False) -> IndexCandidate | None:
         parent = await self.d.registry.current(self.route, "index")

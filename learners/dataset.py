@@ -10,7 +10,7 @@ Curation rules (docs/architecture.md, the learning loop):
 - the same question asked again (cosine >= `dedupe_threshold`): the newest correction wins and
   the older examples are retired; a correction also retires rated answers to the same question;
 - an example with PII (Scrubber.find) or a redaction placeholder (`<EMAIL>`…) is dropped, as is an
-  example a rolled-back or regressing artifact introduced (`blocked`);
+  example a rolled-back artifact is blamed for (`blocked`);
 - a seeded hash of the call id puts `heldout_share` of the reference-bearing calls into held-out
   evaluation cases; the rest are train. The curated examples span both: the retrieval learner
   indexes all of them and is scored leave-one-out, so every correction can reach the index while

@@ -44,12 +44,13 @@ from gateway.serve.augment import ServingSet
 from gateway.serve.route_policy import online_learning
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.base import Store
-from learners.canary_facts import blamed
+from learners.canary_facts import blamed, evaluation_of
 from learners.controls import Controls
-from learners.cycle import CycleDeps, Lane, LearningCycle, LearnReport
+from learners.cycle import CycleDeps, Lane, LearningCycle
 from learners.economy import Economy
 from learners.fencing import AllOf, Fence, FencedStore, LeaseLost
 from learners.lease import Lease, open_lease
+from learners.report import LearnReport
 from learners.rollout import Rollout, RolloutDecision
 from learners.routing_cycle import RoutingLearner
 from retrieval.embeddings import Embedder
@@ -418,23 +419,21 @@ class LearningLoop:
         return self.host.serving.current(route)
 
     async def _blocked_ids(self, route: str) -> set[str]:
-        """Example ids a rolled-back artifact, or one rejected for scoring below current, introduced.
+        """Example ids a rolled-back artifact is blamed for (learners/canary_facts.py `blamed`).
 
-        They stay out of later datasets, so a poisoned batch is not proposed again each cycle.
+        They stay out of later datasets, so a poisoned batch is not proposed again each cycle. An
+        offline refusal blocks nothing: it may come from a candidate's retrieval settings or a few
+        noisy held-out calls, while its examples are served by the running canary on online
+        evidence (blocking them stopped a route's growth for the rest of a bench pass).
         """
         out: set[str] = set()
         for kind, ks in (await self.registry.all_states(route)).items():
             for version, st in ks.versions.items():
-                if st.state not in ("rolled_back", "rejected"):
+                if st.state != "rolled_back":
                     continue
                 key = (route, kind, version)
-                if key not in self._blocked:  # terminal states: the answer never changes
+                if key not in self._blocked:  # terminal state: the answer never changes
                     rec = await self.registry.get(route, kind, version)
-                    ev = rec.evaluation if rec is not None and isinstance(rec.evaluation, dict) else {}
-                    offline = ev.get("offline") or {}
-                    worse = offline.get("verdict") == "regression" or (
-                        offline.get("verdict") == "no_gain" and offline.get("delta", 0.0) < 0)
-                    blocks = st.state == "rolled_back" or worse
-                    self._blocked[key] = frozenset(blamed(ev)) if blocks else frozenset()
+                    self._blocked[key] = frozenset(blamed(evaluation_of(rec)))
                 out |= self._blocked[key]
         return out

@@ -152,10 +152,9 @@ class Rollout:
             fields["exposure"] = ev["exposure"]
         share = states.versions[running].share or self._settings().canary_share
         if await self.facts.grown(route, kind, states.current, version) is not None:
-            # it only adds to current: it opens as wide as such an index does in `_begin`
-            wide = Rule.of(self._settings()).max_share
-            if wide > share:
-                share, fields["exposure"] = wide, {"share": wide, "adds_to": states.current}
+            # it only adds to current: its floor is the cap, as in `_begin`; the share stays the
+            # chain's until the next decision (lowered, it says the chain looks worse)
+            fields["exposure"] = {"share": Rule.of(self._settings()).max_share, "adds_to": states.current}
         await self.registry.annotate(route, kind, version, **fields)  # before it serves: every replica reads it
         await self.registry.move(route, kind, running, "rejected", f"superseded by {version}, grown from it "
                                  f"(+{grown} examples); its calls count as {version}'s evidence")

@@ -118,7 +118,8 @@ def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: f
     x, y = rng.beta(a_can, b_can, _DRAWS), rng.beta(a_cur, b_cur, _DRAWS)
     p_better = float(np.mean(x > y))
     p_worse = float(np.mean(x < y - rule.tolerance))
-    low = rule.base_share if floor is None or p_better < 0.5 else min(rule.max_share, max(rule.base_share, floor))
+    looks_worse = canary.n > 0 and p_better < 0.5  # without a rated canary call it cannot look worse
+    low = rule.base_share if floor is None or looks_worse else min(rule.max_share, max(rule.base_share, floor))
     share = round(low + (rule.max_share - low) * max(0.0, 2 * p_better - 1), 2)
     figures = (f"P(canary better) {p_better:.2f}, P(worse by > {rule.tolerance:.2f}) {p_worse:.2f}; "
                f"posterior means {can_mean:.2f} vs {cur_mean:.2f}")

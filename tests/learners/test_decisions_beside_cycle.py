@@ -14,7 +14,8 @@ from typing import Any
 from gateway.store import open_store
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.records import CallRecord, FeedbackRecord
-from learners.cycle import LearningCycle, LearnReport
+from learners.cycle import LearningCycle
+from learners.report import LearnReport
 from tests.learners.scenario import ROUTE, Client, config, correct_everything
 
 _ids = itertools.count()

@@ -97,9 +97,7 @@ def test_a_correction_is_served_while_the_routes_evaluation_runs(make_gateway: A
     # the full lane's template evaluation replays for an hour; corrections still reach users
     import asyncio
 
-    from gateway.config.settings import LearnerSettings
     from learners.cycle import LearningCycle
-    from learners.dataset import in_heldout
 
     evaluating = []
 
@@ -113,11 +111,8 @@ def test_a_correction_is_served_while_the_routes_evaluation_runs(make_gateway: A
     correct_everything(c)
     wait_for(lambda: evaluating)  # the index step is done: retrieval raced, its index promoted
     first = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"]
-    for i in range(40):  # a correction on the training side (held-out calls are not examples)
-        call_id, _, _ = c.ask(f"late-{i}", f"Which carrier brings parcel {i} to Iceland, and at what price?")
-        if not in_heldout(call_id, LearnerSettings().seed, 0.5):
-            c.feedback(call_id, correction=truth("shipping"))
-            break
+    call_id, _, _ = c.ask("late", "Which carrier brings parcels to Iceland, and at what price?")
+    c.feedback(call_id, correction=truth("shipping"))
     newer = wait_for(lambda: (v := c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"]) != first and v,
                      timeout=20)
     row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"] if r["version"] == newer)

@@ -43,8 +43,9 @@ async def test_a_tie_opens_at_the_configured_share(store: SqlStore) -> None:
 async def _rated_calls(store: SqlStore, n: int, good: int) -> None:
     """`n` calls of the route served by nothing learned yet, `good` of them rated up, the rest down."""
     now = time.time() - 60
-    await store.insert_calls([CallRecord(id=f"r{i}", route="bot", variant="m", model="m", created_at=now + i)
-                              for i in range(n)])
+    await store.insert_calls(
+        [CallRecord(id=f"r{i}", route="bot", variant="m", model="m", created_at=now + i) for i in range(n)]
+    )
     for i in range(n):
         await store.insert_feedback(FeedbackRecord(f"r{i}", rating=1 if i < good else -1, created_at=now + i + 0.5))
 
@@ -90,11 +91,12 @@ async def test_an_index_that_only_adds_to_current_opens_at_the_cap(store: SqlSto
     await index("i2", "a", "x")  # leaves b out: the configured share
     leaves = await rollout.begin("bot", "index", "i2", "ok")
     assert leaves.action == "canary" and (await reg.states("bot", "index")).versions["i2"].share in (None, 0.1)
-    await index("i3", "a", "b", "x", "y")  # grows the canary and holds all of current: widened as it takes over
+    await index("i3", "a", "b", "x", "y")  # grows the canary and holds all of current: the cap is its floor
     grows = await rollout.begin("bot", "index", "i3", "ok")
-    assert grows.action == "canary" and grows.share == CFG.canary_max_share
+    assert grows.action == "canary" and grows.share == CFG.canary_share  # the chain's share until decided
     rec = await reg.get("bot", "index", "i3")
-    assert rec is not None and rec.evaluation["exposure"]["share"] == CFG.canary_max_share  # its floor
+    assert rec is not None and rec.evaluation["exposure"]["share"] == CFG.canary_max_share
+    assert (await rollout.check("bot", ("index",)))[0].share == CFG.canary_max_share  # not worse: at its floor
     await reg.move("bot", "index", "i3", "promoted", "decided")
     await index("i4", "a", "b", "x", "y", "z")
     adds = await rollout.begin("bot", "index", "i4", "ok")

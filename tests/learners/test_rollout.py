@@ -225,6 +225,10 @@ async def test_an_index_grown_from_the_running_canary_takes_its_place_and_its_ev
     # one that drops an example of the canary queues behind it as before
     await reg.save_candidate("bot", "index", _index_body("a", "c", "d"), M, version="i4")
     assert (await rollout.begin("bot", "index", "i4", "offline ok")).action == "queued"
+    # so does one with every example and more, retrieved another way (raced settings change every call)
+    await reg.save_candidate("bot", "index", {**_index_body("a", "b", "c", "d"), "retrieval": {"k": 8}}, M,
+                             version="i5")
+    assert (await rollout.begin("bot", "index", "i5", "offline ok")).action == "queued"
     await _serve(store, "index", "i3", True, t + 10)
     decisions = await rollout.check("bot", ("index",), "any")
     assert decisions[0].version == "i3" and decisions[0].action == "promoted"  # i2's 4 calls + i3's 1
