@@ -87,9 +87,10 @@ def test_poisoned_corrections_are_rejected_or_rolled_back(
     c = Client(gw.url)
     learn_and_promote(c)
     good_index = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"]
-    # One attacker asks about returns in several wordings and "corrects" every answer wrongly.
-    for i, q in enumerate(["How long do I have to return an item?", "Return an item: how long do I have?",
-                           "What is the deadline to return an item?", "Can I return an item after a week?"]):
+    # One attacker asks about returns in every wording and "corrects" every answer wrongly. (With
+    # four of six wordings a third of the canary's returns answers were wrong: worse by about the
+    # tolerance, a toss-up at the evidence bound, not the clear poisoning this test is about.)
+    for i, q in enumerate([*TOPICS["returns"][0], "Return an item: how long do I have?"]):
         call_id, _, _ = c.ask(f"mallory-{i}", q)
         c.feedback(call_id, correction=POISON)
     report = c.learn()
