@@ -204,9 +204,10 @@ class LearningCycle:
 
     async def _settle(self, kind: ArtifactKind, body: Any, manifest: Manifest, problems: list[str],
                       arm: ArmResult | None, extra: dict[str, Any], trials: tuple[tuple[str, float], ...] = (),
-                      content: str | None = None, online: str | None = None) -> None:
+                      content: str | None = None, online: str | None = None) -> Outcome | None:
         """Store the candidate with its evaluation, then reject it or start its rollout (`online`:
-        why it is judged by the canary alone, without an offline evaluation)."""
+        why it is judged by the canary alone, without an offline evaluation); its outcome (None:
+        not stored, a template trial that gained nothing)."""
         content = content or content_hash(body)
         ev = gate(await self._current(arm), arm, self.cfg, self.cfg.metric, self.budget, trials=trials,
                   require_gain=kind == "template") if arm else None
@@ -215,7 +216,7 @@ class LearningCycle:
             self.report.skipped.append(f"template: no trial beat the current template ({ev.reason})")
             if self.d.economy is not None:
                 self.d.economy.record(self.route, kind, content, self.data, "", False)
-            return
+            return None
         evaluation = {"offline": asdict(ev) if ev else None, "guardrails": problems, "content_hash": content,
                       **extra}
         reason = ("guardrails: " + "; ".join(problems) if problems
@@ -234,6 +235,7 @@ class LearningCycle:
             self.d.economy.record(self.route, kind, content, self.data, rec.version, decision.action != "rejected")
         outcome: Outcome = decision.action  # type: ignore[assignment]
         self.report.candidates.append(CandidateReport(kind, rec.version, outcome, decision.reason, manifest.note, ev))
+        return outcome
 
     async def _last_rejected(self, kind: ArtifactKind) -> ArtifactRecord | None:
         """The kind's newest version when it was rejected or rolled back (so an identical candidate
@@ -252,7 +254,7 @@ class LearningCycle:
             self.report.skipped.append("index: no change in the curated examples")
             return
         ids = frozenset(e.id for e in cand.examples)
-        grown = serving.grown_by(ids) if serving is not None else len(ids)
+        grown = serving.grown_by(ids, embedder.name) if serving is not None else len(ids)
         tuning = serving.tuning if serving is not None and serving.tuning else self._route_tuning()
         tuned_on = serving.tuned_on if serving is not None else 0
         online = None
@@ -300,11 +302,11 @@ class LearningCycle:
             problems = await self._index_problems(cand, manifest)  # the refit may hold new examples
         index = cand.index.with_tuning(tuning)
         body = await asyncio.to_thread(index.to_body)
-        await self._settle("index", body, manifest, problems, arm,
-                           {"added": list(cand.added), "removed": list(cand.removed),
-                            "retrieval": tuning.to_dict(), "tuned_on": tuned_on},
-                           tuple(tried), content=content, online=online)
-        if due and arm is not None and self.report.candidates[-1].outcome == "rejected":
+        outcome = await self._settle("index", body, manifest, problems, arm,
+                                     {"added": list(cand.added), "removed": list(cand.removed),
+                                      "retrieval": tuning.to_dict(), "tuned_on": tuned_on},
+                                     tuple(tried), content=content, online=online)
+        if due and arm is not None and outcome == "rejected":
             await self._raced(tuned_on)  # raced, and refused: what serves keeps its settings until the next race
 
     async def _raced(self, tuned_on: int) -> None:

@@ -29,12 +29,15 @@ class ServingIndex:
 
     version: str
     ids: frozenset[str]  # its example ids
+    embedder: str | None  # the embedder its vectors come from
     tuning: Tuning | None  # the retrieval settings stored with it
     tuned_on: int  # held-out calls those settings were raced on (0: never raced)
 
-    def grown_by(self, ids: frozenset[str]) -> int:
-        """How many examples `ids` adds when it holds all of this index's (0 when it does not)."""
-        return len(ids - self.ids) if self.ids < ids else 0
+    def grown_by(self, ids: frozenset[str], embedder: str) -> int:
+        """How many examples `ids`, embedded by `embedder`, add when they hold all of this index's
+        (0 when they do not, or when re-embedded: the rollout would not count that as growth,
+        learners/canary_facts.py `grown`)."""
+        return len(ids - self.ids) if self.ids < ids and embedder == self.embedder else 0
 
     def tuning_due(self, heldout: int) -> bool:
         """Race the retrieval settings again: never raced, or the held-out set doubled since."""
@@ -52,5 +55,6 @@ async def serving_index(registry: ArtifactRegistry, route: str) -> ServingIndex 
     retrieval = ev.get("retrieval")
     tuning = Tuning.from_dict(retrieval) if isinstance(retrieval, dict) else None
     tuned_on = ev.get("tuned_on")
-    return ServingIndex(version, frozenset(example_ids(rec.body)), tuning,
+    embedder = rec.body.get("embedder") if isinstance(rec.body, dict) else None
+    return ServingIndex(version, frozenset(example_ids(rec.body)), str(embedder) if embedder else None, tuning,
                         tuned_on if isinstance(tuned_on, int) else 0)

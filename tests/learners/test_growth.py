@@ -7,13 +7,14 @@ from retrieval.lexical import Tuning
 
 
 def test_only_a_strict_superset_grows_the_serving_index() -> None:
-    serving = ServingIndex("i3", frozenset({"a", "b"}), Tuning(), tuned_on=10)
-    assert serving.grown_by(frozenset({"a", "b", "c", "d"})) == 2
-    assert serving.grown_by(frozenset({"a", "b"})) == 0  # the same examples: nothing new
-    assert serving.grown_by(frozenset({"a", "c", "d"})) == 0  # leaves b out: replayed against current
+    serving = ServingIndex("i3", frozenset({"a", "b"}), "minilm", Tuning(), tuned_on=10)
+    assert serving.grown_by(frozenset({"a", "b", "c", "d"}), "minilm") == 2
+    assert serving.grown_by(frozenset({"a", "b"}), "minilm") == 0  # the same examples: nothing new
+    assert serving.grown_by(frozenset({"a", "c", "d"}), "minilm") == 0  # leaves b out: replayed against current
+    assert serving.grown_by(frozenset({"a", "b", "c"}), "static") == 0  # re-embedded: every vector changed
 
 
 def test_retrieval_is_raced_again_when_never_raced_or_the_held_out_set_doubled() -> None:
-    assert ServingIndex("i1", frozenset(), None, tuned_on=0).tuning_due(5)
-    raced = ServingIndex("i2", frozenset(), Tuning(), tuned_on=10)
+    assert ServingIndex("i1", frozenset(), "minilm", None, tuned_on=0).tuning_due(5)
+    raced = ServingIndex("i2", frozenset(), "minilm", Tuning(), tuned_on=10)
     assert not raced.tuning_due(19) and raced.tuning_due(20)
