@@ -3,8 +3,8 @@
 - `prior`: the offline evaluation's quality delta (the sequential rule's weak prior);
 - `exposure` / `floor`: the share a new canary may open at given current's online quality, and
   the floor it keeps (learners/sequential.py `exposure_share`);
-- `grown`: whether one index holds all of another's examples and more (a rolling canary's
-  successor, or a canary that only adds to current);
+- `grown`: whether one index holds all of another's examples and more, but those newer
+  corrections replaced (a rolling canary's successor, or a canary that only adds to current);
 - `members`: the versions whose calls are a rolling canary's evidence, and since when;
 - `implicated` / `blamed`: which examples a rolled-back index is blamed for.
 
@@ -23,7 +23,7 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord
-from learners.index import example_ids
+from learners.index import example_ids, grown_from
 from learners.sequential import ArmEvidence, Rule, exposure_share
 from retrieval.lexical import answer_key
 
@@ -83,7 +83,8 @@ class CanaryFacts:
         self._growth: dict[tuple[str, str, str], int | None] = {}  # (route, inner, outer) -> examples added
 
     async def grown(self, route: str, kind: ArtifactKind, inner: str | None, outer: str) -> int | None:
-        """How many examples index `outer` adds to index `inner` when it holds all of them, built
+        """How many examples index `outer` adds to index `inner` when it holds all of them (but
+        those a newer correction of the same question replaced, its evaluation's `replaced`), built
         by the same embedder and retrieved the same way (None otherwise, or for another kind): a
         change of retrieval settings changes every call, so it is judged on its own evidence."""
         if kind != "index" or inner is None:
@@ -95,8 +96,9 @@ class CanaryFacts:
             if old is not None and new is not None and isinstance(old.body, dict) and isinstance(new.body, dict):
                 before, after = set(example_ids(old.body)), set(example_ids(new.body))
                 same_way = all(old.body.get(k) == new.body.get(k) for k in ("embedder", "retrieval"))
-                if same_way and before < after:
-                    grown = len(after - before)
+                replaced = evaluation_of(new).get("replaced") or ()
+                if same_way and (added := grown_from(before, after, replaced)):
+                    grown = added
             self._growth[key] = grown  # artifact bodies never change
         return self._growth[key]
 

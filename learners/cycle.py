@@ -254,7 +254,10 @@ class LearningCycle:
             self.report.skipped.append("index: no change in the curated examples")
             return
         ids = frozenset(e.id for e in cand.examples)
-        grown = serving.grown_by(ids, embedder.name) if serving is not None else len(ids)
+        grown = serving.grown_by(ids, embedder.name, ds.replaced) if serving is not None else len(ids)
+        # examples of current or the serving index a newer correction of the same question replaced:
+        # the rollout counts an index that leaves out only these as growth (learners/canary_facts.py)
+        replaced = sorted((set(cand.removed) | (serving.ids - ids if serving else set())) & ds.replaced)
         tuning = serving.tuning if serving is not None and serving.tuning else self._route_tuning()
         tuned_on = serving.tuned_on if serving is not None else 0
         online = None
@@ -262,8 +265,10 @@ class LearningCycle:
             online = (f"{len(self.cases)} held-out calls with a reference, fewer than min_samples "
                       f"{self.cfg.min_samples}: judged online by the canary alone")
         elif grown and not due:
-            online = (f"only adds {grown} examples to {serving.version if serving else 'nothing'}, with its retrieval "
-                      f"{tuning.describe()} (raced on {tuned_on} held-out calls): judged online by the canary alone")
+            swaps = f" ({len(replaced)} replacing older corrections of the same questions)" if replaced else ""
+            online = (f"only adds {grown} examples{swaps} to {serving.version if serving else 'nothing'}, "
+                      f"with its retrieval {tuning.describe()} (raced on {tuned_on} held-out calls): "
+                      "judged online by the canary alone")
         last = await self._last_rejected("index")
         # the same candidate as the newest refused one: the same examples (retrieved the same way,
         # unless a race is to choose how)
@@ -304,7 +309,7 @@ class LearningCycle:
         body = await asyncio.to_thread(index.to_body)
         outcome = await self._settle("index", body, manifest, problems, arm,
                                      {"added": list(cand.added), "removed": list(cand.removed),
-                                      "retrieval": tuning.to_dict(), "tuned_on": tuned_on},
+                                      "replaced": replaced, "retrieval": tuning.to_dict(), "tuned_on": tuned_on},
                                      tuple(tried), content=content, online=online)
         if due and arm is not None and outcome == "rejected":
             await self._raced(tuned_on)  # raced, and refused: what serves keeps its settings until the next race

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 NEGATIVE_SIGNALS = frozenset({"regenerated", "rephrased", "abandoned", "corrected"})
 POSITIVE_SCORE = 0.8
 _PLACEHOLDER = re.compile(r"<(?:EMAIL|PHONE|CARD|IBAN|IP|SSN|PERSON)>")
+SUPERSEDED = "superseded by a newer correction of the same question"
+REPLACED = "a correction of the same question replaces it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,12 @@ class Dataset:
     retired: tuple[tuple[str, str], ...] = ()  # (example id, why)
     stats: DatasetStats = field(default_factory=DatasetStats)
     feedback_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)  # example id -> feedback ids
+
+    @property
+    def replaced(self) -> frozenset[str]:
+        """The example ids a newer correction of the same question replaced: an index that leaves
+        only these out of another still only adds answers (learners/growth.py)."""
+        return frozenset(i for i, why in self.retired if why in (SUPERSEDED, REPLACED))
 
     def evidence(self, examples: Sequence[Example]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(call ids, feedback ids) behind `examples`, for a manifest."""
@@ -240,13 +248,13 @@ def curate(
     kept_ids = {e.id for e in kept_fix}
     for c in fixed:
         if c.example.id not in kept_ids:
-            retired.append((c.example.id, "superseded by a newer correction of the same question"))
+            retired.append((c.example.id, SUPERSEDED))
     kept_rated = dedupe(rated, embedder, config.dedupe_threshold)
     counts["duplicates"] = len(rated) - len(kept_rated)
     if kept_fix and kept_rated:
         sims = embedder.embed([e.input for e in kept_rated]) @ embedder.embed([e.input for e in kept_fix]).T
         contradicted = np.max(sims, axis=1) >= config.dedupe_threshold
-        retired += [(e.id, "a correction of the same question replaces it")
+        retired += [(e.id, REPLACED)
                     for e, bad in zip(kept_rated, contradicted, strict=True) if bad]
         kept_rated = [e for e, bad in zip(kept_rated, contradicted, strict=True) if not bad]
     counts["retired"] = len(retired)

@@ -3,7 +3,8 @@
 Replaying held-out calls for every retrieval setting takes minutes on a slow upstream (each
 replay is a model call). If every index waited for that, corrections made while it ran would
 reach nobody until it ended: on a fast route, most of a day's first hundred calls. So an index
-that only *adds* examples to the one serving (the canary, else current) skips the replays: it
+that only *adds* examples to the one serving (the canary, else current), or replaces some with a newer
+correction of the same question, skips the replays: it
 keeps the serving index's tuned retrieval settings and goes to the canary, whose online evidence
 decides it (learners/rollout.py: it grows a rolling canary, or a canary that only adds to current).
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from gateway.store.artifacts import ArtifactRegistry
 from learners.canary_facts import evaluation_of
-from learners.index import example_ids
+from learners.index import example_ids, grown_from
 from retrieval.lexical import Tuning
 
 
@@ -33,11 +34,12 @@ class ServingIndex:
     tuning: Tuning | None  # the retrieval settings stored with it
     tuned_on: int  # held-out calls those settings were raced on (0: never raced)
 
-    def grown_by(self, ids: frozenset[str], embedder: str) -> int:
+    def grown_by(self, ids: frozenset[str], embedder: str, replaced: frozenset[str] = frozenset()) -> int:
         """How many examples `ids`, embedded by `embedder`, add when they hold all of this index's
-        (0 when they do not, or when re-embedded: the rollout would not count that as growth,
-        learners/canary_facts.py `grown`)."""
-        return len(ids - self.ids) if self.ids < ids and embedder == self.embedder else 0
+        but those in `replaced` (superseded by a newer correction of the same question: a change
+        of answer is as local as a new one). 0 when they leave out others, add nothing, or are
+        re-embedded: the rollout would not count that as growth (learners/canary_facts.py `grown`)."""
+        return grown_from(self.ids, ids, replaced) if embedder == self.embedder else 0
 
     def tuning_due(self, heldout: int) -> bool:
         """Race the retrieval settings again: never raced, or the held-out set doubled since."""

@@ -8,6 +8,7 @@ stored with the index and applied by the request path.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,13 @@ def example_ids(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return []
     return [str(e["id"]) for e in body.get("examples", []) if isinstance(e, dict) and "id" in e]
+
+
+def grown_from(before: Collection[str], after: Collection[str], replaced: Collection[str]) -> int:
+    """How many example ids `after` adds to `before` when it leaves out only `replaced` ones
+    (superseded by a newer correction of the same question); 0 otherwise."""
+    added = set(after) - set(before)
+    return len(added) if added and (set(before) - set(after)).issubset(replaced) else 0
 
 
 def tuning_grid(rs: RetrievalSettings) -> list[Tuning]:

@@ -141,3 +141,31 @@ def test_an_index_that_only_adds_examples_keeps_the_raced_retrieval_and_replays_
     assert grown["evaluation"] is None and not any(h.startswith("index") for h in report["eval_halving"])
     ev = stored(grown["version"])
     assert ev["online_only"] and ev["retrieval"] == raced["retrieval"] and ev["tuned_on"] == raced["tuned_on"]
+
+
+def test_a_newer_correction_of_a_corrected_question_is_growth_too(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    from gateway.config.settings import LearnerSettings
+    from learners.dataset import in_heldout
+    from tests.learners.scenario import TOPICS
+
+    c = Client(make_gateway(config(fake_upstream, tmp_path, canary_share=0.0)).url)
+    correct_everything(c)
+    first = next(x for x in c.learn()["candidates"] if x["kind"] == "index")
+    assert first["outcome"] == "promoted"
+    # the same question asked again and corrected anew: the newest correction replaces the older
+    # one, which changes only the calls that retrieve it, as an added example does
+    seed, question = LearnerSettings().seed, TOPICS["shipping"][0][0]
+    for i in range(40):
+        call_id, _, _ = c.ask(f"again-{i}", question)
+        if not in_heldout(call_id, seed, 0.5):
+            c.feedback(call_id, correction="Shipping is free on orders over 60 euros, otherwise it costs 5.90 euros.")
+            break
+    report = c.learn()
+    [swapped] = [x for x in report["candidates"] if x["kind"] == "index"]
+    assert swapped["outcome"] == "promoted", swapped
+    assert "only adds 1 examples (1 replacing older corrections" in swapped["reason"], swapped
+    assert swapped["evaluation"] is None and not any(h.startswith("index") for h in report["eval_halving"])
+    rows = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"]
+    ev = next(r for r in rows if r["version"] == swapped["version"])["evaluation"]
+    assert len(ev["replaced"]) == 1 and ev["removed"] == ev["replaced"] and len(ev["added"]) == 1

@@ -18,3 +18,10 @@ def test_retrieval_is_raced_again_when_never_raced_or_the_held_out_set_doubled()
     assert ServingIndex("i1", frozenset(), "minilm", None, tuned_on=0).tuning_due(5)
     raced = ServingIndex("i2", frozenset(), "minilm", Tuning(), tuned_on=10)
     assert not raced.tuning_due(19) and raced.tuning_due(20)
+
+
+def test_examples_a_newer_correction_replaced_may_be_left_out() -> None:
+    serving = ServingIndex("i3", frozenset({"a", "b"}), "minilm", Tuning(), tuned_on=10)
+    assert serving.grown_by(frozenset({"a", "c"}), "minilm", replaced=frozenset({"b"})) == 1  # c replaces b
+    assert serving.grown_by(frozenset({"c"}), "minilm", replaced=frozenset({"b"})) == 0  # a left out too
+    assert serving.grown_by(frozenset({"a"}), "minilm", replaced=frozenset({"b"})) == 0  # nothing added

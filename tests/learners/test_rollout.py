@@ -225,6 +225,11 @@ async def test_an_index_grown_from_the_running_canary_takes_its_place_and_its_ev
     # one that drops an example of the canary queues behind it as before
     await reg.save_candidate("bot", "index", _index_body("a", "c", "d"), M, version="i4")
     assert (await rollout.begin("bot", "index", "i4", "offline ok")).action == "queued"
+    # ... unless a newer correction of the same question replaced what it drops (its evaluation says so)
+    await reg.save_candidate("bot", "index", _index_body("a", "b", "d"), M, version="i6",
+                             evaluation={"replaced": ["c"]})
+    assert await rollout.facts.grown("bot", "index", "i3", "i6") == 1
+    assert await rollout.facts.grown("bot", "index", "i3", "i4") is None
     # so does one with every example and more, retrieved another way (raced settings change every call)
     await reg.save_candidate("bot", "index", {**_index_body("a", "b", "c", "d"), "retrieval": {"k": 8}}, M,
                              version="i5")
