@@ -44,9 +44,12 @@ class Effects:
     outcomes: str  # e.g. "index: 2 promoted, 1 rejected; template: 3 rejected"
     p50_learning_s: float | None
     p50_quiet_s: float | None
-    # like for like: p50 (during learning, quiet) of calls with a plain prompt, and of those
-    # carrying learned examples or a learned template (longer prompts: slower on a CPU model)
+    # like for like: p50 (during learning, quiet) of calls with a plain prompt and no index to
+    # look up, of plain-prompt calls whose index lookup retrieved nothing (they embed the query
+    # first), and of those carrying learned examples or a learned template (longer prompts:
+    # slower on a CPU model)
     p50_plain: tuple[float | None, float | None] = (None, None)
+    p50_missed: tuple[float | None, float | None] = (None, None)
     p50_learned: tuple[float | None, float | None] = (None, None)
 
 
@@ -99,6 +102,7 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
     t_corr = rows[corr].sent_at + rows[corr].latency_s if corr is not None else None
     learned = [r for r in rows if _learned(r)]
     plain = [r for r in rows if not _learned(r)]
+    missed = [r for r in plain if r.index_version is not None]
     during = [r.latency_s for r in rows if r.during_learning]
     quiet = [r.latency_s for r in rows if not r.during_learning]
 
@@ -128,6 +132,7 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         outcomes=outcome_counts(run),
         p50_learning_s=statistics.median(during) if during else None,
         p50_quiet_s=statistics.median(quiet) if quiet else None,
-        p50_plain=p50s(plain),
+        p50_plain=p50s([r for r in plain if r.index_version is None]),
+        p50_missed=p50s(missed),
         p50_learned=p50s(learned),
     )

@@ -70,7 +70,9 @@ def checks(r: TaskResult) -> list[tuple[str, bool | None]]:
     d, q = r.fx.p50_learning_s, r.fx.p50_quiet_s
     out.append((f"live p50 during learning {_f(d, '{:.2f}')} s vs {_f(q, '{:.2f}')} s without, all calls "
                 f"(mixes prompt lengths; not the verdict)", None))
-    for label, (d, q) in (("plain-prompt", r.fx.p50_plain), ("learned-prompt", r.fx.p50_learned)):
+    for label, (d, q) in (("plain-prompt (no index)", r.fx.p50_plain),
+                          ("plain-prompt (index lookup, nothing retrieved)", r.fx.p50_missed),
+                          ("learned-prompt", r.fx.p50_learned)):
         out.append((f"live p50 of {label} calls during learning {_f(d, '{:.2f}')} s vs {_f(q, '{:.2f}')} s "
                     f"without (needs <= +20 %)", None if d is None or q is None else d <= 1.2 * q))
     return out
