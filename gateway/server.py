@@ -250,6 +250,11 @@ class Gateway:
         self.writer.observe_write = lambda table, s: DB_WRITE.labels(table).observe(s)
         for service in self.services:
             await service.start()
+        if self.settings.learners.enabled:
+            # The learners' first cycle would otherwise load the embedder (seconds of CPU for MiniLM)
+            # beside live traffic, slowing the calls around a route's first corrections: load it now,
+            # on a thread, while the gateway warms up (requests never wait for it: `current_fn`).
+            self.embedders.current_fn()
         self._started = True
         if self.config_path is not None:
             self._tasks.append(asyncio.create_task(self._watch_config(), name="flywheel-config-watch"))

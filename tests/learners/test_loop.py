@@ -118,3 +118,14 @@ def test_a_correction_is_served_while_the_routes_evaluation_runs(make_gateway: A
     row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"] if r["version"] == newer)
     assert row["evaluation"]["online_only"] and row["evaluation"]["offline"] is None  # no replays
     assert evaluating == [ROUTE]  # still in its one evaluation
+
+
+def test_with_learners_on_the_embedder_loads_at_start_not_at_the_first_cycle(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path) -> None:
+    # loaded beside the first corrections' live traffic, a model costs those calls seconds of CPU
+    on = make_gateway(config(fake_upstream, tmp_path, enabled=True, interval_s=3600))
+    wait_for(lambda: on.gateway.embedders.embed_fn() is not None, timeout=10)
+    (tmp_path / "off").mkdir()
+    off = make_gateway(config(fake_upstream, tmp_path / "off", enabled=False))
+    time.sleep(0.3)
+    assert off.gateway.embedders.embed_fn() is None  # nothing learns there: no model in memory
