@@ -55,6 +55,9 @@ class Example:
         )
 
 
+VECTORS = "index_b64"  # the body field holding the vector index bytes (base64)
+
+
 class ExampleIndex:
     """Examples searchable by the similarity of their inputs to a query vector. Immutable."""
 
@@ -159,13 +162,26 @@ class ExampleIndex:
     def to_body(self) -> dict[str, Any]:
         """The manifest with the index bytes inlined as base64: one JSON value for an artifact row."""
         manifest, data = self.to_artifact()
-        return {**manifest, "index_b64": base64.b64encode(data).decode("ascii")}
+        return {**manifest, VECTORS: base64.b64encode(data).decode("ascii")}
 
     @classmethod
     def from_body(cls, body: dict[str, Any], embedder: Embedder | None = None) -> ExampleIndex:
-        """Inverse of `to_body`."""
-        manifest = {k: v for k, v in body.items() if k != "index_b64"}
-        return cls.from_artifact(manifest, base64.b64decode(body["index_b64"]), embedder)
+        """Inverse of `to_body`. A body without its vectors (`without_vectors`) is rebuilt from its
+        examples with `embedder`, which must be the model that built it (ValueError otherwise)."""
+        manifest = without_vectors(body)
+        if VECTORS in body:
+            return cls.from_artifact(manifest, base64.b64decode(body[VECTORS]), embedder)
+        if embedder is None or (embedder.name, embedder.dim) != (manifest["embedder"], manifest["dim"]):
+            raise ValueError(f"index body without vectors: rebuilding it needs its embedder {manifest['embedder']}")
+        tuning = Tuning.from_dict(manifest["retrieval"]) if isinstance(manifest.get("retrieval"), dict) else None
+        return cls.build([Example.from_dict(d) for d in manifest["examples"]], embedder).with_tuning(tuning)
+
+
+def without_vectors(body: dict[str, Any]) -> dict[str, Any]:
+    """An index body less its vector bytes, the bulk of it: what a version that will never serve
+    again keeps. Its examples, embedder and retrieval settings stay (diffs, blame and audits read
+    them); `ExampleIndex.from_body` rebuilds the vectors from the examples if ever asked to."""
+    return {k: v for k, v in body.items() if k != VECTORS}
 
 
 def dedupe(examples: Sequence[Example], embedder: Embedder, threshold: float = 0.95) -> list[Example]:

@@ -8,6 +8,8 @@ shares one lifecycle:
                        \\-> rejected
 
 Every change is a `Transition` row with its reason (the audit log `flywheel prompts log` prints).
+Bodies never change, but for one thing: an index version that ends (rejected, rolled back) drops its
+vectors, the bulk of its body, and keeps its examples and settings.
 A running canary's share of traffic changes by a canary -> canary row carrying the new `share`
 (`set_share`); it keeps the canary's `since`.
 States are read from the transition rows, which are small, so finding the current and canary
@@ -25,6 +27,7 @@ from typing import Any
 
 from gateway.store.base import Store
 from gateway.store.records import JSON, ArtifactKind, ArtifactRecord, ArtifactState, Transition
+from retrieval.examples import VECTORS, without_vectors
 
 PREFIX: dict[str, str] = {"template": "t", "index": "i", "policy": "p"}
 KIND_OF_PREFIX: dict[str, ArtifactKind] = {"t": "template", "i": "index", "p": "policy"}
@@ -207,7 +210,20 @@ class ArtifactRegistry:
             await self.store.transition(t)
         except ValueError as exc:  # another actor moved it first
             raise TransitionRefused(str(exc)) from None
+        if kind == "index" and not ALLOWED[to_state]:
+            await self._drop_vectors(route, version, rec)
         return t
+
+    async def _drop_vectors(self, route: str, version: str, rec: ArtifactRecord | None) -> None:
+        """An index version that will never serve again keeps its examples, not its vectors (the
+        bulk of its body). The learners store a version per correction they serve, each holding
+        every example's vector: kept, they would grow the store with the square of the examples."""
+        rec = rec or await self.store.get_artifact(route, "index", version)
+        if rec is None or not isinstance(rec.body, dict) or VECTORS not in rec.body:
+            return
+        rec.body = without_vectors(rec.body)
+        rec.state = (await self.states(route, "index")).versions[version].state
+        await self.store.save_artifact(rec)
 
     async def set_share(self, route: str, kind: ArtifactKind, version: str, share: float, reason: str) -> None:
         """Record a new traffic share for a running canary (a canary -> canary transition)."""

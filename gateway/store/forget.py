@@ -54,8 +54,11 @@ def filter_body(kind: ArtifactKind, body: JSON, calls: set[str], feedback: set[s
                 and (_theirs(str(e["id"]), calls, feedback) or str(e.get("source_call_id")) in calls)}
         if not gone:
             return body, 0
-        from retrieval.examples import ExampleIndex
+        from retrieval.examples import VECTORS, ExampleIndex
 
+        if VECTORS not in body:  # a version that left serving keeps no vectors: its examples are all
+            kept_examples = [e for e in body["examples"] if not (isinstance(e, dict) and str(e.get("id")) in gone)]
+            return {**body, "examples": kept_examples, "count": len(kept_examples)}, len(gone)
         return ExampleIndex.from_body(body).without(gone).to_body(), len(gone)
     return body, 0
 

@@ -101,3 +101,39 @@ async def test_rollback_defaults_to_the_canary_then_the_latest_promotion(store: 
     immediate = Rollout(reg, lambda: LearnerSettings(canary_share=0.0))
     await reg.save_candidate("bot", "template", {"source": "t2"}, M, version="t2")
     assert (await immediate.begin("bot", "template", "t2", "ok")).action == "promoted"
+
+
+async def test_an_index_version_that_ends_drops_its_vectors_and_keeps_its_examples(store: Store) -> None:
+    from gateway.store.forget import filter_body
+    from retrieval.embeddings import HashingEmbedder
+    from retrieval.examples import Example, ExampleIndex
+
+    emb = HashingEmbedder()
+
+    def body(*ids: str) -> dict[str, object]:
+        return ExampleIndex.build([Example(i, f"question {i}", f"answer {i}", f"call-{i}", "correction", 0.0)
+                                   for i in ids], emb).to_body()
+
+    reg = ArtifactRegistry(store)
+    for version, ids in (("i1", ("a",)), ("i2", ("a", "b")), ("i3", ("a", "c")), ("i4", ("a", "d"))):
+        await reg.save_candidate("bot", "index", body(*ids), M, version=version)
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    await reg.move("bot", "index", "i2", "canary", "try")
+    await reg.move("bot", "index", "i2", "rejected", "superseded by i3")
+    await reg.move("bot", "index", "i3", "rejected", "refused offline")
+    await reg.move("bot", "index", "i4", "promoted", "better")
+    await reg.move("bot", "index", "i4", "rolled_back", "worse online")
+
+    async def stored(version: str) -> dict[str, object]:
+        rec = await reg.get("bot", "index", version)
+        assert rec is not None and isinstance(rec.body, dict)
+        return rec.body
+
+    assert "index_b64" in await stored("i1")  # current serves: its vectors stay
+    for version in ("i2", "i3", "i4"):  # ended: examples and settings stay for diffs, blame and audits
+        slim = await stored(version)
+        assert "index_b64" not in slim and len(slim["examples"]) == 2  # type: ignore[arg-type]
+    assert (await reg.states("bot", "index")).versions["i4"].state == "rolled_back"
+    # forgetting a user still reaches an ended version's examples
+    kept, removed = filter_body("index", await stored("i2"), {"call-b"}, set())
+    assert removed == 1 and isinstance(kept, dict) and [e["id"] for e in kept["examples"]] == ["a"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from retrieval.embeddings import HashingEmbedder
-from retrieval.examples import Example, ExampleIndex, dedupe, few_shot_messages, with_few_shot
+from retrieval.examples import Example, ExampleIndex, dedupe, few_shot_messages, with_few_shot, without_vectors
 
 
 def ex(i: int, text: str, out: str = "", t: float = 0.0, source: str = "rated") -> Example:
@@ -48,6 +48,19 @@ def test_artifact_round_trip_is_json_safe_and_checks_embedder() -> None:
 
     with pytest.raises(ValueError, match="cannot be queried"):
         ExampleIndex.from_artifact(manifest, data, HashingEmbedder(dim=128))
+
+
+def test_a_body_without_vectors_keeps_its_examples_and_is_rebuilt_by_its_own_embedder() -> None:
+    emb = HashingEmbedder()
+    index = ExampleIndex.build(EXAMPLES, emb)
+    slim = without_vectors(json.loads(json.dumps(index.to_body())))
+    assert "index_b64" not in slim and slim["count"] == 4 and len(slim["examples"]) == 4
+    [qv] = emb.embed(["cancel the subscription"])
+    assert ExampleIndex.from_body(slim, emb).query(qv, k=3) == index.query(qv, k=3)
+    with pytest.raises(ValueError, match="needs its embedder"):
+        ExampleIndex.from_body(slim)
+    with pytest.raises(ValueError, match="needs its embedder"):
+        ExampleIndex.from_body(slim, HashingEmbedder(dim=128))
 
 
 def test_empty_example_index() -> None:
