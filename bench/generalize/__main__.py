@@ -2,7 +2,7 @@
 
     python -m bench.generalize [--tasks polarity,topic,quantities,nickname,valence] [--calls 150]
                                [--models smollm2[,qwen-coder]] [--routing-task polarity] [--routing-calls 60]
-                               [--routing-only] [--quick] [--threads 1] [--seed 0] [--loop on|off]
+                               [--routing-only] [--escalate] [--quick] [--threads 1] [--seed 0] [--loop on|off]
                                [--oracle-figures polarity=0.72,...]
 
 Per task (bench/generalize/tasks.py), through a real gateway on loopback in front of llama.cpp
@@ -65,6 +65,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--routing-task", default="polarity")
     ap.add_argument("--routing-calls", type=int, default=60, help="calls per routing arm (the strong model is slow)")
     ap.add_argument("--routing-only", action="store_true", help="only the routing arm (needs two --models)")
+    ap.add_argument("--escalate", action="store_true", help="the routed route re-asks strong when cheap's answer "
+                    "disagrees with what its retrieved examples mostly answer (`escalate = { to = \"strong\" }`, "
+                    "meant for label and short-extraction routes)")
     ap.add_argument("--oracle-calls", type=int, default=0, help="oracle on an evenly spaced sample of the "
                     "stream of about this size (0: every call); it is the slowest arm (no prompt-cache reuse)")
     ap.add_argument("--learn-every", type=int, default=50)
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         ups = [Upstream(name, srv.alias, srv.base_url) for name, srv in servers.items()]
         config = write_config(tmp, port, tasks, ups, routing_task.name if routing_task else None,
-                              loop=args.loop == "on")
+                              loop=args.loop == "on", escalate=args.escalate)
         gateway = start_gateway(config, port, tmp, admin_key)
         client = Client(gateway.url, admin_key)
         print(f"gateway {gateway.url}, config {config}, llama.cpp --threads {args.threads}, "
