@@ -211,18 +211,17 @@ class ArtifactRegistry:
         except ValueError as exc:  # another actor moved it first
             raise TransitionRefused(str(exc)) from None
         if kind == "index" and not ALLOWED[to_state]:
-            await self._drop_vectors(route, version, rec)
+            await self._drop_vectors(route, version, to_state)
         return t
 
-    async def _drop_vectors(self, route: str, version: str, rec: ArtifactRecord | None) -> None:
+    async def _drop_vectors(self, route: str, version: str, state: ArtifactState) -> None:
         """An index version that will never serve again keeps its examples, not its vectors (the
         bulk of its body). The learners store a version per correction they serve, each holding
         every example's vector: kept, they would grow the store with the square of the examples."""
-        rec = rec or await self.store.get_artifact(route, "index", version)
+        rec = await self.store.get_artifact(route, "index", version)  # read fresh: annotations made meanwhile
         if rec is None or not isinstance(rec.body, dict) or VECTORS not in rec.body:
             return
-        rec.body = without_vectors(rec.body)
-        rec.state = (await self.states(route, "index")).versions[version].state
+        rec.body, rec.state = without_vectors(rec.body), state
         await self.store.save_artifact(rec)
 
     async def set_share(self, route: str, kind: ArtifactKind, version: str, share: float, reason: str) -> None:
