@@ -73,6 +73,12 @@ def test_the_exposure_share_bounds_what_a_canary_can_lose() -> None:
     # the opening share is this canary's floor while it does not look worse; once it does, canary_share
     assert decide(ArmEvidence(1, 1), ArmEvidence(3, 0), rule, floor=failing).share >= failing
     assert decide(ArmEvidence(6, 0), ArmEvidence(30, 20), rule, floor=failing).share == CFG.canary_share
+    # before min_feedback rated canary calls nothing looks worse: 2 of 3 right against 40 of 60
+    # keeps the floor (a coin flip from p_better 0.5), and so does a tie on more calls
+    early = decide(ArmEvidence(3, 2), ArmEvidence(60, 40), rule, floor=failing)
+    assert early.p_better < 0.5 and early.share >= failing
+    tie = decide(ArmEvidence(30, 20), ArmEvidence(60, 40), rule, floor=failing)
+    assert tie.verdict == "continue" and tie.share >= failing
 
 
 async def test_an_index_that_only_adds_to_current_opens_at_the_cap(store: SqlStore) -> None:
