@@ -79,6 +79,8 @@ def test_the_exposure_share_bounds_what_a_canary_can_lose() -> None:
     assert early.p_better < 0.5 and early.share >= failing
     tie = decide(ArmEvidence(30, 20), ArmEvidence(60, 40), rule, floor=failing)
     assert tie.verdict == "continue" and tie.share >= failing
+    behind = decide(ArmEvidence(22, 13), ArmEvidence(47, 30), rule, floor=failing)  # 0.59 vs 0.64: within 0.05
+    assert behind.p_worse > behind.p_better and behind.share >= failing
 
 
 async def test_an_index_that_only_adds_to_current_opens_at_the_cap(store: SqlStore) -> None:
