@@ -15,8 +15,8 @@ With at least `min_feedback` canary calls rated, p_worse ≥ confidence rolls ba
 decide. Meanwhile the canary's share of traffic grows with the evidence that it is better:
 share = floor + (cap − floor) · max(0, 2·p_better − 1), floor `canary_share`, cap
 `canary_max_share`. Without evidence (p_better ½) it stays at the floor; as p_better nears 1 it
-nears the cap; when the canary looks worse (on at least `min_feedback` rated calls, more likely than
-not worse by more than the tolerance) it falls back to `canary_share`, where it still gathers
+nears the cap; as the canary looks worse (on at least `min_feedback` rated calls, P(worse by more
+than the tolerance) from ½ up to `confidence`) it falls back to `canary_share`, where it still gathers
 the evidence that rolls it back.
 
 The floor may be raised for one canary (`floor`): `exposure_share` bounds what a canary can cost.
@@ -119,13 +119,15 @@ def decide(canary: ArmEvidence, current: ArmEvidence, rule: Rule, prior_delta: f
     x, y = rng.beta(a_can, b_can, _DRAWS), rng.beta(a_cur, b_cur, _DRAWS)
     p_better = float(np.mean(x > y))
     p_worse = float(np.mean(x < y - rule.tolerance))
-    # looks worse: on at least `min_feedback` rated canary calls, more likely than not worse by more
-    # than the tolerance. Before that the floor holds: a bad canary is rolled back after about as
-    # many bad rated calls at any share (the floor's premise). Within the tolerance it holds too: at
-    # a tie p_better hovers around ½ with every call, and a floor lost on such a coin flip starves
-    # the canary of the evidence that decides it.
-    looks_worse = canary.n >= rule.min_feedback and p_worse > 0.5
-    low = rule.base_share if floor is None or looks_worse else min(rule.max_share, max(rule.base_share, floor))
+    # The floor gives way as the canary looks worse: from the point where it is more likely than
+    # not worse by more than the tolerance down to `canary_share` where it would be rolled back.
+    # Gradually: at a tie p_worse hovers around ½ with every rated call, and a floor lost and won
+    # back on such coin flips starves the canary of the evidence that decides it. Before
+    # `min_feedback` rated calls it holds: a bad canary is rolled back after about as many bad
+    # rated calls at any share (the floor's premise).
+    top = rule.base_share if floor is None else min(rule.max_share, max(rule.base_share, floor))
+    worse = min(1.0, max(0.0, (p_worse - 0.5) / max(rule.confidence - 0.5, 1e-9)))
+    low = top - (top - rule.base_share) * (worse if canary.n >= rule.min_feedback else 0.0)
     share = round(low + (rule.max_share - low) * max(0.0, 2 * p_better - 1), 2)
     figures = (f"P(canary better) {p_better:.2f}, P(worse by > {rule.tolerance:.2f}) {p_worse:.2f}; "
                f"posterior means {can_mean:.2f} vs {cur_mean:.2f}")
