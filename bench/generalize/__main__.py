@@ -114,7 +114,7 @@ def run_task(client: Client, task: Task, args: argparse.Namespace, cheap: LlamaS
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     const = best_constant(task.shape, stream, task.constants)
     off_acc = sum(off.correct) / len(off.correct)
-    return report.TaskResult(task.name, task.shape, off, on, oracle, const, effects(on, off_acc), args.window)
+    return report.TaskResult(task.name, task.shape, off, on, oracle, const, effects(on, off_acc, off=off), args.window)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             merge_loop_cycles(r.on, cycles)
         results = [report.TaskResult(r.task, r.shape, r.off, r.on, r.oracle, r.constant,
-                                     effects(r.on, r.acc_off), r.window) for r in results]
+                                     effects(r.on, r.acc_off, off=r.off), r.window) for r in results]
         if routing_task is not None:
             routing = run_routing(client, routing_task, routing_task.stream(args.routing_calls, args.seed + 1),
                                   args.learn_every, args.seed)

@@ -51,6 +51,9 @@ class Effects:
     p50_plain: tuple[float | None, float | None] = (None, None)
     p50_missed: tuple[float | None, float | None] = (None, None)
     p50_learned: tuple[float | None, float | None] = (None, None)
+    # paired: plain-prompt calls during learning, and the learners-off pass on the same items (the
+    # same prompt, answered the same way at temperature 0): no item or position bias
+    p50_plain_vs_off: tuple[float | None, float | None] = (None, None)
 
 
 def _learned(row: CallRow) -> bool:
@@ -92,8 +95,10 @@ def outcome_counts(run: PassRun) -> str:
                      for kind, v in sorted(counts.items())) or "no candidate"
 
 
-def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0.10) -> Effects:
-    """All figures of a learners-on pass, given the learners-off accuracy over the same stream."""
+def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0.10,
+            off: PassRun | None = None) -> Effects:
+    """All figures of a learners-on pass, given the learners-off accuracy over the same stream (and
+    that pass itself, `off`, for the paired latency figure)."""
     rows = run.rows
     corr = next((i for i, r in enumerate(rows) if r.feedback == "correction"), None)
     promo = first_promotion(run)
@@ -110,6 +115,8 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         d, q = [r.latency_s for r in rs if r.during_learning], [r.latency_s for r in rs if not r.during_learning]
         return (statistics.median(d) if d else None, statistics.median(q) if q else None)
 
+    paired = [i for i, r in enumerate(rows) if r.during_learning and not _learned(r) and r.index_version is None
+              and off is not None and i < len(off.rows)]
     reps = [c.report for c in run.cycles]
     return Effects(
         first_correction=None if corr is None else corr + 1,
@@ -135,4 +142,6 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         p50_plain=p50s([r for r in plain if r.index_version is None]),
         p50_missed=p50s(missed),
         p50_learned=p50s(learned),
+        p50_plain_vs_off=(statistics.median(rows[i].latency_s for i in paired),
+                          statistics.median(off.rows[i].latency_s for i in paired)) if paired and off else (None, None),
     )

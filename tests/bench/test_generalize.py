@@ -84,6 +84,12 @@ def test_first_effect_counts_calls_from_the_first_correction_to_the_first_promot
     assert fx.eval_calls == 12 and "template: 1 promoted" in fx.outcomes
     assert fx.p50_learning_s == 0.5 and fx.p50_quiet_s == 0.1
     assert rise_call([False] * 10, 0.0, 5, 0.1) is None
+    # plain-prompt calls during learning against the learners-off pass on the same items
+    off = PassRun("off", [_row(i, False) for i in range(20)])
+    for i, r in enumerate(off.rows):
+        r.latency_s = 0.4 if i < 5 else 9.0  # the items of calls 1-5 are the ones compared
+    assert effects(run, off_accuracy=0.0, off=off).p50_plain_vs_off == (0.5, 0.4)
+    assert effects(run, off_accuracy=0.0).p50_plain_vs_off == (None, None)
 
 
 def test_the_loops_own_cycles_are_read_from_the_log_and_merged_without_the_benchs_own(tmp_path: Path) -> None:
