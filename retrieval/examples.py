@@ -155,8 +155,7 @@ class ExampleIndex:
                 f"index built with {manifest['embedder']} ({manifest['dim']}d) cannot be queried with "
                 f"{embedder.name} ({embedder.dim}d)"
             )
-        examples = [Example.from_dict(d) for d in manifest["examples"]]
-        tuning = Tuning.from_dict(manifest["retrieval"]) if isinstance(manifest.get("retrieval"), dict) else None
+        examples, tuning = _examples_and_tuning(manifest)
         return cls(examples, VectorIndex.from_bytes(data), str(manifest["embedder"]), tuning)
 
     def to_body(self) -> dict[str, Any]:
@@ -173,8 +172,14 @@ class ExampleIndex:
             return cls.from_artifact(manifest, base64.b64decode(body[VECTORS]), embedder)
         if embedder is None or (embedder.name, embedder.dim) != (manifest["embedder"], manifest["dim"]):
             raise ValueError(f"index body without vectors: rebuilding it needs its embedder {manifest['embedder']}")
-        tuning = Tuning.from_dict(manifest["retrieval"]) if isinstance(manifest.get("retrieval"), dict) else None
-        return cls.build([Example.from_dict(d) for d in manifest["examples"]], embedder).with_tuning(tuning)
+        examples, tuning = _examples_and_tuning(manifest)
+        return cls.build(examples, embedder).with_tuning(tuning)
+
+
+def _examples_and_tuning(manifest: dict[str, Any]) -> tuple[list[Example], Tuning | None]:
+    """An index manifest's examples and stored retrieval settings."""
+    tuning = Tuning.from_dict(manifest["retrieval"]) if isinstance(manifest.get("retrieval"), dict) else None
+    return [Example.from_dict(d) for d in manifest["examples"]], tuning
 
 
 def without_vectors(body: dict[str, Any]) -> dict[str, Any]:

@@ -115,8 +115,8 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         d, q = [r.latency_s for r in rs if r.during_learning], [r.latency_s for r in rs if not r.during_learning]
         return (statistics.median(d) if d else None, statistics.median(q) if q else None)
 
-    paired = [i for i, r in enumerate(rows) if r.during_learning and not _learned(r) and r.index_version is None
-              and off is not None and i < len(off.rows)]
+    paired = [i for i, r in enumerate(rows[:len(off.rows)])
+              if r.during_learning and not _learned(r) and r.index_version is None] if off is not None else []
     reps = [c.report for c in run.cycles]
     return Effects(
         first_correction=None if corr is None else corr + 1,
@@ -143,5 +143,6 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         p50_missed=p50s(missed),
         p50_learned=p50s(learned),
         p50_plain_vs_off=(statistics.median(rows[i].latency_s for i in paired),
-                          statistics.median(off.rows[i].latency_s for i in paired)) if paired and off else (None, None),
+                          statistics.median(off.rows[i].latency_s for i in paired))
+        if paired and off is not None else (None, None),
     )
