@@ -31,10 +31,10 @@ from pathlib import Path
 
 from gateway.serve.injected import injected_examples
 from gateway.serve.outcomes import escalated_quality
-from gateway.serve.pipeline import answer_key, disagrees
+from gateway.serve.pipeline import answer_text, disagrees
 from gateway.store import open_store
 from learners.routing_data import Example, load_examples, recent_calls
-from policies.featurise import memory_answer
+from policies.featurise import memory_answer, same_answer
 from policies.learned import LearnedPolicy
 from retrieval.embeddings import load_embedder, threaded
 
@@ -146,9 +146,10 @@ async def load(data_dir: Path) -> tuple[dict[str, list[Example]], list[Escalated
     out = []
     for c, s in zip(cheap, strong, strict=False):
         memory = memory_answer(out for _, out in injected_examples(c))
-        answers = [answer_key(r.response) if isinstance(r.response, dict) else None for r in (c, s)]
+        first, second = (answer_text(r.response) if isinstance(r.response, dict) else None for r in (c, s))
         out.append(Escalated(agrees=not disagrees(c.response, memory) if isinstance(c.response, dict) else True,
-                             same_answer=answers[0] is not None and answers[0] == answers[1]))
+                             same_answer=first is not None and second is not None
+                             and same_answer(first, second, memory)))
     return examples, out
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,27 +31,85 @@ _LEN_CENTRE = 6.0
 _LEN_SCALE = 2.0
 
 
-def same_answer_key(answer: str) -> str:
-    """What two answers must share to count as the same: text, case and outer space aside."""
-    return answer.strip().casefold()
+# an answer's words and numbers, case aside: a signed number (its sign kept: "-4" is not "4") or a run of letters
+_TOKEN = re.compile(r"[-+\u2212]?\d+(?:[.,]\d+)*|[^\W\d_]+")
+# a memory answer longer than this many tokens is free text, not a label: only an answer with the same
+# words reads as it (a label is found anywhere in an answer, the first one named winning)
+_LABEL_TOKENS = 8
+
+
+def answer_tokens(text: str) -> tuple[str, ...]:
+    """`text`'s words and signed numbers, casefolded: punctuation, quoting, underscores and spacing aside."""
+    return tuple(t.replace("\u2212", "-").removeprefix("+") for t in _TOKEN.findall(text.casefold()))
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What a request's retrieved examples answer: `answer`, the one most of them give (nearest first
+    on a tie), and `choices`, every distinct answer among them, as `answer_tokens`.
+
+    A model rarely echoes a label exactly ("Positive.", "The sentiment is positive"), so an answer is
+    compared with memory by the choice it names (`reading`), not by its text."""
+
+    answer: tuple[str, ...]
+    choices: tuple[tuple[str, ...], ...]
+
+    def reading(self, text: str) -> tuple[str, ...] | None:
+        """The choice `text` gives: one with the same words, else the label-like choice named first
+        (a longer one wins at the same place: "tech support" over "tech"); None when it names none."""
+        tokens = answer_tokens(text)
+        if tokens in self.choices:
+            return tokens
+        best: tuple[int, int, tuple[str, ...]] | None = None
+        for choice in self.choices:
+            if not 0 < len(choice) <= _LABEL_TOKENS:
+                continue
+            at = _find(tokens, choice)
+            if at >= 0 and (best is None or (at, -len(choice)) < best[:2]):
+                best = (at, -len(choice), choice)
+        return best[2] if best else None
+
+    def disagrees(self, text: str) -> bool:
+        """Whether `text` gives another answer than most retrieved examples (or names none of theirs)."""
+        return self.reading(text) != self.answer
+
+
+def _find(tokens: tuple[str, ...], part: tuple[str, ...]) -> int:
+    """Where `part` first occurs as a run of `tokens`, -1 if nowhere."""
+    n = len(part)
+    for i in range(len(tokens) - n + 1):
+        if tokens[i:i + n] == part:
+            return i
+    return -1
+
+
+def same_answer(first: str, second: str, memory: Memory | None = None) -> bool:
+    """Whether two answers give the same: the same choice of `memory`'s, or the same words when
+    either names none of them (or there is no memory)."""
+    a, b = (memory.reading(first), memory.reading(second)) if memory is not None else (None, None)
+    if a is None or b is None:
+        return answer_tokens(first) == answer_tokens(second)
+    return a == b
 
 
 def memory_agreement(answers: Iterable[str]) -> float:
-    """Share of `answers` (nearest example first) equal to the first, ignoring case and outer space.
+    """Share of `answers` (nearest example first) giving the same words as the first (`answer_tokens`).
 
     0.0 when there are none: no memory is no evidence, the same as retrieval being off."""
-    norm = [same_answer_key(a) for a in answers]
+    norm = [answer_tokens(a) for a in answers]
     return sum(a == norm[0] for a in norm) / len(norm) if norm else 0.0
 
 
-def memory_answer(answers: Iterable[str]) -> str | None:
-    """The answer most of `answers` (nearest example first) give, ignoring case and outer space;
-    a tie goes to the one nearer the question. None when there are none."""
-    counts: dict[str, int] = {}
+def memory_answer(answers: Iterable[str]) -> Memory | None:
+    """The `Memory` of retrieved examples' `answers` (nearest first); None when there are none."""
+    counts: dict[tuple[str, ...], int] = {}
     for a in answers:
-        key = same_answer_key(a)
+        key = answer_tokens(a)
         counts[key] = counts.get(key, 0) + 1
-    return max(counts, key=counts.__getitem__) if counts else None  # max keeps the first of equals
+    if not counts:
+        return None
+    # max keeps the first of equals: a tie goes to the answer nearer the question
+    return Memory(max(counts, key=counts.__getitem__), tuple(counts))
 
 
 def projection_matrix(dims: int, input_dim: int, seed: int) -> Vector:

@@ -139,9 +139,10 @@ class RetrievalSettings(_Strict):
 
 class EscalateSettings(_Strict):
     """Re-ask a non-streamed answer from variant `to` when it disagrees with the route's memory: the
-    answer the examples retrieval injected mostly give (exact text, case and outer space aside).
-    Meant for routes whose answers are labels or short extractions; a free-text route would
-    escalate nearly every call."""
+    answer the examples retrieval injected mostly give. An answer gives the label it names first
+    among the examples' answers ("The sentiment is Positive." gives "positive"); a longer answer
+    must have the same words (case, punctuation and spacing aside). Meant for routes whose answers
+    are labels or short extractions; a free-text route would escalate nearly every call."""
 
     to: str
     when: Literal["memory_disagrees"] = "memory_disagrees"

@@ -33,7 +33,7 @@ from gateway.messages import query_text
 from gateway.providers.base import Body
 from gateway.serve.pipeline import Augmentation, RequestContext
 from gateway.serve.templating import CompiledTemplate, TemplateError, standard_variables
-from policies.featurise import memory_agreement, memory_answer
+from policies.featurise import Memory, memory_agreement, memory_answer
 from retrieval.examples import ExampleIndex, with_few_shot
 from retrieval.lexical import Tuning, arrange
 
@@ -126,7 +126,7 @@ async def apply(
     template_version = index_version = None
     retrieved: tuple[str, ...] = ()
     score = agreement = 0.0
-    answer: str | None = None
+    memory: Memory | None = None
     if serving.template is not None:
         try:
             system = serving.template.compiled.render(variables or standard_variables(route))
@@ -151,13 +151,13 @@ async def apply(
                 hits = [h for h in hits if h[0].source_call_id not in exclude_calls][: tuning.k]
                 if hits:  # the memory features read the hits best first, before they are arranged
                     score, agreement = hits[0][1], memory_agreement(e.output for e, _ in hits)
-                    answer = memory_answer(e.output for e, _ in hits)
+                    memory = memory_answer(e.output for e, _ in hits)
                 hits = arrange(hits, tuning.order, lambda e: e.output)
                 out = with_few_shot(out, hits)
                 index_version = serving.index.version
                 retrieved = tuple(e.id for e, _ in hits)
     return Augmentation(out, template_version, index_version, retrieved, "; ".join(notes),
-                        memory_score=score, memory_agreement=agreement, memory_answer=answer)
+                        memory_score=score, memory_agreement=agreement, memory=memory)
 
 
 class Augmenter:

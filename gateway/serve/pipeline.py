@@ -27,7 +27,7 @@ from gateway.serve.stream_relay import open_stream, relay
 from gateway.serve.upstream_errors import to_gateway_error
 from gateway.store.records import CallRecord, Escalation
 from policies.base import Decision, Features
-from policies.featurise import same_answer_key
+from policies.featurise import Memory, same_answer
 
 Sink = Callable[[CallRecord], None]
 # How one request reaches a target's provider: the provider itself, or an adapter over it (the
@@ -60,7 +60,7 @@ class Augmentation:
     reason: str = ""
     memory_score: float = 0.0  # nearest retrieved example's similarity (Features.memory_score)
     memory_agreement: float = 0.0  # Features.memory_agreement
-    memory_answer: str | None = None  # what most retrieved examples answer, casefolded (RouteRuntime.escalate_to)
+    memory: Memory | None = None  # what the retrieved examples answer (RouteRuntime.escalate_to)
 
 
 class Augmenter(Protocol):
@@ -111,8 +111,8 @@ def identity_headers(record: CallRecord) -> dict[str, str]:
     return headers
 
 
-def answer_key(body: Body) -> str | None:
-    """`same_answer_key` of a one-choice text answer; None for anything else (tool calls, n > 1)."""
+def answer_text(body: Body) -> str | None:
+    """The text of a one-choice text answer; None for anything else (tool calls, n > 1)."""
     choices = body.get("choices")
     if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
         return None
@@ -120,15 +120,15 @@ def answer_key(body: Body) -> str | None:
     if not isinstance(message, dict) or message.get("tool_calls"):
         return None
     content = message.get("content")
-    return same_answer_key(content) if isinstance(content, str) else None
+    return content if isinstance(content, str) else None
 
 
-def disagrees(body: Body, memory: str | None) -> bool:
-    """Whether a one-choice text answer differs from `memory` (casefolded; None: nothing to compare)."""
+def disagrees(body: Body, memory: Memory | None) -> bool:
+    """Whether a one-choice text answer gives another answer than `memory` (None: nothing to compare)."""
     if memory is None:
         return False
-    key = answer_key(body)
-    return key is not None and key != memory
+    text = answer_text(body)
+    return text is not None and memory.disagrees(text)
 
 
 def _falls_back(exc: UpstreamError) -> bool:
@@ -160,8 +160,8 @@ class Pipeline:
     # -- shared steps ---------------------------------------------------------------------
     async def _plan(
         self, route: RouteRuntime, body: Body, ctx: RequestContext
-    ) -> tuple[Decision, CallRecord, list[Body], str | None]:
-        """The decision, the call's record, the messages to send and the memory's answer (if any)."""
+    ) -> tuple[Decision, CallRecord, list[Body], Memory | None]:
+        """The decision, the call's record, the messages to send and what the memory answers (if anything)."""
         messages: list[Body] = body["messages"]
         # augmentation first: what retrieval found is evidence for the router (Features.memory_*)
         aug = None
@@ -193,7 +193,7 @@ class Pipeline:
             record.retrieved_ids = list(aug.retrieved_ids)
             if aug.reason:
                 record.policy_reason += f"; {aug.reason}"
-        return decision, record, messages, aug.memory_answer if aug is not None else None
+        return decision, record, messages, aug.memory if aug is not None else None
 
     @staticmethod
     def _upstream_body(target: Target, body: Body, messages: list[Body] | None) -> Body:
@@ -280,8 +280,10 @@ class Pipeline:
         except UpstreamError as exc:
             raise self._fail(record, ctx, exc) from None
         spent = 0.0
-        if route.escalate_to is not None and target.variant != route.escalate_to and disagrees(resp.body, memory):
-            target, resp, spent = await self._escalate(route, route.escalate_to, record, target, resp, attempt)
+        if (route.escalate_to is not None and target.variant != route.escalate_to and memory is not None
+                and disagrees(resp.body, memory)):
+            target, resp, spent = await self._escalate(route, route.escalate_to, memory, record, target, resp,
+                                                       attempt)
         out = resp.body
         ctx.upstream_headers = resp.headers
         out["id"] = ctx.call_id
@@ -291,7 +293,8 @@ class Pipeline:
         return out, record
 
     async def _escalate(
-        self, route: RouteRuntime, to: str, record: CallRecord, first: Target, answer: UpstreamResponse,
+        self, route: RouteRuntime, to: str, memory: Memory, record: CallRecord, first: Target,
+        answer: UpstreamResponse,
         attempt: Callable[[Target, float], Awaitable[UpstreamResponse]],
     ) -> tuple[Target, UpstreamResponse, float]:
         """Re-ask variant `to`; returns the answer to serve and what the unused one cost. If `to`
@@ -302,7 +305,8 @@ class Pipeline:
             record.variant, record.model = first.variant, first.model  # _over_targets moved them to `to`
             record.policy_reason += f"; escalation to {to} failed ({exc.status or 'no response'})"
             return first, answer, 0.0
-        same = answer_key(answer.body) == answer_key(resp.body)
+        first_text, second_text = answer_text(answer.body), answer_text(resp.body)
+        same = first_text is not None and second_text is not None and same_answer(first_text, second_text, memory)
         record.policy_reason += (f"; {first.variant}'s answer disagreed with memory: escalated to {to}, "
                                  f"which answered {'the same' if same else 'differently'}")
         usage = answer.body.get("usage") or {}

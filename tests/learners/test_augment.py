@@ -120,7 +120,7 @@ async def test_memory_facts_reach_the_router_and_the_learner_recomputes_them_fro
     assert aug is not None and len(aug.retrieved_ids) == 3
     assert 0.5 < aug.memory_score <= 1.0
     assert aug.memory_agreement == pytest.approx(2 / 3)
-    assert aug.memory_answer == "playmusic"  # what most examples answer, for `escalate`
+    assert aug.memory is not None and aug.memory.answer == ("playmusic",)  # what most examples answer, for `escalate`
     # offline, from the stored call alone, the policy learner sees the same Features
     rec = CallRecord(id="x", route="bot", variant="a", model="a", template_version="t1",
                      retrieved_ids=list(aug.retrieved_ids), request={"messages": aug.messages})

@@ -87,4 +87,5 @@ async def test_an_agreeing_index_injects_the_consensus_next_to_the_question() ->
     assert aug is not None and len(aug.retrieved_ids) == 5
     # the last example before the question gives the answer most neighbours give
     assert aug.messages[-2] == {"role": "assistant", "content": "positive"}
-    assert aug.memory_answer == "positive" and aug.memory_score > 0.99  # read best first: "great film" itself
+    # read best first: "great film" itself
+    assert aug.memory is not None and aug.memory.answer == ("positive",) and aug.memory_score > 0.99
