@@ -43,7 +43,7 @@ from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry, KindStates, TransitionRefused, kind_of, version_number
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
 from learners.canary_facts import AUGMENTING_KINDS, SERVED_BY, CanaryFacts, blamed, calls_since, evaluation_of
-from learners.sequential import ArmEvidence, Rule, SequentialVerdict, decide
+from learners.sequential import ArmEvidence, Rule, SequentialVerdict, at_canary_mix, decide
 
 Action = Literal["canary", "promoted", "rolled_back", "rejected", "waiting", "queued"]
 
@@ -65,6 +65,7 @@ class OnlineFigures:
     current_cost: float = 0.0
     canary_sum: float = 0.0  # summed quality: the posterior's fractional successes
     current_sum: float = 0.0
+    current_raw_mean: float | None = None  # set when current_mean is at the canary's model mix (at_canary_mix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +186,17 @@ class Rollout:
         for c in chat.values():
             calls[served_by(c) in members].append(c)
 
-        def arm(cs: list[CallRecord]) -> tuple[int, float, int, float, float]:
-            qs = [q for c in cs if (q := call_quality(per_call.get(c.id, ()), metric)) is not None]
-            cost = sum(c.cost_usd or 0.0 for c in cs) / len(cs) if cs else 0.0
-            return len(qs), sum(qs) / len(qs) if qs else 0.0, len(cs), cost, sum(qs)
+        def arm(cs: list[CallRecord]) -> tuple[list[tuple[str, float]], int, float]:
+            qs = [(c.variant, q) for c in cs if (q := call_quality(per_call.get(c.id, ()), metric)) is not None]
+            return qs, len(cs), sum(c.cost_usd or 0.0 for c in cs) / len(cs) if cs else 0.0
 
-        (cn, cm, cc, ccost, csum), (on, om, oc, ocost, osum) = arm(calls[True]), arm(calls[False])
-        return OnlineFigures(canary, states.current, cn, cm, on, om, since, cc, oc, ccost, ocost, csum, osum)
+        (cq, cc, ccost), (oq, oc, ocost) = arm(calls[True]), arm(calls[False])
+        csum, osum = sum(q for _, q in cq), sum(q for _, q in oq)
+        raw = osum / len(oq) if oq else 0.0
+        mixed = at_canary_mix(cq, oq) if kind != "policy" else None
+        return OnlineFigures(canary, states.current, len(cq), csum / len(cq) if cq else 0.0, len(oq),
+                             raw if mixed is None else mixed, since, cc, oc, ccost, ocost, csum,
+                             osum if mixed is None else mixed * len(oq), None if mixed is None else raw)
 
     async def check(self, route: str, kinds: Sequence[ArtifactKind] = AUGMENTING_KINDS,
                     metric: str = "any") -> list[RolloutDecision]:
@@ -321,6 +326,7 @@ def _figures(seq: SequentialVerdict) -> dict[str, float]:
 
 def describe(fig: OnlineFigures) -> str:
     """The figures of an online comparison, for a decision's reason."""
+    mixed = "" if fig.current_raw_mean is None else f" at the canary's model mix ({fig.current_raw_mean:.2f} as served)"
     return (f"online: canary {fig.canary} {fig.canary_mean:.2f} vs current {fig.current or 'none'} "
-            f"{fig.current_mean:.2f} ({fig.canary_n} vs {fig.current_n} calls with feedback; "
+            f"{fig.current_mean:.2f}{mixed} ({fig.canary_n} vs {fig.current_n} calls with feedback; "
             f"${fig.canary_cost:.6f} vs ${fig.current_cost:.6f} per call)")

@@ -32,6 +32,8 @@ numpy only: pure, no I/O.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +43,7 @@ from gateway.config.settings import LearnerSettings
 
 Verdict = Literal["promote", "roll_back", "continue"]
 _DRAWS = 20_000
+_STRATUM_PRIOR = 2.0  # pseudo-calls at current's overall mean that steady a thinly rated stratum
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,30 @@ class SequentialVerdict:
     canary_mean: float  # posterior means
     current_mean: float
     why: str
+
+
+def at_canary_mix(canary: Sequence[tuple[str, float]], current: Sequence[tuple[str, float]]) -> float | None:
+    """Current's mean quality had it served the canary's mix of strata: (stratum, quality) of each
+    rated call, the stratum being the variant that answered. None when all calls share one stratum.
+
+    On a route with several models an artifact's canary and current do not answer with the same
+    mix: a learned router sends calls that retrieve close examples to the cheaper model, so an index
+    canary serves more of them than current, and raw means compare models, not artifacts. Weighing
+    current's per-model means by the canary's mix compares like with like (each stratum's mean
+    shrunk toward current's overall mean by `_STRATUM_PRIOR` calls). A policy chooses the mix
+    itself: its canary is compared on raw means."""
+    if not canary or not current or len({s for s, _ in (*canary, *current)}) < 2:
+        return None
+    overall = sum(q for _, q in current) / len(current)
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for stratum, q in current:
+        sums[stratum][0] += q
+        sums[stratum][1] += 1
+    mix: dict[str, int] = defaultdict(int)
+    for stratum, _ in canary:
+        mix[stratum] += 1
+    return sum(w / len(canary) * (sums[s][0] + _STRATUM_PRIOR * overall) / (sums[s][1] + _STRATUM_PRIOR)
+               for s, w in mix.items())
 
 
 def exposure_share(rule: Rule, current: ArmEvidence, *, bound: float = 0.9, seed: int = 0) -> float:

@@ -13,7 +13,7 @@ from gateway.store.artifacts import ArtifactRegistry, Manifest
 from gateway.store.records import ArtifactKind, CallRecord, FeedbackRecord
 from gateway.store.sql import SqlStore
 from learners.rollout import Rollout
-from learners.sequential import ArmEvidence, Rule, decide
+from learners.sequential import ArmEvidence, Rule, at_canary_mix, decide
 from tests.store.conftest import pg_database, store, store_url  # noqa: F401 - fixtures over both backends
 
 M = Manifest(produced_by="test", note="because")
@@ -22,10 +22,12 @@ FIELD = {"template": "template_version", "index": "index_version", "policy": "po
 _ids = itertools.count()
 
 
-async def _serve(store: SqlStore, kind: ArtifactKind, version: str | None, good: bool, at: float) -> None:
-    """One chat call served by `version` of `kind`, rated good or bad."""
+async def _serve(store: SqlStore, kind: ArtifactKind, version: str | None, good: bool, at: float,
+                 variant: str = "m") -> None:
+    """One chat call served by `version` of `kind` (answered by `variant`), rated good or bad."""
     cid = f"c{next(_ids):06d}"
-    await store.insert_calls([CallRecord(id=cid, route="bot", variant="m", model="m", created_at=at, cost_usd=0.001,
+    await store.insert_calls([CallRecord(id=cid, route="bot", variant=variant, model=variant, created_at=at,
+                                         cost_usd=0.001,
                                          **{FIELD[kind]: version})])
     await store.insert_feedback(FeedbackRecord(cid, rating=1 if good else -1, created_at=at + 0.1))
 
@@ -95,6 +97,36 @@ async def test_the_share_grows_with_evidence_and_is_recorded_for_the_request_pat
     state = (await reg.states("bot", "template")).versions[can]
     assert state.state == "canary" and 0.4 <= (state.share or 0) <= cfg.canary_max_share
     assert state.since < t + 100  # a share change keeps the canary's start (its evidence window)
+
+
+async def test_on_a_routed_route_an_artifact_is_compared_at_the_canarys_model_mix(store: SqlStore) -> None:
+    # current's calls mostly went to the strong model (always right), the canary's to the cheap one,
+    # which it makes right: as served the two tie; like for like the canary is far better
+    for kind in ("index", "policy"):
+        reg = ArtifactRegistry(store)
+        cur, can, t = await _canary(reg, kind, 0.0)
+        for i in range(30):
+            cheap = i % 3 == 0
+            await _serve(store, kind, cur, not cheap or i % 9 == 0, t + 1 + i, "cheap" if cheap else "strong")
+        for n in range(8):
+            await _serve(store, kind, can, n != 3, t + 100 + n, "cheap")
+        fig = await Rollout(reg, lambda: CFG).compare("bot", kind, await reg.states("bot", kind))
+        assert fig is not None and fig.canary_mean == 7 / 8
+        if kind == "index":
+            # cheap's 10 rated calls on current (4 good), shrunk by 2 calls toward its overall 24/30
+            assert fig.current_raw_mean == 24 / 30 and abs(fig.current_mean - (4 + 2 * 0.8) / 12) < 1e-9
+            assert abs(fig.current_sum - 30 * fig.current_mean) < 1e-9
+            [d] = await Rollout(reg, lambda: CFG).check("bot", (kind,), "any")
+            assert d.action == "promoted" and "at the canary's model mix (0.80 as served)" in d.reason
+        else:  # a policy chooses the mix: that is what it is judged on
+            assert fig.current_raw_mean is None and fig.current_mean == fig.current_sum / fig.current_n
+
+
+def test_current_at_the_canary_mix_needs_two_strata() -> None:
+    assert at_canary_mix([("m", 1.0)], [("m", 0.0), ("m", 1.0)]) is None
+    assert at_canary_mix([], [("a", 1.0), ("b", 0.0)]) is None
+    # a stratum current never rated falls back to its overall mean
+    assert at_canary_mix([("c", 1.0)], [("a", 1.0), ("b", 0.0)]) == 0.5
 
 
 def test_without_evidence_the_share_stays_at_the_floor_and_a_worse_canary_gets_no_more() -> None:
