@@ -132,11 +132,12 @@ async def test_an_answer_naming_another_label_or_none_is_escalated(reply: str) -
 
 
 async def test_the_escalated_answer_is_the_same_when_it_names_the_same_label() -> None:
-    _, record = await ask(route("Answer: play_music"), "play music", "weather")
-    assert record.variant == "cheap"  # "play_music" and "play music" are the same words
+    # memory mostly says GetWeather; cheap names PlayMusic in a sentence, strong answers "PlayMusic"
+    _, record = await ask(route("Intent: playmusic."), "GetWeather", "PlayMusic", "getweather")
+    assert record.variant == "strong" and record.escalation is not None and record.escalation.same_answer
+    assert "which answered the same" in record.policy_reason
     _, record = await ask(route("Answer: GetWeather!"), "PlayMusic", "GetWeather", "PlayMusic")
     assert record.escalation is not None and record.escalation.same_answer is False
-    assert "which answered differently" in record.policy_reason
 
 
 def test_reading_an_answer_keeps_signs_and_prefers_the_first_and_longest_label() -> None:
