@@ -46,13 +46,15 @@ def answer_tokens(text: str) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class Memory:
     """What a request's retrieved examples answer: `answer`, the one most of them give (nearest first
-    on a tie), and `choices`, every distinct answer among them, as `answer_tokens`.
+    on a tie), `choices`, every distinct answer among them, as `answer_tokens`, and `agreement`, the
+    share giving the nearest one's answer (`Features.memory_agreement`).
 
     A model rarely echoes a label exactly ("Positive.", "The sentiment is positive"), so an answer is
     compared with memory by the choice it names (`reading`), not by its text."""
 
     answer: tuple[str, ...]
     choices: tuple[tuple[str, ...], ...]
+    agreement: float
 
     def reading(self, text: str) -> tuple[str, ...] | None:
         """The choice `text` gives: one with the same words, else the label-like choice named first
@@ -96,8 +98,8 @@ def memory_agreement(answers: Iterable[str]) -> float:
     """Share of `answers` (nearest example first) giving the same words as the first (`answer_tokens`).
 
     0.0 when there are none: no memory is no evidence, the same as retrieval being off."""
-    norm = [answer_tokens(a) for a in answers]
-    return sum(a == norm[0] for a in norm) / len(norm) if norm else 0.0
+    memory = memory_answer(answers)
+    return memory.agreement if memory is not None else 0.0
 
 
 def memory_answer(answers: Iterable[str]) -> Memory | None:
@@ -108,8 +110,9 @@ def memory_answer(answers: Iterable[str]) -> Memory | None:
         counts[key] = counts.get(key, 0) + 1
     if not counts:
         return None
+    nearest = next(iter(counts))  # dicts keep insertion order: the nearest example's answer
     # max keeps the first of equals: a tie goes to the answer nearer the question
-    return Memory(max(counts, key=counts.__getitem__), tuple(counts))
+    return Memory(max(counts, key=counts.__getitem__), tuple(counts), counts[nearest] / sum(counts.values()))
 
 
 def projection_matrix(dims: int, input_dim: int, seed: int) -> Vector:

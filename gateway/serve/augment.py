@@ -33,7 +33,7 @@ from gateway.messages import query_text
 from gateway.providers.base import Body
 from gateway.serve.pipeline import Augmentation, RequestContext
 from gateway.serve.templating import CompiledTemplate, TemplateError, standard_variables
-from policies.featurise import Memory, memory_agreement, memory_answer
+from policies.featurise import Memory, memory_answer
 from retrieval.examples import ExampleIndex, with_few_shot
 from retrieval.lexical import Tuning, arrange
 
@@ -150,8 +150,8 @@ async def apply(
                 hits = index.search(vec, question, tuning, tuning.k + len(exclude_calls))
                 hits = [h for h in hits if h[0].source_call_id not in exclude_calls][: tuning.k]
                 if hits:  # the memory features read the hits best first, before they are arranged
-                    score, agreement = hits[0][1], memory_agreement(e.output for e, _ in hits)
-                    memory = memory_answer(e.output for e, _ in hits)
+                    memory = memory_answer(e.output for e, _ in hits)  # one pass for agreement and answer
+                    score, agreement = hits[0][1], memory.agreement if memory is not None else 0.0
                 hits = arrange(hits, tuning.order, lambda e: e.output)
                 out = with_few_shot(out, hits)
                 index_version = serving.index.version

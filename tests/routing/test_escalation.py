@@ -160,7 +160,7 @@ def test_free_text_memory_is_matched_by_its_words_only() -> None:
 def test_memory_answer_is_the_majority_and_a_tie_goes_to_the_nearest() -> None:
     memory = memory_answer(["PlayMusic", "GetWeather", "playmusic "])
     assert memory is not None and memory.answer == ("playmusic",)
-    assert memory.choices == (("playmusic",), ("getweather",))
+    assert memory.choices == (("playmusic",), ("getweather",)) and memory.agreement == 2 / 3
     tie = memory_answer(["GetWeather", "PlayMusic"])
     assert tie is not None and tie.answer == ("getweather",)
     assert memory_answer([]) is None
