@@ -125,6 +125,11 @@ class LearningControl(Protocol):
     @property
     def registry(self) -> ArtifactRegistry: ...
 
+    @property
+    def cycles_running(self) -> int:
+        """Learning cycles in progress in this process, any route or lane (a gauge in /metrics)."""
+        ...
+
     async def learn_route(self, route: str) -> Report:
         """One full learning cycle for `route` now; UnknownRoute for a route that is not configured."""
         ...

@@ -315,6 +315,8 @@ class Gateway:
         """Gauges for /metrics, read at scrape time."""
         out = {"flywheel_learner_leader": 1.0 if self.leader() else 0.0,
                "flywheel_spill_bytes": file_size(self.settings.store.spill_path)}
+        if self.learning is not None:
+            out["flywheel_learner_cycles_running"] = float(self.learning.cycles_running)
         if self.writer is not None:
             out["flywheel_writer_queue_depth"] = float(self.writer.depth)
             out["flywheel_writer_rows_lost"] = float(self.writer.stats.lost)

@@ -107,10 +107,16 @@ class LearningLoop:
         self._task: asyncio.Task[None] | None = None
         self._cycles: dict[str, asyncio.Task[None]] = {}  # each route's "grow" lane in flight
         self._evals: dict[str, asyncio.Task[None]] = {}  # each route's "full" lane in flight
+        self._running = 0  # cycles in progress, scheduled or on demand
         # a person's controls (console, CLI): learners/controls.py
         self.controls = Controls(host, lambda: self.registry, lambda: self.rollout, self._lock, self._deps)
 
     # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def cycles_running(self) -> int:
+        """Learning cycles in progress in this process, any route or lane."""
+        return self._running
+
     @property
     def registry(self) -> ArtifactRegistry:
         """The store's artifact registry; RuntimeError before the loop is open."""
@@ -285,6 +291,7 @@ class LearningLoop:
             if isinstance(hold, LearnReport):
                 return hold
             fence: Fence = AllOf(self.lease, hold) if scheduled else hold
+            self._running += 1
             try:
                 with cycle_span(self.host.tracing, route) as span:
                     report = await self._learn_locked(route, rs, scheduled, fence, lane)
@@ -301,6 +308,7 @@ class LearningLoop:
                 report.skipped.append(f"busy: the cycle stopped, {exc}; another replica runs this route's cycle")
                 return report
             finally:
+                self._running -= 1
                 await hold.release()
 
     async def _hold(self, route: str, key: str) -> RouteHold | LearnReport:

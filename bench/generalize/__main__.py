@@ -2,7 +2,8 @@
 
     python -m bench.generalize [--tasks polarity,topic,quantities,nickname,valence] [--calls 150]
                                [--models smollm2[,qwen-coder]] [--routing-task polarity] [--routing-calls 60]
-                               [--routing-only] [--escalate] [--quick] [--threads 1] [--seed 0] [--loop on|off]
+                               [--routing-only] [--escalate] [--policy-keys "min_quality = 0.97"]
+                               [--quick] [--threads 1] [--seed 0] [--loop on|off]
                                [--oracle-figures polarity=0.72,...]
 
 Per task (bench/generalize/tasks.py), through a real gateway on loopback in front of llama.cpp
@@ -68,6 +69,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--escalate", action="store_true", help="the routed route re-asks strong when cheap's answer "
                     "disagrees with what its retrieved examples mostly answer (`escalate = { to = \"strong\" }`, "
                     "meant for label and short-extraction routes)")
+    ap.add_argument("--policy-keys", default="", help="more keys of the routed route's learned policy, as in "
+                    "config.toml, e.g. \"min_quality = 0.97\" (the floor rule: the cheapest variant within 97 %% "
+                    "of the best predicted quality); default: the documented defaults")
     ap.add_argument("--oracle-calls", type=int, default=0, help="oracle on an evenly spaced sample of the "
                     "stream of about this size (0: every call); it is the slowest arm (no prompt-cache reuse)")
     ap.add_argument("--learn-every", type=int, default=50)
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         ups = [Upstream(name, srv.alias, srv.base_url) for name, srv in servers.items()]
         config = write_config(tmp, port, tasks, ups, routing_task.name if routing_task else None,
-                              loop=args.loop == "on", escalate=args.escalate)
+                              loop=args.loop == "on", escalate=args.escalate, policy_keys=args.policy_keys)
         gateway = start_gateway(config, port, tmp, admin_key)
         client = Client(gateway.url, admin_key)
         print(f"gateway {gateway.url}, config {config}, llama.cpp --threads {args.threads}, "
@@ -194,7 +198,9 @@ def write_outputs(args: argparse.Namespace, results: list[report.TaskResult], ro
     conditions = (f"{when}; models {args.models} on llama.cpp --threads {args.threads}; {args.calls} calls per task, "
                   f"[learners] loop {args.loop}, /admin/learn every {args.learn_every}; "
                   f"oracle on {args.oracle_calls or 'every'} calls; seed {args.seed}; "
-                  f"load average {load0[0]:.2f} at start, "
+                  + (f"routing arm {args.routing_calls} calls{', escalate' if args.escalate else ''}"
+                     f"{', policy ' + args.policy_keys if args.policy_keys else ''}; " if routing else "")
+                  + f"load average {load0[0]:.2f} at start, "
                   f"{load1[0]:.2f} at end (2 shared cores); wall time {took:.0f} s")
     md = "\n\n".join([f"# bench.generalize\n\n{conditions}", report.table(results),
                       "\n".join(f"- {x}" for x in lines), report.legend(),

@@ -48,10 +48,12 @@ class Upstream:
 
 
 def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequence[Upstream],
-                 routing_task: str | None, *, loop: bool = True, escalate: bool = False) -> Path:
+                 routing_task: str | None, *, loop: bool = True, escalate: bool = False,
+                 policy_keys: str = "") -> Path:
     """The bench's config.toml: per task a learning route `<task>` and a frozen `<task>-static`;
     with `routing_task`, `<task>-routed` (learned policy, cheap + strong; `escalate`: an answer the
-    route's memory disagrees with is asked again of strong) and `<task>-strong`.
+    route's memory disagrees with is asked again of strong; `policy_keys`: more keys of its policy
+    table, e.g. "min_quality = 0.97") and `<task>-strong`.
     `loop`: `[learners] enabled = true` (the documented default) or false (/admin/learn only)."""
     parts = [f'# written by bench/generalize\n[server]\nhost = "127.0.0.1"\nport = {port}\n',
              f'[store]\nurl = "sqlite:///{tmp}/flywheel.db"\nspill_path = "{tmp}/spill.jsonl"\n',
@@ -73,7 +75,7 @@ def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequenc
                      f"{tpl}{common}learn = false\n")
         if t.name == routing_task:
             parts.append(f'[routes.{t.name}-routed]\nvariants = ["cheap", "strong"]\n'
-                         f'policy = {{ kind = "learned" }}\n{tpl}{common}'
+                         f'policy = {{ kind = "learned"{", " + policy_keys if policy_keys else ""} }}\n{tpl}{common}'
                          + ('escalate = { to = "strong" }\n' if escalate else ""))
             parts.append(f'[routes.{t.name}-strong]\nvariants = ["strong"]\npolicy = {{ kind = "static" }}\n'
                          f"{tpl}{common}")

@@ -63,6 +63,7 @@ class _Gauges(Collector):
         "flywheel_spill_bytes": "Size of the spill file (rows waiting for the database)",
         "flywheel_writer_rows_lost": "Rows lost since start (neither the database nor the spill file took them)",
         "flywheel_learner_leader": "1 when this process holds the learner lease",
+        "flywheel_learner_cycles_running": "Learning cycles in progress in this process (any route or lane)",
     }
 
     def __init__(self) -> None:

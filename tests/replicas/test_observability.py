@@ -3,8 +3,12 @@ a child span per upstream attempt, and continues the caller's traceparent."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +68,47 @@ def test_metrics_endpoint_exposes_the_named_series(fake_upstream: str, tmp_path:
     assert value(r'flywheel_learner_cycles_total\{route="bot"\}') >= 1
     for gauge in ("flywheel_writer_queue_depth", "flywheel_spill_bytes", "flywheel_learner_leader"):
         value(gauge)
+    assert value("flywheel_learner_cycles_running") == 0  # the cycle above has ended
     for series in ("flywheel_ttft_seconds", "flywheel_errors_total", "flywheel_learner_promotions_total",
                    "flywheel_learner_rollbacks_total"):
         assert f"# TYPE {series.removesuffix('_total')}" in text
+
+
+def test_the_cycles_running_gauge_counts_a_cycle_while_it_runs(
+        fake_upstream: str, tmp_path: Path, make_gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchmark or an operator waits for learning to be idle by this gauge: it must show a cycle
+    started on demand while it runs, and drop when it ends."""
+    monkeypatch.setenv("FW_TEST_ADMIN_KEY", ADMIN)
+    cfg, _ = flaky_config(fake_upstream, tmp_path)
+    cfg["learners"] = {"enabled": False, "embedder": "hashing"}
+    gw = make_gateway(cfg)
+    loop = gw.gateway.learning
+    release = threading.Event()
+    original = loop._learn_locked
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.to_thread(release.wait, 30)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_learn_locked", held)
+    admin = {"authorization": f"Bearer {ADMIN}"}
+
+    def running() -> float:
+        text = httpx.get(f"{gw.url}/metrics", headers=admin).text
+        m = re.search(r"^flywheel_learner_cycles_running ([0-9.e+-]+)$", text, re.M)
+        assert m, "no flywheel_learner_cycles_running gauge"
+        return float(m.group(1))
+
+    assert running() == 0
+    with ThreadPoolExecutor(1) as pool:
+        learn = pool.submit(httpx.post, f"{gw.url}/admin/learn", json={"route": "bot"}, headers=admin, timeout=60)
+        deadline = time.monotonic() + 10
+        while running() != 1:
+            assert time.monotonic() < deadline, "the gauge never showed the running cycle"
+            time.sleep(0.02)
+        release.set()
+        assert learn.result().status_code == 200
+    assert running() == 0
 
 
 def test_a_span_per_request_with_genai_attributes_and_attempt_children(
