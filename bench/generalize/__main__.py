@@ -11,7 +11,9 @@ Per task (bench/generalize/tasks.py), through a real gateway on loopback in fron
 `[learners]` defaults, the background loop included, plus POST /admin/learn every 50 calls in a thread
 beside the stream; `--loop off`: the first run's protocol, /admin/learn only), the oracle (k = 7 nearest labelled
 examples by TF-IDF, straight to the model), the best constant answer, the first effect (calls and
-seconds), evaluation spend and live p50 latency during learning cycles vs. without. With a second
+seconds), evaluation spend and live p50 latency during learning cycles vs. without (like for like:
+plain-prompt calls paired with the learners-off pass, learned-prompt calls with their stored prompts
+re-sent once learning is idle, bench/generalize/resend.py). With a second
 model, the routing arm (cheap vs. strong at 10x the price) on `--routing-task`.
 `--quick`: 60 calls per task, learning every 30 (not the issue's protocol; a smoke run).
 `--oracle-figures`: skip the oracle arm of the tasks named and use an earlier run's accuracy (it is
@@ -46,6 +48,7 @@ from bench.generalize.gateway_pass import (
     write_config,
 )
 from bench.generalize.oracle import OracleRun, run_oracle
+from bench.generalize.resend import resend_learned
 from bench.generalize.routing_arm import RoutingResult, run_routing
 from bench.generalize.scoring import best_constant
 from bench.generalize.tasks import TASKS, Task
@@ -107,6 +110,7 @@ def run_task(client: Client, task: Task, args: argparse.Namespace, cheap: LlamaS
     attach_served_artifacts(data / "flywheel.db", [off, on])
     added = merge_loop_cycles(on, read_cycles(data / "gateway.log"))
     print(f"    the loop ran {added} cycle(s) of its own during the pass", flush=True)
+    resend_learned(client, data / "flywheel.db", on, f"{task.name}-bare", task.max_tokens)
     t0 = time.perf_counter()
     if task.name in args.oracle_known:
         oracle = OracleRun(reused=args.oracle_known[task.name])

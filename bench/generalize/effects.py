@@ -6,7 +6,9 @@
   `rise` above the learners-off accuracy over the whole pass;
 - evaluation spend: the sums of the eval_* fields of the /admin/learn answers and of the loop's own
   cycles (bench/generalize/cycle_log.py);
-- live latency: p50 of calls sent while a learning cycle (any route's) ran vs. of the others.
+- live latency: p50 of calls sent while a learning cycle (any route's) ran vs. of the others, and
+  like for like: plain-prompt calls paired with the learners-off pass, learned-prompt calls paired
+  with their prompts re-sent once learning was idle (bench/generalize/resend.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from bench.generalize.gateway_pass import CallRow, PassRun
 
 LEARNED_KINDS = ("template", "index")
+MIN_CALLS = 10  # a p50 of fewer calls is not shown (a handful of quiet calls at a pass's start is noise)
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,13 @@ class Effects:
     # paired: plain-prompt calls during learning, and the learners-off pass on the same items (the
     # same prompt, answered the same way at temperature 0): no item or position bias
     p50_plain_vs_off: tuple[float | None, float | None] = (None, None)
+    # paired: learned-prompt calls during learning, and their stored prompts re-sent with learning
+    # idle after the pass (bench/generalize/resend.py)
+    p50_learned_vs_idle: tuple[float | None, float | None] = (None, None)
 
 
-def _learned(row: CallRow) -> bool:
+def learned(row: CallRow) -> bool:
+    """The call carried a learned template or at least one retrieved example."""
     return (row.template_version not in (None, "t0")) or row.retrieved > 0
 
 
@@ -105,18 +112,19 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
     all_call = next((i for i, r in enumerate(rows) if promo is not None and r.sent_at >= promo), None)
     rc = rise_call([r.right for r in rows], off_accuracy, window, rise)
     t_corr = rows[corr].sent_at + rows[corr].latency_s if corr is not None else None
-    learned = [r for r in rows if _learned(r)]
-    plain = [r for r in rows if not _learned(r)]
+    taught = [r for r in rows if learned(r)]
+    plain = [r for r in rows if not learned(r)]
     missed = [r for r in plain if r.index_version is not None]
     during = [r.latency_s for r in rows if r.during_learning]
     quiet = [r.latency_s for r in rows if not r.during_learning]
 
     def p50s(rs: Sequence[CallRow]) -> tuple[float | None, float | None]:
         d, q = [r.latency_s for r in rs if r.during_learning], [r.latency_s for r in rs if not r.during_learning]
-        return (statistics.median(d) if d else None, statistics.median(q) if q else None)
+        return (statistics.median(d) if len(d) >= MIN_CALLS else None,
+                statistics.median(q) if len(q) >= MIN_CALLS else None)
 
     paired = [i for i, r in enumerate(rows[:len(off.rows)])
-              if r.during_learning and not _learned(r) and r.index_version is None] if off is not None else []
+              if r.during_learning and not learned(r) and r.index_version is None] if off is not None else []
     reps = [c.report for c in run.cycles]
     return Effects(
         first_correction=None if corr is None else corr + 1,
@@ -126,8 +134,8 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         rise_call=rc,
         rise_after=None if rc is None or corr is None else rc - (corr + 1),
         rise_s=None if rc is None or t_corr is None else max(0.0, rows[rc - 1].sent_at - t_corr),
-        learned_share=len(learned) / len(rows) if rows else 0.0,
-        acc_learned=_mean([r.right for r in learned]),
+        learned_share=len(taught) / len(rows) if rows else 0.0,
+        acc_learned=_mean([r.right for r in taught]),
         acc_plain=_mean([r.right for r in plain]),
         mean_retrieved=statistics.fmean([r.retrieved for r in rows]) if rows else 0.0,
         cycles=len(run.cycles),
@@ -141,8 +149,10 @@ def effects(run: PassRun, off_accuracy: float, window: int = 25, rise: float = 0
         p50_quiet_s=statistics.median(quiet) if quiet else None,
         p50_plain=p50s([r for r in plain if r.index_version is None]),
         p50_missed=p50s(missed),
-        p50_learned=p50s(learned),
+        p50_learned=p50s(taught),
         p50_plain_vs_off=(statistics.median(rows[i].latency_s for i in paired),
                           statistics.median(off.rows[i].latency_s for i in paired))
         if paired and off is not None else (None, None),
+        p50_learned_vs_idle=(statistics.median(rows[i].latency_s for i in run.resent),
+                             statistics.median(run.resent.values())) if run.resent else (None, None),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -50,7 +51,8 @@ class Upstream:
 def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequence[Upstream],
                  routing_task: str | None, *, loop: bool = True, escalate: bool = False,
                  policy_keys: str = "") -> Path:
-    """The bench's config.toml: per task a learning route `<task>` and a frozen `<task>-static`;
+    """The bench's config.toml: per task a learning route `<task>`, a frozen `<task>-static` and a
+    bare `<task>-bare` (no template or retrieval: for re-sending stored prompts);
     with `routing_task`, `<task>-routed` (learned policy, cheap + strong; `escalate`: an answer the
     route's memory disagrees with is asked again of strong; `policy_keys`: more keys of its policy
     table, e.g. "min_quality = 0.97") and `<task>-strong`.
@@ -73,6 +75,9 @@ def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequenc
         parts.append(f'[routes.{t.name}]\nvariants = ["cheap"]\npolicy = {{ kind = "static" }}\n{tpl}{common}')
         parts.append(f'[routes.{t.name}-static]\nvariants = ["cheap"]\npolicy = {{ kind = "static" }}\n'
                      f"{tpl}{common}learn = false\n")
+        # no template, no retrieval, no learning: stored upstream prompts re-sent as they were (resend.py)
+        parts.append(f'[routes.{t.name}-bare]\nvariants = ["cheap"]\npolicy = {{ kind = "static" }}\n'
+                     'retries = { attempts = 2, attempt_timeout_s = 600, deadline_s = 1200 }\nlearn = false\n')
         if t.name == routing_task:
             parts.append(f'[routes.{t.name}-routed]\nvariants = ["cheap", "strong"]\n'
                          f'policy = {{ kind = "learned"{", " + policy_keys if policy_keys else ""} }}\n{tpl}{common}'
@@ -127,6 +132,7 @@ class PassRun:
     cycles: list[LearnCycle] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    resent: dict[int, float] = field(default_factory=dict)  # row index -> latency of its prompt re-sent, learning idle
 
     @property
     def correct(self) -> list[bool]:
@@ -149,6 +155,20 @@ class Client:
         body = r.json()
         return (body["id"], body["choices"][0]["message"].get("content") or "",
                 float(r.headers.get("x-flywheel-cost-usd", "0")), r.headers.get("x-flywheel-variant", ""))
+
+    def send(self, route: str, messages: list[dict[str, Any]], max_tokens: int) -> float:
+        """One chat call with these messages as they are; its latency in seconds."""
+        sent = time.time()
+        r = self.http.post("/v1/chat/completions", headers={"authorization": "Bearer bench"},
+                           json={"model": route, "messages": messages, "max_tokens": max_tokens})
+        r.raise_for_status()
+        return time.time() - sent
+
+    def cycles_running(self) -> float | None:
+        """The gateway's flywheel_learner_cycles_running gauge (None when /metrics does not show it)."""
+        r = self.http.get("/metrics", headers=self.admin)
+        m = re.search(r"^flywheel_learner_cycles_running ([0-9.e+-]+)$", r.text, re.M) if r.is_success else None
+        return float(m.group(1)) if m else None
 
     def feedback(self, body: dict[str, Any]) -> None:
         """POST /v1/feedback (a refusal is an error: nothing is dropped silently)."""

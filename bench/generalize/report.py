@@ -79,6 +79,10 @@ def checks(r: TaskResult) -> list[tuple[str, bool | None]]:
     out.append((f"live p50 of plain-prompt (no index) calls during learning {_f(d, '{:.2f}')} s vs "
                 f"{_f(q, '{:.2f}')} s for the same items with learners off (paired; needs <= +20 %)",
                 None if d is None or q is None else d <= 1.2 * q))
+    d, q = r.fx.p50_learned_vs_idle
+    out.append((f"live p50 of learned-prompt calls during learning {_f(d, '{:.2f}')} s vs {_f(q, '{:.2f}')} s "
+                f"for the same prompts re-sent with learning idle ({len(r.on.resent)} pairs; needs <= +20 %)",
+                None if d is None or q is None else d <= 1.2 * q))
     return out
 
 

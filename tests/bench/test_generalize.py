@@ -5,6 +5,8 @@ No model and no data download here: items are built by hand.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import struct
 import time
 import zlib
@@ -15,6 +17,7 @@ from bench.generalize.cycle_log import merge_loop_cycles, read_cycles
 from bench.generalize.effects import effects, rise_call
 from bench.generalize.gateway_pass import CallRow, LearnCycle, PassRun, Upstream, write_config
 from bench.generalize.oracle import Neighbours, messages
+from bench.generalize.resend import stored_messages
 from bench.generalize.scoring import best_constant, first_int, first_label, is_right, parse_list
 from bench.generalize.tasks import Task
 from bench.real.bigbench import Item
@@ -90,6 +93,29 @@ def test_first_effect_counts_calls_from_the_first_correction_to_the_first_promot
         r.latency_s = 0.4 if i < 5 else 9.0  # the items of calls 1-5 are the ones compared
     assert effects(run, off_accuracy=0.0, off=off).p50_plain_vs_off == (0.5, 0.4)
     assert effects(run, off_accuracy=0.0).p50_plain_vs_off == (None, None)
+    assert fx.p50_learned == (None, 0.1)  # 0 learned calls during learning: no p50 (fewer than 10)
+
+
+def test_learned_prompt_calls_are_paired_with_their_prompts_re_sent_with_learning_idle(tmp_path: Path) -> None:
+    rows = [_row(i, True, template_version="t1", retrieved=3) for i in range(12)]
+    for r in rows[:6]:
+        r.during_learning, r.latency_s = True, 0.9
+    run = PassRun("r", rows, resent={0: 0.5, 2: 0.7, 4: 0.6})
+    fx = effects(run, off_accuracy=0.0)
+    assert fx.p50_learned_vs_idle == (0.9, 0.6)
+    assert fx.p50_learned == (None, None)  # 6 calls on each side: too few for a p50
+    # the prompt re-sent is the one the gateway stored, long texts read back from `blobs`
+    db = tmp_path / "flywheel.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE calls (id TEXT, request TEXT)")
+    con.execute("CREATE TABLE blobs (hash TEXT, text TEXT)")
+    con.execute("INSERT INTO blobs VALUES ('h1', 'Rate the word.\n\nExamples: ...')")
+    con.execute("INSERT INTO calls VALUES ('c0', ?)", (json.dumps({"messages": [
+        {"role": "system", "content": {"$blob": "h1"}}, {"role": "user", "content": "Word: calm"}]}),))
+    con.commit()
+    con.close()
+    assert stored_messages(db, ["c0", "missing"]) == {"c0": [
+        {"role": "system", "content": "Rate the word.\n\nExamples: ..."}, {"role": "user", "content": "Word: calm"}]}
 
 
 def test_the_loops_own_cycles_are_read_from_the_log_and_merged_without_the_benchs_own(tmp_path: Path) -> None:
@@ -139,7 +165,10 @@ def test_the_written_config_loads_with_a_learning_and_a_frozen_route_per_task(tm
     path = write_config(tmp_path, 9999, [task], [Upstream("cheap", "smollm2", "http://127.0.0.1:1/v1"),
                                                  Upstream("strong", "qwen", "http://127.0.0.1:2/v1")], "polarity")
     settings = load_settings(path)
-    assert set(settings.routes) >= {"polarity", "polarity-static", "polarity-routed", "polarity-strong"}
+    assert set(settings.routes) >= {"polarity", "polarity-static", "polarity-bare", "polarity-routed",
+                                    "polarity-strong"}
+    bare = settings.routes["polarity-bare"]  # stored prompts re-sent as they were: nothing added
+    assert bare.template is None and bare.retrieval is None and bare.learn is False
     assert settings.routes["polarity-static"].learn is False and settings.routes["polarity"].learn is not False
     assert settings.learners.enabled is True  # the documented default: the loop runs beside /admin/learn
     assert load_settings(write_config(tmp_path, 9999, [task], [Upstream("cheap", "smollm2", "http://127.0.0.1:1/v1")],
