@@ -192,7 +192,8 @@ def write_outputs(args: argparse.Namespace, results: list[report.TaskResult], ro
         for r in results:
             for arm, run in (("off", r.off), ("on", r.on)):
                 for i, row in enumerate(run.rows):
-                    f.write(json.dumps({"task": r.task, "arm": arm, "n": i + 1, **dataclasses.asdict(row)}) + "\n")
+                    f.write(json.dumps({"task": r.task, "arm": arm, "n": i + 1, **dataclasses.asdict(row),
+                                        "resent_s": run.resent.get(i)}) + "\n")
     charts = [report.chart(r, OUT) for r in results]
     lines = [f"{r.task}: " + "; ".join(f"{text}: {'n/a' if ok is None else 'MET' if ok else 'NOT MET'}"
                                        for text, ok in report.checks(r)) for r in results]
