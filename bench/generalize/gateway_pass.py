@@ -67,8 +67,8 @@ def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequenc
                      f"price = {{ input_per_mtok = {i}, output_per_mtok = {o} }}\n"
                      "params = { temperature = 0.0 }\n")
     # the route keys config.toml ships with (retrieval) plus generous timeouts for a CPU model
-    common = ('retrieval = { k = 6, min_score = 0.0, relative_min = 0.5 }\n'
-              'retries = { attempts = 2, attempt_timeout_s = 600, deadline_s = 1200 }\n')
+    retries = 'retries = { attempts = 2, attempt_timeout_s = 600, deadline_s = 1200 }\n'
+    common = 'retrieval = { k = 6, min_score = 0.0, relative_min = 0.5 }\n' + retries
     for t in tasks:
         (tmp / f"{t.name}.md").write_text(t.instruction, encoding="utf-8")
         tpl = f'template = "{t.name}.md"\n'
@@ -77,7 +77,7 @@ def write_config(tmp: Path, port: int, tasks: Sequence[Task], upstreams: Sequenc
                      f"{tpl}{common}learn = false\n")
         # no template, no retrieval, no learning: stored upstream prompts re-sent as they were (resend.py)
         parts.append(f'[routes.{t.name}-bare]\nvariants = ["cheap"]\npolicy = {{ kind = "static" }}\n'
-                     'retries = { attempts = 2, attempt_timeout_s = 600, deadline_s = 1200 }\nlearn = false\n')
+                     f"{retries}learn = false\n")
         if t.name == routing_task:
             parts.append(f'[routes.{t.name}-routed]\nvariants = ["cheap", "strong"]\n'
                          f'policy = {{ kind = "learned"{", " + policy_keys if policy_keys else ""} }}\n{tpl}{common}'
