@@ -12,7 +12,6 @@ a cycle after all is dropped.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -21,26 +20,25 @@ from typing import Any
 
 from bench.generalize.effects import learned
 from bench.generalize.gateway_pass import Client, PassRun
-
-BLOB_KEY = "$blob"  # gateway/store/codec.py: a long text is stored once in `blobs`
+from gateway.store.codec import blob_refs, loads, restore
 
 
 def stored_messages(db: Path, call_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """The messages the gateway sent upstream for each call, long texts read back from `blobs`."""
+    """The messages the gateway sent upstream for each call, long texts read back from `blobs`
+    (the store's own codec: gateway/store/codec.py)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         out: dict[str, list[dict[str, Any]]] = {}
         for cid in call_ids:
             row = con.execute("SELECT request FROM calls WHERE id = ?", (cid,)).fetchone()
-            messages = json.loads(row[0]).get("messages") if row and row[0] else None
-            if not isinstance(messages, list):
+            request = loads(row[0]) if row else None
+            if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
                 continue
-            for m in messages:
-                content = m.get("content")
-                if isinstance(content, dict) and BLOB_KEY in content:
-                    blob = con.execute("SELECT text FROM blobs WHERE hash = ?", (content[BLOB_KEY],)).fetchone()
-                    m["content"] = blob[0] if blob else ""
-            out[cid] = messages
+            refs = sorted(blob_refs(request))
+            texts = dict(con.execute(f"SELECT hash, text FROM blobs WHERE hash IN ({','.join('?' * len(refs))})",
+                                     refs).fetchall()) if refs else {}
+            restore(request, texts)
+            out[cid] = request["messages"]
         return out
     finally:
         con.close()
@@ -65,7 +63,7 @@ def resend_learned(client: Client, db: Path, run: PassRun, bare_route: str, max_
     """Re-send up to `n` learned-prompt calls sent during learning (evenly spaced over the pass)
     with learning idle; fills `run.resent` and returns how many pairs it holds."""
     picks = [i for i, r in enumerate(run.rows) if r.during_learning and learned(r)]
-    picks = picks[:: max(1, len(picks) // n)][:n] if picks else []
+    picks = picks[:: max(1, len(picks) // n)][:n]
     messages = stored_messages(db, [run.rows[i].call_id for i in picks])
     if not picks or not wait_idle(client):
         print(f"    learned-prompt re-send: {'no learned calls' if not picks else 'learning never went idle'}",

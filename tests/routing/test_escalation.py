@@ -138,6 +138,7 @@ async def test_the_escalated_answer_is_the_same_when_it_names_the_same_label() -
     assert "which answered the same" in record.policy_reason
     _, record = await ask(route("Answer: GetWeather!"), "PlayMusic", "GetWeather", "PlayMusic")
     assert record.escalation is not None and record.escalation.same_answer is False
+    assert "which answered differently" in record.policy_reason
 
 
 def test_reading_an_answer_keeps_signs_and_prefers_the_first_and_longest_label() -> None:
