@@ -23,7 +23,7 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord
-from learners.index import example_ids, grown_from
+from learners.index import index_growth
 from learners.sequential import ArmEvidence, Rule, exposure_share
 from retrieval.lexical import answer_key
 
@@ -93,12 +93,8 @@ class CanaryFacts:
         if key not in self._growth:
             old, new = await self.registry.get(route, kind, inner), await self.registry.get(route, kind, outer)
             grown = None
-            if old is not None and new is not None and isinstance(old.body, dict) and isinstance(new.body, dict):
-                before, after = set(example_ids(old.body)), set(example_ids(new.body))
-                same_way = all(old.body.get(k) == new.body.get(k) for k in ("embedder", "retrieval"))
-                replaced = evaluation_of(new).get("replaced") or ()
-                if same_way and (added := grown_from(before, after, replaced)):
-                    grown = added
+            if old is not None and new is not None:
+                grown = index_growth(old.body, new.body, evaluation_of(new).get("replaced") or ())
             self._growth[key] = grown  # artifact bodies never change
         return self._growth[key]
 

@@ -7,6 +7,8 @@ that only *adds* examples to the one serving (the canary, else current), or repl
 correction of the same question, skips the replays: it
 keeps the serving index's tuned retrieval settings and goes to the canary, whose online evidence
 decides it (learners/rollout.py: it grows a rolling canary, or a canary that only adds to current).
+A canary that retrieves another way than current is not grown: corrections grow current, and the
+index they make sets that canary aside unless it is already ahead (`serving_index`).
 
 The settings are raced again (learners/cycle.py) when none were raced yet on enough held-out
 calls, or when the held-out set has doubled since they were: what suits 10 examples may not suit
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.store.artifacts import ArtifactRegistry
 from learners.canary_facts import evaluation_of
-from learners.index import example_ids, grown_from
+from learners.index import example_ids, grown_from, retrieves_differently
 from retrieval.lexical import Tuning
 
 
@@ -47,12 +49,21 @@ class ServingIndex:
 
 
 async def serving_index(registry: ArtifactRegistry, route: str) -> ServingIndex | None:
-    """The route's serving index (canary first), or None when it has none."""
+    """The index the route's next corrections grow: its running canary unless that retrieves
+    another way than current, else current; None when it has neither.
+
+    A canary that changes how current retrieves (raced settings, another embedder) is judged on
+    its own evidence, at its own share: corrections chained onto it would reach only that share
+    until a tie runs to the evidence bound (hundreds of calls at 10 %). Grown from current they
+    make an index that only adds to it, which sets such a canary aside (learners/rollout.py)."""
     states = await registry.states(route, "index")
-    version = states.canary or states.current
-    rec = await registry.get(route, "index", version) if version else None
-    if rec is None or version is None:
+    current = await registry.get(route, "index", states.current) if states.current else None
+    canary = await registry.get(route, "index", states.canary) if states.canary else None
+    rec = current if canary is None or (current is not None and retrieves_differently(current.body, canary.body)) \
+        else canary
+    if rec is None:
         return None
+    version = rec.version
     ev = evaluation_of(rec)
     retrieval = ev.get("retrieval")
     tuning = Tuning.from_dict(retrieval) if isinstance(retrieval, dict) else None

@@ -50,6 +50,22 @@ def grown_from(before: Collection[str], after: Collection[str], replaced: Collec
     return len(added) if added and (set(before) - set(after)).issubset(replaced) else 0
 
 
+def index_growth(old: Any, new: Any, replaced: Collection[str]) -> int | None:
+    """How many examples index body `new` adds to index body `old` when it holds all of them but
+    `replaced` ones, built by the same embedder and retrieved the same way; None otherwise (a
+    change of retrieval settings changes every call: it is not growth)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or retrieves_differently(old, new):
+        return None
+    return grown_from(example_ids(old), example_ids(new), replaced) or None
+
+
+def retrieves_differently(old: Any, new: Any) -> bool:
+    """Whether two stored index bodies differ in embedder or retrieval settings."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return False
+    return any(old.get(k) != new.get(k) for k in ("embedder", "retrieval"))
+
+
 def tuning_grid(rs: RetrievalSettings) -> list[Tuning]:
     """The route's settings first (they win ties), then wider dense (nearest closest, or the
     examples that agree closest: retrieval/lexical.py `arrange`), hybrid and BM25 retrieval with

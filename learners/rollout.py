@@ -107,8 +107,10 @@ class Rollout:
             grown = await self.facts.grown(route, kind, running, version)
             if grown is not None:
                 return await self._supersede(route, kind, states, running, version, grown, why)
-            await self.registry.annotate(route, kind, version, queued={"behind": running, "why": why})
-            return RolloutDecision(route, kind, version, "queued", f"queued behind canary {running}: {why}")
+            if not await self._set_aside(route, kind, states, running, version):
+                await self.registry.annotate(route, kind, version, queued={"behind": running, "why": why})
+                return RolloutDecision(route, kind, version, "queued", f"queued behind canary {running}: {why}")
+            states = await self.registry.states(route, kind)
         if share > 0:
             reason = f"canary at {share:.0%}: {why}"
             exposure, cur = await self.facts.exposure(route, kind)
@@ -138,6 +140,35 @@ class Rollout:
         reason = f"promoted without canary (canary_share = 0): {why}"
         await self.registry.move(route, kind, version, "promoted", reason)
         return RolloutDecision(route, kind, version, "promoted", reason)
+
+    async def _set_aside(self, route: str, kind: ArtifactKind, states: KindStates, running: str,
+                         version: str) -> bool:
+        """Reject the running canary in favour of `version` when `version` only adds examples to
+        current, the canary does not (it retrieves another way, e.g. raced settings: corrections
+        do not chain onto it, learners/growth.py) and it is not ahead: P(better) below
+        `canary_grow_confidence`. Queued behind a tie, every correction would reach only the
+        canary's share until the evidence bound, hundreds of calls at 10 %; the evaluation lane
+        races the settings again, on more data."""
+        adds = await self.facts.grown(route, kind, states.current, version)
+        if adds is None or await self.facts.grown(route, kind, states.current, running) is not None:
+            return False
+        rule = Rule.of(self._settings())
+        fig = await self.compare(route, kind, states)
+        if fig is None:
+            return False
+        seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
+                     rule, await self.facts.prior(route, kind, running),
+                     floor=await self.facts.floor(route, kind, running))
+        if seq.p_better >= rule.grow_confidence:
+            return False
+        try:
+            await self.registry.move(route, kind, running, "rejected",
+                                     f"set aside for {version}, which only adds {adds} examples to current "
+                                     f"{states.current}: {describe(fig)}; P(canary better) {seq.p_better:.2f}, "
+                                     "not ahead; the evaluation lane races its retrieval settings again")
+        except TransitionRefused:  # decided meanwhile by another replica
+            return False
+        return True
 
     async def _supersede(self, route: str, kind: ArtifactKind, states: KindStates, running: str, version: str,
                          grown: int, why: str) -> RolloutDecision:

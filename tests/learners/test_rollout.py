@@ -281,3 +281,47 @@ def test_an_index_that_only_adds_to_current_is_promoted_on_less_evidence_of_a_ti
     assert grown.verdict == "promote" and "only adds examples to current" in grown.why
     # it is rolled back like any other when it is worse
     assert decide(ArmEvidence(10, 2), ArmEvidence(80, 60), rule, grows=True).verdict == "roll_back"
+
+
+async def test_a_retrieval_change_that_is_not_ahead_is_set_aside_for_an_index_that_adds_to_current(
+        store: SqlStore) -> None:
+    from learners.growth import serving_index
+
+    reg = ArtifactRegistry(store)
+    rollout = Rollout(reg, lambda: CFG)
+    await reg.save_candidate("bot", "index", _index_body("a"), M, version="i1")
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    # a raced settings change with one more example: a canary on its own evidence
+    await reg.save_candidate("bot", "index", {**_index_body("a", "b"), "retrieval": {"k": 8}}, M, version="i2")
+    assert (await rollout.begin("bot", "index", "i2", "offline tie")).action == "canary"
+    t = (await reg.states("bot", "index")).versions["i2"].since
+    for n in range(6):  # a tie so far
+        await _serve(store, "index", "i2", n % 2 == 0, t + 1 + n)
+        await _serve(store, "index", "i1", n % 2 == 0, t + 1.5 + n)
+    # corrections grow current, not the canary that retrieves another way ...
+    serving = await serving_index(reg, "bot")
+    assert serving is not None and serving.version == "i1"
+    # ... and the index they make takes the canary's place, open at the cap
+    await reg.save_candidate("bot", "index", _index_body("a", "c"), M, version="i3")
+    d = await rollout.begin("bot", "index", "i3", "online only")
+    states = await reg.states("bot", "index")
+    assert d.action == "canary" and states.canary == "i3" and d.share == CFG.canary_max_share
+    assert states.versions["i2"].state == "rejected"
+    [aside] = [t for t in await reg.history("bot", "index") if t.version == "i2" and t.to_state == "rejected"]
+    assert "set aside for i3, which only adds 1 examples to current i1" in aside.reason
+
+
+async def test_a_retrieval_change_that_is_ahead_keeps_its_canary(store: SqlStore) -> None:
+    reg = ArtifactRegistry(store)
+    rollout = Rollout(reg, lambda: CFG)
+    await reg.save_candidate("bot", "index", _index_body("a"), M, version="i1")
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    await reg.save_candidate("bot", "index", {**_index_body("a", "b"), "retrieval": {"k": 8}}, M, version="i2")
+    await rollout.begin("bot", "index", "i2", "offline tie")
+    t = (await reg.states("bot", "index")).versions["i2"].since
+    for n in range(6):  # the canary answers well, current badly
+        await _serve(store, "index", "i2", True, t + 1 + n)
+        await _serve(store, "index", "i1", n == 0, t + 1.5 + n)
+    await reg.save_candidate("bot", "index", _index_body("a", "c"), M, version="i3")
+    assert (await rollout.begin("bot", "index", "i3", "online only")).action == "queued"
+    assert (await reg.states("bot", "index")).canary == "i2"
