@@ -156,9 +156,7 @@ class Rollout:
         fig = await self.compare(route, kind, states)
         if fig is None:
             return False
-        seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
-                     rule, await self.facts.prior(route, kind, running),
-                     floor=await self.facts.floor(route, kind, running))
+        seq = await self._decide(route, kind, fig, rule)
         if seq.p_better >= rule.grow_confidence:
             return False
         try:
@@ -245,10 +243,7 @@ class Rollout:
             fig = await self.compare(route, kind, ks, metric) if ks is not None else None
             if fig is None or ks is None:
                 continue
-            seq = decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
-                         rule, await self.facts.prior(route, kind, fig.canary),
-                         floor=await self.facts.floor(route, kind, fig.canary),
-                         grows=await self.facts.grown(route, kind, fig.current, fig.canary) is not None)
+            seq = await self._decide(route, kind, fig, rule)
             reason = f"{describe(fig)}; {seq.why}"
             if seq.verdict == "continue":
                 recorded = ks.versions[fig.canary].share
@@ -276,6 +271,13 @@ class Rollout:
             out.append(RolloutDecision(route, kind, fig.canary, action, reason, fig))
             out += await self._dequeue(route, kind, fig.canary, action)
         return out
+
+    async def _decide(self, route: str, kind: ArtifactKind, fig: OnlineFigures, rule: Rule) -> SequentialVerdict:
+        """The sequential rule on a running canary's online figures and the facts it weighs."""
+        return decide(ArmEvidence(fig.canary_n, fig.canary_sum), ArmEvidence(fig.current_n, fig.current_sum),
+                      rule, await self.facts.prior(route, kind, fig.canary),
+                      floor=await self.facts.floor(route, kind, fig.canary),
+                      grows=await self.facts.grown(route, kind, fig.current, fig.canary) is not None)
 
     async def _dequeue(self, route: str, kind: ArtifactKind, decided: str,
                        action: Literal["promoted", "rolled_back"]) -> list[RolloutDecision]:
