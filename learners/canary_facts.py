@@ -23,7 +23,7 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord
-from learners.index import index_growth
+from learners.index import example_ids, index_growth
 from learners.sequential import ArmEvidence, Rule, exposure_share
 from retrieval.lexical import answer_key
 
@@ -80,22 +80,29 @@ class CanaryFacts:
         self._priors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # offline deltas
         self._floors: dict[tuple[str, ArtifactKind, str], float | None] = {}  # opening exposure shares
         self._chains: dict[tuple[str, ArtifactKind, str], tuple[tuple[str, ...], float] | None] = {}
-        self._growth: dict[tuple[str, str, str], int | None] = {}  # (route, inner, outer) -> examples added
+        # (route, inner, outer) -> the example ids outer adds when it only adds to inner
+        self._growth: dict[tuple[str, str, str], frozenset[str] | None] = {}
 
     async def grown(self, route: str, kind: ArtifactKind, inner: str | None, outer: str) -> int | None:
         """How many examples index `outer` adds to index `inner` when it holds all of them (but
         those a newer correction of the same question replaced, its evaluation's `replaced`), built
         by the same embedder and retrieved the same way (None otherwise, or for another kind): a
         change of retrieval settings changes every call, so it is judged on its own evidence."""
+        ids = await self.added(route, kind, inner, outer)
+        return None if ids is None else len(ids)
+
+    async def added(self, route: str, kind: ArtifactKind, inner: str | None, outer: str) -> frozenset[str] | None:
+        """The example ids index `outer` adds to index `inner` when it only adds to it (`grown`)."""
         if kind != "index" or inner is None:
             return None
         key = (route, inner, outer)
         if key not in self._growth:
             old, new = await self.registry.get(route, kind, inner), await self.registry.get(route, kind, outer)
-            grown = None
-            if old is not None and new is not None:
-                grown = index_growth(old.body, new.body, evaluation_of(new).get("replaced") or ())
-            self._growth[key] = grown  # artifact bodies never change
+            ids = None
+            if old is not None and new is not None and index_growth(
+                    old.body, new.body, evaluation_of(new).get("replaced") or ()) is not None:
+                ids = frozenset(example_ids(new.body)) - frozenset(example_ids(old.body))
+            self._growth[key] = ids  # artifact bodies never change
         return self._growth[key]
 
     async def members(self, route: str, kind: ArtifactKind, canary: str, since: float) -> tuple[set[str], float]:

@@ -211,9 +211,15 @@ class Rollout:
         for fb in await self.registry.store.list_feedback(route=route, since=since):
             if fb.call_id in chat:
                 per_call[fb.call_id].append(fb)
+        # A canary that only adds examples to current serves a call as current would unless it
+        # retrieved one of them: only those calls are its evidence. Counted, the rest (most calls,
+        # at the cap) would promote a poisoned batch on calls that never saw it.
+        adds = await self.facts.added(route, kind, states.current, canary)
         calls: dict[bool, list[CallRecord]] = {True: [], False: []}
         for c in chat.values():
-            calls[served_by(c) in members].append(c)
+            mine = served_by(c) in members
+            if not (mine and adds is not None and adds.isdisjoint(c.retrieved_ids)):
+                calls[mine].append(c)
 
         def arm(cs: list[CallRecord]) -> tuple[list[tuple[str, float]], int, float]:
             qs = [(c.variant, q) for c in cs if (q := call_quality(per_call.get(c.id, ()), metric)) is not None]

@@ -325,3 +325,24 @@ async def test_a_retrieval_change_that_is_ahead_keeps_its_canary(store: SqlStore
     await reg.save_candidate("bot", "index", _index_body("a", "c"), M, version="i3")
     assert (await rollout.begin("bot", "index", "i3", "online only")).action == "queued"
     assert (await reg.states("bot", "index")).canary == "i2"
+
+
+async def test_an_index_that_only_adds_is_judged_on_the_calls_that_retrieved_what_it_adds(store: SqlStore) -> None:
+    reg = ArtifactRegistry(store)
+    rollout = Rollout(reg, lambda: CFG)
+    await reg.save_candidate("bot", "index", _index_body("a"), M, version="i1")
+    await reg.move("bot", "index", "i1", "promoted", "seed")
+    await reg.save_candidate("bot", "index", _index_body("a", "poison"), M, version="i2")
+    assert (await rollout.begin("bot", "index", "i2", "online only")).action == "canary"
+    t = (await reg.states("bot", "index")).versions["i2"].since
+    for n in range(12):  # current: mostly right
+        await _serve(store, "index", "i1", n % 6 != 0, t + 1 + n)
+    for n in range(10):  # the canary's calls that never retrieved what it adds: right, as current
+        await _serve(store, "index", "i2", True, t + 20 + n)
+    for n in range(6):  # those that did: wrong
+        cid = f"p{next(_ids):06d}"
+        await store.insert_calls([CallRecord(id=cid, route="bot", variant="m", model="m", created_at=t + 40 + n,
+                                             index_version="i2", retrieved_ids=["a", "poison"])])
+        await store.insert_feedback(FeedbackRecord(cid, rating=-1, created_at=t + 40.1 + n))
+    [d, *_] = await rollout.check("bot", ("index",), "any")
+    assert d.action == "rolled_back" and d.online is not None and d.online.canary_n == 6
