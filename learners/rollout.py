@@ -4,11 +4,13 @@ Templates, example indices and routing policies share one mechanism. A candidate
 evaluation becomes the canary (served to a share of traffic, see `begin`: `canary_share`, or more
 when the offline evaluation alone already makes the canary likely better); with `canary_share = 0`
 it is promoted at once. While it runs, the calls served by the canary are compared with the other
-calls of the route since the canary began. The arms differ only in which logged field says which
-version served a call (`SERVED_BY`: `template_version`, `index_version`, `policy_version`) and in
-the quality metric (`call_quality(…, "any")` for templates and indices, the route's
-`quality_metric` for policies); the cost per call of both arms is reported too. `check` decides
-running canaries (learners/sequential.py); `rollback` undoes a canary or a promoted version at once.
+calls of the route since the canary began (for an index that only adds examples to current, only
+the canary calls that retrieved one of them: the others are served as current would serve them).
+The arms differ only in which logged field says which version served a call (`SERVED_BY`:
+`template_version`, `index_version`, `policy_version`) and in the quality metric
+(`call_quality(…, "any")` for templates and indices, the route's `quality_metric` for policies);
+the cost per call of both arms is reported too. `check` decides running canaries
+(learners/sequential.py); `rollback` undoes a canary or a promoted version at once.
 
 Learning never waits for a canary: a candidate that passes evaluation while a canary of its kind
 runs is queued (it stays `candidate`, its evaluation says `queued`), unless it is an index that
