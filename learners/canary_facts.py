@@ -23,7 +23,7 @@ from gateway.capture.quality import call_quality
 from gateway.config.settings import LearnerSettings
 from gateway.store.artifacts import ArtifactRegistry
 from gateway.store.records import ArtifactKind, ArtifactRecord, CallRecord, FeedbackRecord
-from learners.index import example_ids, index_growth
+from learners.index import added_examples
 from learners.sequential import ArmEvidence, Rule, exposure_share
 from retrieval.lexical import answer_key
 
@@ -98,11 +98,8 @@ class CanaryFacts:
         key = (route, inner, outer)
         if key not in self._growth:
             old, new = await self.registry.get(route, kind, inner), await self.registry.get(route, kind, outer)
-            ids = None
-            if old is not None and new is not None and index_growth(
-                    old.body, new.body, evaluation_of(new).get("replaced") or ()) is not None:
-                ids = frozenset(example_ids(new.body)) - frozenset(example_ids(old.body))
-            self._growth[key] = ids  # artifact bodies never change
+            self._growth[key] = (None if old is None or new is None  # artifact bodies never change
+                                 else added_examples(old.body, new.body, evaluation_of(new).get("replaced") or ()))
         return self._growth[key]
 
     async def members(self, route: str, kind: ArtifactKind, canary: str, since: float) -> tuple[set[str], float]:

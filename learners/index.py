@@ -50,13 +50,14 @@ def grown_from(before: Collection[str], after: Collection[str], replaced: Collec
     return len(added) if added and (set(before) - set(after)).issubset(replaced) else 0
 
 
-def index_growth(old: Any, new: Any, replaced: Collection[str]) -> int | None:
-    """How many examples index body `new` adds to index body `old` when it holds all of them but
+def added_examples(old: Any, new: Any, replaced: Collection[str]) -> frozenset[str] | None:
+    """The example ids index body `new` adds to index body `old` when it holds all of them but
     `replaced` ones, built by the same embedder and retrieved the same way; None otherwise (a
     change of retrieval settings changes every call: it is not growth)."""
     if not (isinstance(old, dict) and isinstance(new, dict)) or retrieves_differently(old, new):
         return None
-    return grown_from(example_ids(old), example_ids(new), replaced) or None
+    before, after = example_ids(old), example_ids(new)
+    return frozenset(after) - frozenset(before) if grown_from(before, after, replaced) else None
 
 
 def retrieves_differently(old: Any, new: Any) -> bool:
