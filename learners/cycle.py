@@ -27,7 +27,7 @@ from learners import guardrails
 from learners.dataset import CurateConfig, Dataset, EvalCase, curate, load_records
 from learners.economy import Economy, content_hash
 from learners.evaluate import ArmResult, Budget, Replayer, gate
-from learners.growth import serving_index
+from learners.growth import overtaken, serving_index
 from learners.halving import Halving, first_slice, successive_halving
 from learners.index import IndexCandidate, example_ids, fit_index, tuning_grid
 from learners.report import CandidateReport, LearnReport, Outcome
@@ -303,6 +303,11 @@ class LearningCycle:
                                            f"{serving.version}'s {tuning.describe()} still best")
                 return
             cand = await self._grown_meanwhile(cand, embedder)
+            moved = overtaken(serving, await serving_index(self.d.registry, self.route),
+                              frozenset(e.id for e in cand.examples), tuning, ds.replaced)
+            if moved is not None:
+                self.report.skipped.append(f"index: {moved}")
+                return
             manifest = replace(cand.manifest, note=f"{cand.manifest.note}; retrieval {tuning.describe()}")
             problems = await self._index_problems(cand, manifest)  # the refit may hold new examples
         index = cand.index.with_tuning(tuning)
@@ -354,7 +359,9 @@ class LearningCycle:
         """The candidate refit on the store as it is now, when corrections arrived during its
         replays and it only gained examples: served at the end of minutes of evaluation, the
         older candidate would leave them out (and could not take a grown canary's place)."""
-        fresh = await self._fit_index(await self.dataset(), embedder)
+        # same_too: the grow lane may serve exactly the fresh examples already (fit_index would
+        # then return None, and the older, smaller candidate would be settled)
+        fresh = await self._fit_index(await self.dataset(), embedder, same_too=True)
         before = {e.id for e in cand.examples}
         if fresh is None or not before < {e.id for e in fresh.examples}:
             return cand

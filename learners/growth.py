@@ -71,3 +71,23 @@ async def serving_index(registry: ArtifactRegistry, route: str) -> ServingIndex 
     embedder = rec.body.get("embedder") if isinstance(rec.body, dict) else None
     return ServingIndex(version, frozenset(example_ids(rec.body)), str(embedder) if embedder else None, tuning,
                         tuned_on if isinstance(tuned_on, int) else 0)
+
+
+def overtaken(before: ServingIndex | None, now: ServingIndex | None, ids: frozenset[str], tuning: Tuning,
+              replaced: frozenset[str] = frozenset()) -> str | None:
+    """Why an index replayed against `before` must not be settled now that `now` serves (the grow
+    lane promoted it during the replays), or None when it may be.
+
+    Its offline comparison was with `before`: examples `now` added were never weighed, so a
+    candidate that leaves any out (but those a newer correction replaced) would drop them on
+    the strength of a comparison that did not include them. One that holds exactly `now`'s
+    examples, retrieved the same way, would serve nothing new."""
+    if now is None or (before is not None and now.version == before.version):
+        return None
+    if ids == now.ids and tuning == now.tuning:
+        return f"{now.version} began serving during its replays with the same examples and retrieval"
+    unweighed = now.ids - (before.ids if before is not None else frozenset()) - ids - replaced
+    if unweighed:
+        return (f"{now.version} began serving during its replays; it leaves out {len(unweighed)} of "
+                f"{now.version}'s examples its replays never weighed: left to the next cycle")
+    return None

@@ -169,3 +169,40 @@ def test_a_newer_correction_of_a_corrected_question_is_growth_too(
     rows = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"]
     ev = next(r for r in rows if r["version"] == swapped["version"])["evaluation"]
     assert len(ev["replaced"]) == 1 and ev["removed"] == ev["replaced"] and len(ev["added"]) == 1
+
+
+def test_an_index_replayed_while_the_grow_lane_served_more_does_not_drop_those(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path, monkeypatch: Any) -> None:
+    import asyncio
+
+    from learners.cycle import LearningCycle
+    from tests.learners.scenario import TOPICS, UNSEEN
+
+    gw = make_gateway(config(fake_upstream, tmp_path, canary_share=0.0))
+    c = Client(gw.url)
+    corrected = 0
+    for topic in ("returns", "shipping"):
+        for i, q in enumerate(TOPICS[topic][0]):
+            call_id, _, _ = c.ask(f"u-{topic}-{i}", q)
+            c.feedback(call_id, correction=truth(topic))
+            corrected += 1
+    original, grown = LearningCycle._tune, []
+
+    async def tune(self: LearningCycle, cand: Any, grid: Any) -> Any:
+        out = await original(self, cand, grid)
+        if self.lane == "full" and not grown:  # while its replays ran: password corrected, the grow lane serves it
+            questions, answer = TOPICS["password"]
+            for i, q in enumerate(questions):
+                call_id, _, _ = await asyncio.to_thread(c.ask, f"u-password-{i}", q)
+                await asyncio.to_thread(c.feedback, call_id, correction=answer)
+            grown.append(await gw.learning.learn_route(ROUTE, lane="grow"))
+        return out
+
+    monkeypatch.setattr(LearningCycle, "_tune", tune)
+    c.learn()  # the full lane, replaying an index of the first two topics' corrections
+    assert [x.outcome for x in grown[0].candidates if x.kind == "index"] == ["promoted"]
+    monkeypatch.setattr(LearningCycle, "_tune", original)
+    current = c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["current"]
+    row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"] if r["version"] == current)
+    assert row["note"].startswith(f"{corrected + 6} examples"), row["note"]  # password's are kept
+    assert c.ask("reader", UNSEEN["password"])[1] == truth("password")
