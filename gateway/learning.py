@@ -50,6 +50,7 @@ class UpstreamActivity:
     busy_s: float = 0.0  # seconds so far with at least one live call in flight
     last_end: float | None = None  # when the upstream last went idle of live calls (None: never)
     slots: int | None = None
+    started: int = 0  # live calls started so far (a replay in flight when one starts delayed it)
 
 
 class UnknownRoute(KeyError):

@@ -13,7 +13,7 @@ One `Economy` lives as long as the learning loop (across cycles), holding:
 - `gate`: per upstream (provider) at most `eval_concurrency` replays in flight and
   `eval_rate_per_s` started per second, so evaluation never crowds out live requests; on an
   upstream with few slots (a local llama.cpp serves one request at a time) replays also yield to
-  live traffic (`UpstreamGate`);
+  live traffic and delay at most `eval_live_delay_share` of live calls (`UpstreamGate`);
 - `embedder(e)`: the gateway's embedder with a memory of the texts it embedded (`CachedEmbedder`).
 """
 
@@ -59,14 +59,24 @@ class UpstreamGate:
     where `live` says the upstream has few slots, yields to live traffic.
 
     A one-slot upstream (llama.cpp) serves one request at a time: a live call that arrives while a
-    replay runs waits for it. So on an upstream with `slots`, a replay (a) never starts while live
-    calls fill the slots (replays in flight count too), and (b) while live traffic is present (a
-    live call in flight or ended within `eval_live_idle_s`) replays occupy the upstream at most
-    `eval_share` of the time: after replays kept it busy for d seconds, the next starts no sooner
-    than d·(1 − share)/share later. A live call lands behind a replay with a chance of at most the
-    share, so the live median holds; with no live traffic evaluation uses the upstream fully. An
-    upstream with many slots (a cloud API, `slots` None) only gets the concurrency and rate caps:
-    live calls there do not queue behind replays, and cycles keep their speed.
+    replay runs waits for it, and no upstream can be asked to drop a prompt it is reading. So on an
+    upstream with `slots`, a replay (a) never starts while live calls fill the slots (replays in
+    flight count too), and, while live traffic is present (a live call in flight or ended within
+    `eval_live_idle_s`), (b) replays occupy the upstream at most `eval_share` of the time: after
+    replays kept it busy for d seconds, the next starts no sooner than d·(1 − share)/share later;
+    and (c) the live calls that start while replays hold the upstream (and so wait) stay within
+    `eval_live_delay_share` of all live calls: each live call earns that much credit (at most one
+    call's worth is kept), each one delayed costs a whole call, and a replay starts only on a credit
+    of at least zero.
+
+    (b) alone does not hold the live median: a client that sends its next call as soon as the last
+    is answered leaves gaps of milliseconds, so a replay started in one always delays the next live
+    call, and at a 25 % time share one live call in three waited a whole replay. The median moves
+    with the share of calls delayed, not with the time replays take, which is what (c) bounds; where
+    live calls leave gaps longer than a replay, none is delayed and (c) costs evaluation nothing.
+    With no live traffic evaluation uses the upstream fully (a live call that then arrives behind
+    a replay is charged all the same). An upstream with many slots (a cloud API, `slots` None) only
+    gets the concurrency and rate caps: live calls there do not queue behind replays.
     """
 
     def __init__(self, settings: Callable[[], LearnerSettings], live: LiveActivity | None = None, *,
@@ -80,7 +90,11 @@ class UpstreamGate:
         self._next: dict[str, float] = {}
         self._busy_since: dict[str, float] = {}  # when replays began to occupy the upstream (open span)
         self._free_at: dict[str, float] = {}  # earliest next start while live traffic is present
+        self._credit: dict[str, float] = {}  # (c): live calls' delay credit (see the class docstring)
+        self._credited: dict[str, int] = {}  # live calls started (UpstreamActivity.started) already credited
+        self._span_live: dict[str, int] = {}  # live calls started when the open replay span began
         self.in_flight: dict[str, int] = {}
+        self.delayed: dict[str, int] = {}  # live calls that started while replays held the upstream
         self.peak: dict[str, int] = {}  # most replays in flight at once, per upstream (observability)
         self.yielded_s: dict[str, float] = {}  # seconds replays waited for live traffic (observability)
 
@@ -102,6 +116,8 @@ class UpstreamGate:
             self.peak[upstream] = max(self.peak.get(upstream, 0), n)
             if n == 1:
                 self._busy_since[upstream] = self._clock()
+                if self.live is not None:
+                    self._span_live[upstream] = self.live(upstream).started
             try:
                 yield
             finally:
@@ -113,6 +129,22 @@ class UpstreamGate:
             now = self._clock()
             busy = now - self._busy_since.pop(upstream, now)
             self._free_at[upstream] = now + busy * (1.0 - cfg.eval_share) / cfg.eval_share
+            before = self._span_live.pop(upstream, None)
+            if self.live is not None and before is not None:
+                act = self.live(upstream)
+                # charged on any upstream with slots; on one with several, a live call that found a
+                # slot free did not wait: counting it anyway errs towards live traffic
+                if act.slots is not None and act.started > before:
+                    self._earn(upstream, act, cfg)
+                    self._credit[upstream] -= act.started - before
+                    self.delayed[upstream] = self.delayed.get(upstream, 0) + act.started - before
+
+    def _earn(self, upstream: str, act: UpstreamActivity, cfg: LearnerSettings) -> None:
+        """Credit the live calls started since the last look, `eval_live_delay_share` each (at most 1 kept)."""
+        seen = self._credited.get(upstream, act.started)
+        self._credited[upstream] = act.started
+        credit = self._credit.get(upstream, 0.0) + (act.started - seen) * cfg.eval_live_delay_share
+        self._credit[upstream] = min(credit, 1.0)
 
     def may_start(self, upstream: str, cfg: LearnerSettings) -> bool:
         """Whether a replay may start on `upstream` now, as far as live traffic is concerned."""
@@ -123,9 +155,10 @@ class UpstreamGate:
             return True
         if act.in_flight + self.in_flight.get(upstream, 0) >= act.slots:
             return False
+        self._earn(upstream, act, cfg)
         now = self._clock()
         present = act.in_flight > 0 or (act.last_end is not None and now - act.last_end < cfg.eval_live_idle_s)
-        return not present or now >= self._free_at.get(upstream, now)
+        return not present or (now >= self._free_at.get(upstream, now) and self._credit[upstream] >= 0.0)
 
     async def _yield_to_live(self, upstream: str, cfg: LearnerSettings) -> None:
         if self.may_start(upstream, cfg):

@@ -220,8 +220,11 @@ class LearnerSettings(_Strict):
     eval_rate_per_s: float = Field(10.0, ge=0)  # evaluation replays started per second per upstream; 0: no cap
     # On an upstream with few slots ([providers.X] slots; a local server: 1) replays yield to live
     # calls: none starts while live calls fill its slots, and while live traffic is present (a live
-    # call within eval_live_idle_s) replays occupy it at most eval_share of the time (learners/economy.py)
+    # call within eval_live_idle_s) replays occupy it at most eval_share of the time, and keep the live
+    # calls that start while a replay holds the upstream (and so wait for it) to eval_live_delay_share
+    # of all live calls (learners/economy.py)
     eval_share: float = Field(0.25, gt=0, le=1)
+    eval_live_delay_share: float = Field(0.1, gt=0, le=1)
     eval_live_idle_s: float = Field(5.0, ge=0)
     reject_backoff_max: int = Field(8, ge=0)  # most cycles a kind sits out after repeated rejections
     # template learner (learners/template.py)

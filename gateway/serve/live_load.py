@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 class LiveLoad:
     """Counters of live calls per upstream (provider name); read without locks (one event loop)."""
 
-    __slots__ = ("_clock", "_since", "busy_s", "in_flight", "last_end")
+    __slots__ = ("_clock", "_since", "busy_s", "in_flight", "last_end", "started")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.in_flight: dict[str, int] = {}
+        self.started: dict[str, int] = {}  # live calls started so far (the gate charges those a replay delayed)
         self.busy_s: dict[str, float] = {}  # seconds with at least one live call in flight (closed spans)
         self.last_end: dict[str, float] = {}  # clock time the upstream last went idle
         self._since: dict[str, float] = {}  # clock time the open busy span began
@@ -32,6 +33,7 @@ class LiveLoad:
         """A live call to `upstream` starts (sent, or waiting for its retry)."""
         n = self.in_flight.get(upstream, 0)
         self.in_flight[upstream] = n + 1
+        self.started[upstream] = self.started.get(upstream, 0) + 1
         if n == 0:
             self._since[upstream] = self._clock()
 
