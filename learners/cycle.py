@@ -310,6 +310,7 @@ class LearningCycle:
                 return
             manifest = replace(cand.manifest, note=f"{cand.manifest.note}; retrieval {tuning.describe()}")
             problems = await self._index_problems(cand, manifest)  # the refit may hold new examples
+            content = content_hash(embedder.name, sorted(e.id for e in cand.examples))
         index = cand.index.with_tuning(tuning)
         body = await asyncio.to_thread(index.to_body)
         outcome = await self._settle("index", body, manifest, problems, arm,

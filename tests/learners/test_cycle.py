@@ -206,3 +206,47 @@ def test_an_index_replayed_while_the_grow_lane_served_more_does_not_drop_those(
     row = next(r for r in c.get(f"/admin/routes/{ROUTE}/templates", kind="index")["data"] if r["version"] == current)
     assert row["note"].startswith(f"{corrected + 6} examples"), row["note"]  # password's are kept
     assert c.ask("reader", UNSEEN["password"])[1] == truth("password")
+
+
+def test_an_index_refit_with_corrections_from_its_replays_is_recorded_by_what_it_holds(
+        make_gateway: Any, fake_upstream: str, tmp_path: Path, monkeypatch: Any) -> None:
+    import asyncio
+
+    from learners.cycle import LearningCycle
+    from learners.economy import content_hash
+    from learners.index import example_ids
+    from tests.learners.scenario import TOPICS
+
+    gw = make_gateway(config(fake_upstream, tmp_path, canary_share=0.0))
+    c = Client(gw.url)
+    for topic in ("returns", "shipping"):
+        for i, q in enumerate(TOPICS[topic][0]):
+            call_id, _, _ = c.ask(f"u-{topic}-{i}", q)
+            c.feedback(call_id, correction=truth(topic))
+    tune, settle = LearningCycle._tune, LearningCycle._settle
+    arrived: list[str] = []
+    settled: list[tuple[Any, Manifest, Any]] = []
+
+    async def tune_then_correct(self: LearningCycle, cand: Any, grid: Any) -> Any:
+        out = await tune(self, cand, grid)
+        if not arrived:  # corrections arrive while the index is replayed (and no grow lane serves them)
+            questions, answer = TOPICS["password"]
+            for i, q in enumerate(questions):
+                call_id, _, _ = await asyncio.to_thread(c.ask, f"u-password-{i}", q)
+                await asyncio.to_thread(c.feedback, call_id, correction=answer)
+                arrived.append(call_id)
+        return out
+
+    async def recording(self: LearningCycle, kind: Any, body: Any, manifest: Manifest, *args: Any,
+                        **kwargs: Any) -> Any:
+        if kind == "index":
+            settled.append((body, manifest, kwargs.get("content")))
+        return await settle(self, kind, body, manifest, *args, **kwargs)
+
+    monkeypatch.setattr(LearningCycle, "_tune", tune_then_correct)
+    monkeypatch.setattr(LearningCycle, "_settle", recording)
+    c.learn()
+    [(body, manifest, content)] = settled
+    assert "arrived during its evaluation" in manifest.note, manifest.note  # refit with them
+    # its judgement is remembered by what it holds, so the same index is not judged again
+    assert content == content_hash(body["embedder"], sorted(example_ids(body)))

@@ -1,6 +1,7 @@
 """Evaluation yields to live traffic on an upstream with few slots (issue #17, F2): serving counts its
 live calls per upstream, no replay starts while live calls fill the slots, and while live traffic is
-present replays keep to `eval_share` of the upstream's time (checked on a simulated clock)."""
+present replays keep to `eval_share` of the upstream's time (checked on a simulated clock) and
+delay at most `eval_live_delay_share` of live calls."""
 
 from __future__ import annotations
 
