@@ -51,6 +51,9 @@ class UpstreamActivity:
     last_end: float | None = None  # when the upstream last went idle of live calls (None: never)
     slots: int | None = None
     started: int = 0  # live calls started so far (a replay in flight when one starts delayed it)
+    # the name the upstream goes by whatever it was asked under: a route with one provider is that
+    # provider, so replays asked under either share one evaluation budget ("" when not known)
+    key: str = ""
 
 
 class UnknownRoute(KeyError):

@@ -220,7 +220,8 @@ class Gateway:
             busy_s=sum(live.busy_total(n) for n in names),
             last_end=max(ends) if ends else None,
             slots=None if not slots or None in slots else sum(s for s in slots if s is not None),
-            started=sum(live.started.get(n, 0) for n in names))
+            started=sum(live.started.get(n, 0) for n in names),
+            key=names[0] if len(names) == 1 else upstream)
 
     def on_feedback(self, wake: Callable[[], None]) -> None:
         """`wake()` after every feedback row the intake accepts (the learners' canary decisions)."""

@@ -103,6 +103,8 @@ class UpstreamGate:
         """Hold one of `upstream`'s evaluation slots, starting no sooner than its rate allows and
         (on an upstream with few slots) than live traffic lets it."""
         cfg = self._settings()
+        if self.live is not None:  # a route's name and its provider's are one upstream, with one budget
+            upstream = self.live(upstream).key or upstream
         sem = self._sems.setdefault(upstream, asyncio.Semaphore(cfg.eval_concurrency))
         async with sem:
             if cfg.eval_rate_per_s > 0:

@@ -138,7 +138,20 @@ def test_a_local_upstream_is_taken_for_one_slot_unless_its_config_says_otherwise
     up = gw.gateway.live_activity("up")
     assert up.slots == 1 and up.in_flight == 0 and up.last_end is not None and up.busy_s > 0
     assert gw.gateway.live_activity("cloudish").slots == 8
-    assert gw.gateway.live_activity("model-a") == up  # a route's name: its providers together
+    assert gw.gateway.live_activity("model-a") == up and up.key == "up"  # a route's name: its providers together
+
+
+async def test_a_route_and_its_one_provider_are_one_upstream_to_the_gate() -> None:
+    # a judge replay is asked under the route's name, a pinned case replay under its provider's
+    gate = UpstreamGate(lambda: LearnerSettings(eval_rate_per_s=0, eval_concurrency=2),
+                        lambda _name: UpstreamActivity(0, 0.0, None, 1, 0, key="up"))
+
+    async def replay(name: str) -> None:
+        async with gate.slot(name):
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(replay("bot"), replay("up"), replay("bot"))
+    assert gate.peak == {"up": 1}  # one slot: never two replays on it, whatever they were asked under
 
 
 async def live_beside_replays(delay_share: float, gap_s: float, seconds: float = 1.5,
