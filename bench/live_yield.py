@@ -25,6 +25,7 @@ import asyncio
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.settings import LearnerSettings, parse_settings
@@ -38,9 +39,27 @@ BODY = {"model": "bot", "messages": [{"role": "user", "content": "hi"}]}
 REPLAY = {"model": "bot", "messages": [{"role": "user", "content": "replay"}]}
 
 
-async def arm(mode: str, args: argparse.Namespace) -> tuple[float, float, float, int]:
-    """(live p50 s, live p95 s, share of live calls that waited behind a replay, replays done) for
-    one arm: "none", "noyield", "share" or "yield"."""
+@dataclass
+class ArmResult:
+    """One arm's live latencies (s), how many live calls waited behind a replay, the replays done."""
+
+    latencies: list[float]
+    waited: int
+    replays: int
+    gate: UpstreamGate
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p95(self) -> float:
+        return statistics.quantiles(self.latencies, n=20)[18]
+
+
+async def arm(mode: str, args: argparse.Namespace) -> ArmResult:
+    """One arm: "none", "noyield", "share" (`eval_share` only) or "yield" (and the delay share)
+    (tests/learners/test_live_yield.py runs it small)."""
     settings = parse_settings({"providers": {"up": {"kind": "fake"}}, "models": {"m": {"provider": "up", "name": "m"}},
                                "routes": {"bot": {"variants": ["m"]}}})
     runtime = build_runtime(settings)
@@ -101,7 +120,7 @@ async def arm(mode: str, args: argparse.Namespace) -> tuple[float, float, float,
     for task in evaluating:  # replays still held back would wait out eval_live_idle_s
         task.cancel()
     await asyncio.gather(*evaluating, return_exceptions=True)
-    return statistics.median(latencies), statistics.quantiles(latencies, n=20)[18], waited / len(latencies), replays
+    return ArmResult(latencies, waited, replays, gate)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -111,10 +130,10 @@ async def main_async(args: argparse.Namespace) -> None:
     for mode, label in (("none", "no evaluation"), ("noyield", "evaluation, not yielding"),
                         ("share", f"yielding, eval_share {args.share:g} only"),
                         ("yield", f"yielding, and eval_live_delay_share {args.delay_share:g}")):
-        p50, p95, waited, n = await arm(mode, args)
-        base = base or p50
-        print(f"  {label:40s} live p50 {p50 * 1000:6.0f} ms ({p50 / base - 1:+.0%})  p95 {p95 * 1000:6.0f} ms  "
-              f"waited behind a replay {waited:4.0%}  replays {n}")
+        r = await arm(mode, args)
+        base = base or r.p50
+        print(f"  {label:40s} live p50 {r.p50 * 1000:6.0f} ms ({r.p50 / base - 1:+.0%})  p95 {r.p95 * 1000:6.0f} ms  "
+              f"waited behind a replay {r.waited / len(r.latencies):4.0%}  replays {r.replays}")
 
 
 def main() -> None:

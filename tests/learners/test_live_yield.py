@@ -5,12 +5,14 @@ delay at most `eval_live_delay_share` of live calls."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.live_yield import arm
 from gateway.config.settings import LearnerSettings, parse_settings
 from gateway.learning import UpstreamActivity
 from gateway.serve.live_load import LiveLoad, default_slots
@@ -154,66 +156,25 @@ async def test_a_route_and_its_one_provider_are_one_upstream_to_the_gate() -> No
     assert gate.peak == {"up": 1}  # one slot: never two replays on it, whatever they were asked under
 
 
-async def live_beside_replays(delay_share: float, gap_s: float, seconds: float = 1.5,
-                              service_s: float = 0.03) -> tuple[int, int, int, UpstreamGate]:
-    """A one-slot upstream (`service_s` a request), one live client sending its next call `gap_s`
-    after the last answer, and four replay workers going as fast as the gate lets them (only rule
-    (c) on: `eval_share = 1`). Returns (live calls, those that waited behind a replay, replays, gate)."""
-    live = LiveLoad()
-    cfg = LearnerSettings(eval_rate_per_s=0, eval_concurrency=2, eval_share=1.0,
-                          eval_live_delay_share=delay_share, eval_live_idle_s=5.0)
-    gate = UpstreamGate(lambda: cfg, lambda name: UpstreamActivity(
-        live.in_flight.get(name, 0), live.busy_total(name), live.last_end.get(name), 1, live.started.get(name, 0)))
-    slot, holder = asyncio.Lock(), [""]
-    calls = waited = replays = 0
-    end = asyncio.get_running_loop().time() + seconds
-
-    async def upstream(who: str) -> None:
-        nonlocal waited
-        if who == "live" and holder[0] == "replay":
-            waited += 1
-        async with slot:
-            holder[0] = who
-            await asyncio.sleep(service_s)
-            holder[0] = ""
-
-    async def client() -> None:
-        nonlocal calls
-        while asyncio.get_running_loop().time() < end:
-            live.enter("up")
-            await upstream("live")
-            live.leave("up")
-            calls += 1
-            await asyncio.sleep(gap_s)
-
-    async def worker() -> None:
-        nonlocal replays
-        while asyncio.get_running_loop().time() < end:
-            async with gate.slot("up"):
-                await upstream("replay")
-            replays += 1
-
-    workers = [asyncio.create_task(worker()) for _ in range(4)]
-    await client()
-    for w in workers:  # those still held back would wait out eval_live_idle_s
-        w.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-    return calls, waited, replays, gate
+def small(share: float, delay_share: float, gap_s: float, seconds: float = 1.5) -> argparse.Namespace:
+    """bench.live_yield's arms, small: 30 ms a request on one slot, live calls `gap_s` apart."""
+    return argparse.Namespace(seconds=seconds, service_ms=30.0, spread=0.0, think_min_ms=gap_s * 1000,
+                              think_ms=gap_s * 1000, share=share, delay_share=delay_share)
 
 
 async def test_replays_delay_at_most_their_share_of_live_calls_sent_back_to_back() -> None:
     # the next live call follows the last answer within ~the gate's poll: a replay started in the
     # gap always delays it, so before rule (c) a third of live calls or more waited behind one
-    calls, waited, replays, gate = await live_beside_replays(1.0, gap_s=0.015)
-    assert waited >= 0.25 * calls, (calls, waited, replays)
-    calls, waited, replays, gate = await live_beside_replays(0.1, gap_s=0.015)
-    assert gate.delayed.get("up", 0) >= waited  # the gate sees every live call it delayed
-    assert waited <= 0.1 * calls + 1, (calls, waited, replays)
-    assert replays >= 2  # and evaluation goes on
+    r = await arm("share", small(1.0, 0.1, gap_s=0.015))  # eval_share 1: no time share either
+    assert r.waited >= 0.25 * len(r.latencies), (len(r.latencies), r.waited, r.replays)
+    r = await arm("yield", small(1.0, 0.1, gap_s=0.015))
+    assert r.gate.delayed.get("up", 0) >= r.waited  # the gate sees every live call it delayed
+    assert r.waited <= 0.1 * len(r.latencies) + 1, (len(r.latencies), r.waited, r.replays)
+    assert r.replays >= 2  # and evaluation goes on
 
 
 async def test_replays_that_fit_the_gaps_between_live_calls_are_not_held_to_the_delay_share() -> None:
-    calls, waited, replays, _ = await live_beside_replays(0.1, gap_s=0.12, seconds=3.0)
-    assert waited <= 0.1 * calls + 1, (calls, waited, replays)
+    r = await arm("yield", small(1.0, 0.1, gap_s=0.12, seconds=3.0))
+    assert r.waited <= 0.1 * len(r.latencies) + 1, (len(r.latencies), r.waited, r.replays)
     # several replays fit a gap; one that runs into the next live call holds the rest back for a while
-    assert replays >= 0.4 * calls, (calls, waited, replays)
+    assert r.replays >= 0.4 * len(r.latencies), (len(r.latencies), r.waited, r.replays)
