@@ -99,6 +99,7 @@ class KeyRing:
         self._table = build_table(settings().auth, {})
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
+        self._saves = 0  # changes made here; a read begun before one of them is stale
 
     # -- the request path -------------------------------------------------------------------------
     def _current(self) -> _Table:
@@ -135,7 +136,10 @@ class KeyRing:
         store = self._store()
         if store is None:
             return
+        saves = self._saves
         states = {s.name: s for s in await store.key_states()}
+        if saves != self._saves:  # a change made here meanwhile may be missing from this read
+            return
         if states != self._states:
             self._states = states
             self._table = build_table(self._settings().auth, states)
@@ -190,6 +194,7 @@ class KeyRing:
         except Exception as exc:
             raise Overloaded(f"The store refused the key change: {type(exc).__name__}.",
                              code="store_unavailable") from exc
+        self._saves += 1
         self._states[state.name] = state
         self._table = build_table(self._settings().auth, self._states)
         log.info("key %s %s by %s", state.name, _DONE[action], who,  # never the secret

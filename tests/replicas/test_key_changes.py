@@ -161,3 +161,38 @@ def test_cli_disable_and_rotate_reach_a_running_gateway(
     assert "ops" in log[0] and "incident 7" in log[0] and secret not in "".join(log)
     report = httpx.get(f"{gw.url}/admin/keys", headers={"authorization": f"Bearer {ADMIN}"}).json()["data"]
     assert report[0]["disabled"] is False
+
+
+async def test_a_refresh_read_before_a_change_made_here_does_not_undo_it(tmp_path: Path) -> None:
+    """The background refresh may read the store just before this replica saves a change and
+    return just after: its older read must not put the change back (the old secret working again)."""
+    from gateway.config.settings import parse_settings
+    from gateway.keyring import KeyRing
+    from gateway.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/keys.db")
+    await store.migrate()
+    read, release = asyncio.Event(), asyncio.Event()
+    real_read = store.key_states
+
+    async def held_read() -> Any:  # the real read, answered only once the change below is saved
+        states = await real_read()
+        read.set()
+        await release.wait()
+        return states
+
+    settings = parse_settings(keyed_config("http://127.0.0.1:9/v1", tmp_path, {"app": {}}))
+    ring = KeyRing(lambda: settings, lambda: store)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(store, "key_states", held_read)
+            refreshing = asyncio.create_task(ring.refresh())
+            await read.wait()
+        await ring.set_disabled("app", True, who="alice")
+        release.set()
+        await refreshing
+        assert ring.disabled("app")
+        await ring.refresh()  # the next read has the change
+        assert ring.disabled("app")
+    finally:
+        await store.close()
