@@ -46,6 +46,9 @@ class ArtifactServer:
         # (route, new text, file path): called when a seed file's text is no version's source yet
         self.on_seed_changed: Callable[[str, str, str], Awaitable[None]] | None = None
         self._seed_seen: dict[str, str] = {}  # route -> the seed file's text last looked at
+        # one refresh of a route at a time: the periodic one and a learner's after a promotion may
+        # overlap, and the one that read the store first must not install its older states last
+        self._refreshing: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         # the store as the refreshes find it: an outage is one log line when it starts and one when
         # it ends, not a traceback per route every refresh_s (what was loaded keeps serving meanwhile)
@@ -130,6 +133,10 @@ class ArtifactServer:
 
     async def refresh(self, route: str) -> RouteServing | None:
         """Reload `route`'s current and canary versions (bodies only for versions not loaded yet)."""
+        async with self._refreshing.setdefault(route, asyncio.Lock()):
+            return await self._refresh(route)
+
+    async def _refresh(self, route: str) -> RouteServing | None:
         states = await self.registry.all_states(route)
         t, i = states.get("template"), states.get("index")
         cur_t = await self._template(route, t.current) if t else None
