@@ -9,7 +9,8 @@ shares one lifecycle:
 
 Every change is a `Transition` row with its reason (the audit log `flywheel prompts log` prints).
 Bodies never change, but for one thing: an index version that ends (rejected, rolled back) drops its
-vectors, the bulk of its body, and keeps its examples and settings.
+vectors, the bulk of its body, and keeps its examples and settings; so does a promoted one once two
+newer promotions stand before it (only current and the version its rollback restores keep them).
 A running canary's share of traffic changes by a canary -> canary row carrying the new `share`
 (`set_share`); it keeps the canary's `since`.
 States are read from the transition rows, which are small, so finding the current and canary
@@ -160,7 +161,7 @@ class ArtifactRegistry:
 
     async def next_version(self, route: str, kind: ArtifactKind) -> str:
         """The next free id: "t1" after "t0", "i1" when there is none yet."""
-        taken = [version_number(a.version) for a in await self.store.list_artifacts(route, kind)]
+        taken = [version_number(v) for v in await self.store.artifact_versions(route, kind)]
         taken += [version_number(v) for v in (await self.states(route, kind)).versions]
         return f"{PREFIX[kind]}{max(taken, default=0) + 1}"
 
@@ -212,7 +213,20 @@ class ArtifactRegistry:
             raise TransitionRefused(str(exc)) from None
         if kind == "index" and not ALLOWED[to_state]:
             await self._drop_vectors(route, version, to_state)
+        elif kind == "index" and to_state == "promoted":
+            await self._drop_superseded_vectors(route)
         return t
+
+    async def _drop_superseded_vectors(self, route: str) -> None:
+        """The promoted index version that just fell behind current and the one a rollback would
+        restore drops its vectors: a route promotes an index per batch of corrections, each holding
+        every example, and superseded versions kept whole would grow the store with the square of
+        its examples. Rolling back that far rebuilds the vectors from the examples (serving does so
+        off the request path, `ExampleIndex.from_body`). Older ones dropped theirs when they fell."""
+        promoted = sorted((v for v in (await self.states(route, "index")).versions.values() if v.state == "promoted"),
+                          key=lambda v: (v.promoted_at or v.since, version_number(v.version)), reverse=True)
+        if len(promoted) > 2:
+            await self._drop_vectors(route, promoted[2].version, "promoted")
 
     async def _drop_vectors(self, route: str, version: str, state: ArtifactState) -> None:
         """An index version that will never serve again keeps its examples, not its vectors (the

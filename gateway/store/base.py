@@ -98,6 +98,10 @@ class Store(Protocol):
         """One artifact, or None."""
         ...
 
+    async def artifact_versions(self, route: str, kind: ArtifactKind) -> list[str]:
+        """The version ids of one route's artifact kind (no bodies: an index body is large)."""
+        ...
+
     async def list_artifacts(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
         """All versions of one route's artifact kind, ordered by created_at."""
         ...

@@ -70,6 +70,12 @@ class ArtifactQueries:
             )
         return codec.artifact_from_row(rows[0]) if rows else None
 
+    async def artifact_versions(self, route: str, kind: ArtifactKind) -> list[str]:
+        """The version ids of one route's artifact kind, without their bodies."""
+        async with self._read() as conn:
+            rows = await conn.fetch("SELECT version FROM artifacts WHERE route = ? AND kind = ?", route, kind)
+        return [str(r[0]) for r in rows]
+
     async def list_artifacts(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
         """All versions of one route's artifact kind, ordered by created_at (then version)."""
         async with self._read() as conn:

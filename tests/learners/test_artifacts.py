@@ -137,3 +137,32 @@ async def test_an_index_version_that_ends_drops_its_vectors_and_keeps_its_exampl
     # forgetting a user still reaches an ended version's examples
     kept, removed = filter_body("index", await stored("i2"), {"call-b"}, set())
     assert removed == 1 and isinstance(kept, dict) and [e["id"] for e in kept["examples"]] == ["a"]
+
+
+async def test_a_promoted_index_two_promotions_behind_drops_its_vectors_and_still_serves_on_rollback(
+        store: Store) -> None:
+    from retrieval.embeddings import HashingEmbedder
+    from retrieval.examples import Example, ExampleIndex
+
+    emb = HashingEmbedder()
+    reg = ArtifactRegistry(store)
+    for n in range(1, 5):
+        examples = [Example(f"e{i}", f"question {i}", f"answer {i}", f"call-{i}", "correction", 0.0) for i in range(n)]
+        await reg.save_candidate("bot", "index", ExampleIndex.build(examples, emb).to_body(), M, version=f"i{n}")
+        await reg.move("bot", "index", f"i{n}", "promoted", "grown")
+
+    async def body(version: str) -> dict[str, object]:
+        rec = await reg.get("bot", "index", version)
+        assert rec is not None and isinstance(rec.body, dict)
+        return rec.body
+
+    # current (i4) and the version its rollback restores (i3) keep their vectors; the older ones do not
+    assert ["index_b64" in await body(f"i{n}") for n in range(1, 5)] == [False, False, True, True]
+    assert (await reg.states("bot", "index")).versions["i2"].state == "promoted"  # still a rollback target
+    await reg.move("bot", "index", "i4", "rolled_back", "worse")
+    await reg.move("bot", "index", "i3", "rolled_back", "worse too")
+    states = await reg.states("bot", "index")
+    assert states.current == "i2"
+    rebuilt = ExampleIndex.from_body(await body("i2"), emb)  # serving rebuilds its vectors
+    assert [e.id for e in rebuilt.examples] == ["e0", "e1"]
+    assert rebuilt.query(emb.embed(["question 1"])[0], k=1)[0][0].id == "e1"
