@@ -110,7 +110,7 @@ def _info(rec: ArtifactRecord, ks: KindStates) -> VersionInfo:
 async def versions(registry: ArtifactRegistry, route: str, kind: ArtifactKind) -> list[VersionInfo]:
     """Every version of one kind, oldest first, with state, parent and evaluation figures."""
     ks = await registry.states(route, kind)
-    recs = sorted(await registry.list_versions(route, kind), key=lambda r: version_number(r.version))
+    recs = sorted(await registry.list_versions(route, kind, bodies=False), key=lambda r: version_number(r.version))
     return [_info(r, ks) for r in recs]
 
 
@@ -162,20 +162,20 @@ async def diff(registry: ArtifactRegistry, route: str, a: str | None = None, b: 
     given = b or a
     if given:
         kind = kind_of(given)
-    recs = {r.version: r for r in await registry.list_versions(route, kind)}
+    recs = {r.version: r for r in await registry.list_versions(route, kind, bodies=False)}
     if not recs:
         raise NoSuchVersion(f"route {route} has no {kind} versions")
     order = sorted(recs, key=version_number)
     b = b or order[-1]
     if b not in recs:
         raise NoSuchVersion(f"route {route} has no {kind} version {b}")
-    new = recs[b]
+    new = await registry.get(route, kind, b) or recs[b]  # the two bodies compared, not every version's
     if a is None:
         a = new.parent if new.parent in recs else next((v for v in reversed(order)
                                                         if version_number(v) < version_number(b)), None)
     if a is not None and a not in recs:
         raise NoSuchVersion(f"route {route} has no {kind} version {a}")
-    old = recs.get(a) if a else None
+    old = (await registry.get(route, kind, a) or recs[a]) if a else None
     lines = difflib.unified_diff(artifact_text(old).splitlines(), artifact_text(new).splitlines(),
                                  a or "(none)", b, lineterm="")
     items, total = await evidence(registry, new, limit=evidence_limit)

@@ -151,9 +151,10 @@ class ArtifactRegistry:
         """One version, or None."""
         return await self.store.get_artifact(route, kind, version)
 
-    async def list_versions(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
-        """Every version of one kind, oldest first, with bodies."""
-        return await self.store.list_artifacts(route, kind)
+    async def list_versions(self, route: str, kind: ArtifactKind, *, bodies: bool = True) -> list[ArtifactRecord]:
+        """Every version of one kind, oldest first, with bodies (`bodies=False`: body None; a route's
+        index versions together hold its examples many times over)."""
+        return await self.store.list_artifacts(route, kind, bodies=bodies)
 
     async def history(self, route: str, kind: ArtifactKind | None = None) -> list[Transition]:
         """Every transition of a route (optionally one kind), oldest first."""
@@ -161,7 +162,7 @@ class ArtifactRegistry:
 
     async def next_version(self, route: str, kind: ArtifactKind) -> str:
         """The next free id: "t1" after "t0", "i1" when there is none yet."""
-        taken = [version_number(v) for v in await self.store.artifact_versions(route, kind)]
+        taken = [version_number(a.version) for a in await self.store.list_artifacts(route, kind, bodies=False)]
         taken += [version_number(v) for v in (await self.states(route, kind)).versions]
         return f"{PREFIX[kind]}{max(taken, default=0) + 1}"
 

@@ -98,12 +98,8 @@ class Store(Protocol):
         """One artifact, or None."""
         ...
 
-    async def artifact_versions(self, route: str, kind: ArtifactKind) -> list[str]:
-        """The version ids of one route's artifact kind (no bodies: an index body is large)."""
-        ...
-
-    async def list_artifacts(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
-        """All versions of one route's artifact kind, ordered by created_at."""
+    async def list_artifacts(self, route: str, kind: ArtifactKind, *, bodies: bool = True) -> list[ArtifactRecord]:
+        """All versions of one route's artifact kind, ordered by created_at; `bodies=False`: body None."""
         ...
 
     async def transition(self, t: Transition) -> None:

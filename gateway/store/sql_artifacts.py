@@ -16,6 +16,7 @@ from gateway.store.dialect import Conn, Dialect, placeholders
 from gateway.store.records import ArtifactKind, ArtifactRecord, Transition
 
 _ART_COLS = ", ".join(codec.ARTIFACT_COLUMNS)
+_HEAD_COLS = ", ".join("NULL" if c == "body" else c for c in codec.ARTIFACT_COLUMNS)
 _TR_COLS = ", ".join(codec.TRANSITION_COLUMNS)
 _ART_VALUES = f"({placeholders(len(codec.ARTIFACT_COLUMNS))})"
 _TR_VALUES = f"({placeholders(len(codec.TRANSITION_COLUMNS))})"
@@ -70,17 +71,12 @@ class ArtifactQueries:
             )
         return codec.artifact_from_row(rows[0]) if rows else None
 
-    async def artifact_versions(self, route: str, kind: ArtifactKind) -> list[str]:
-        """The version ids of one route's artifact kind, without their bodies."""
-        async with self._read() as conn:
-            rows = await conn.fetch("SELECT version FROM artifacts WHERE route = ? AND kind = ?", route, kind)
-        return [str(r[0]) for r in rows]
-
-    async def list_artifacts(self, route: str, kind: ArtifactKind) -> list[ArtifactRecord]:
-        """All versions of one route's artifact kind, ordered by created_at (then version)."""
+    async def list_artifacts(self, route: str, kind: ArtifactKind, *, bodies: bool = True) -> list[ArtifactRecord]:
+        """All versions of one route's artifact kind, ordered by created_at (then version); with
+        `bodies=False` each record's body is None (an index body holds every example)."""
         async with self._read() as conn:
             rows = await conn.fetch(
-                f"SELECT {_ART_COLS} FROM artifacts WHERE route = ? AND kind = ? "
+                f"SELECT {_ART_COLS if bodies else _HEAD_COLS} FROM artifacts WHERE route = ? AND kind = ? "
                 "ORDER BY created_at, version",
                 route,
                 kind,

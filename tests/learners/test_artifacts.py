@@ -159,6 +159,9 @@ async def test_a_promoted_index_two_promotions_behind_drops_its_vectors_and_stil
     # current (i4) and the version its rollback restores (i3) keep their vectors; the older ones do not
     assert ["index_b64" in await body(f"i{n}") for n in range(1, 5)] == [False, False, True, True]
     assert (await reg.states("bot", "index")).versions["i2"].state == "promoted"  # still a rollback target
+    heads = await reg.list_versions("bot", "index", bodies=False)  # what listings and diffs scan
+    assert [(h.version, h.body) for h in heads] == [(f"i{n}", None) for n in range(1, 5)]
+    assert await reg.next_version("bot", "index") == "i5"
     await reg.move("bot", "index", "i4", "rolled_back", "worse")
     await reg.move("bot", "index", "i3", "rolled_back", "worse too")
     states = await reg.states("bot", "index")
