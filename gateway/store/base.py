@@ -102,6 +102,11 @@ class Store(Protocol):
         """All versions of one route's artifact kind, ordered by created_at; `bodies=False`: body None."""
         ...
 
+    async def forget_examples(self, route: str, example_ids: Sequence[str]) -> int:
+        """Delete the stored index examples of `route` with these ids (every version holding them
+        must be filtered first: gateway/store/forget.py); how many rows went."""
+        ...
+
     async def transition(self, t: Transition) -> None:
         """Set the artifact's state and append the transition row, in one transaction.
 

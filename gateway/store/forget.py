@@ -5,7 +5,8 @@ they gave, and a template's demonstrations may quote them; both were served to o
 examples. So every version of every index and template of the routes is filtered:
 - an example (index) or demonstration (template) goes when it came from one of the user's calls
   or from feedback the user gave (example ids are "<call id>#<feedback id>" or "<call id>#rated");
-- every affected version's body is rewritten in place (no copy of the text stays in the store);
+- every affected version's body is rewritten in place (no copy of the text stays in the store),
+  and the rows an index's examples are stored in once are deleted;
 - a version live now (current or canary) is superseded by a filtered copy in the same state, and
   rolled back with the reason, so running gateways (which cache versions by id) load the copy at
   their next refresh; the transition log says why.
@@ -88,10 +89,12 @@ async def _filter_kind(registry: ArtifactRegistry, route: str, kind: ArtifactKin
                        feedback: set[str], report: ForgetReport) -> None:
     states = await registry.states(route, kind)
     live = {states.current: "promoted", states.canary: "canary"}
+    gone: set[str] = set()
     for rec in await registry.list_versions(route, kind):
         body, removed = filter_body(kind, rec.body, calls, feedback)
         if not removed:
             continue
+        gone |= _example_ids(rec.body) - _example_ids(body)
         report.examples += removed
         report.versions.append(f"{route}/{kind}/{rec.version}")
         state = states.versions[rec.version].state if rec.version in states.versions else rec.state
@@ -109,6 +112,13 @@ async def _filter_kind(registry: ArtifactRegistry, route: str, kind: ArtifactKin
         await registry.move(route, kind, new.version, to_state, reason)  # type: ignore[arg-type]
         await registry.move(route, kind, rec.version, "rolled_back", f"superseded by {new.version}: {reason}")
         report.superseded.append(f"{route}/{kind}/{rec.version}->{new.version}")
+    if gone:  # the rows an index's examples are stored in once (gateway/store/index_examples.py)
+        await registry.store.forget_examples(route, sorted(gone))
+
+
+def _example_ids(body: JSON) -> set[str]:
+    examples = body.get("examples") if isinstance(body, dict) else None
+    return {str(e["id"]) for e in examples or () if isinstance(e, dict) and "id" in e}
 
 
 def _scrubbed(rec: ArtifactRecord, body: Any, state: Any, calls: set[str], feedback: set[str]) -> ArtifactRecord:

@@ -151,6 +151,19 @@ CREATE TABLE forgotten_users (
 )
 """
 
+# Index examples stored once per route by content address; example_id (`<call id>#<feedback id>`)
+# lets forgetting a user find theirs. Versions written before keep their examples inline.
+_INDEX_EXAMPLES = """
+CREATE TABLE index_examples (
+    route TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (route, hash)
+);
+CREATE INDEX index_examples_example ON index_examples (route, example_id)
+"""
+
 # The console's and the CLI's action log (gateway/store/console_queries.py): who (key id) did what
 # to a route and why; the route's freeze and pause states are its latest such rows. calls_console
 # covers the console's per-route aggregates and filters, so they scan the index, not the rows.
@@ -185,6 +198,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("014_console", _CONSOLE),
     ("016_rollups", ROLLUPS),  # hourly roll-ups the console charts, backfilled (gateway/store/rollups.py)
     ("020_keys", KEYS),  # virtual keys disabled and rotated at run time (gateway/store/key_states.py)
+    ("021_index_examples", _INDEX_EXAMPLES),  # an index's examples stored once (gateway/store/index_examples.py)
 )
 
 _LEDGER = (

@@ -2,16 +2,20 @@
 
 An artifact (records.py: `ArtifactRecord`) is one version of one route's learned thing; every
 state change is a `transitions` row written in the same transaction, so history can be replayed
-(the registry on top of these queries is gateway/store/artifacts.py).
+(the registry on top of these queries is gateway/store/artifacts.py). An index body's examples are
+stored once per route, the row keeping their addresses (gateway/store/index_examples.py); these
+queries hand back the whole body.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from typing import Any
 
-from gateway.store import codec
+from gateway.store import codec, index_examples
 from gateway.store.dialect import Conn, Dialect, placeholders
 from gateway.store.records import ArtifactKind, ArtifactRecord, Transition
 
@@ -36,24 +40,28 @@ class ArtifactQueries:
     async def save_artifact(self, a: ArtifactRecord) -> None:
         """Insert an artifact or replace the one with the same (route, kind, version)."""
         updates = ", ".join(f"{c} = excluded.{c}" for c in codec.ARTIFACT_COLUMNS[3:])
+        body, examples = index_examples.pack(a.route, a.kind, a.body)
         async with self._write() as conn:
+            await index_examples.save_rows(conn, examples)
             await conn.execute(
                 f"INSERT INTO artifacts ({_ART_COLS}) VALUES {_ART_VALUES} "
                 f"ON CONFLICT (route, kind, version) DO UPDATE SET {updates}",
-                *codec.artifact_row(a),
+                *codec.artifact_row(replace(a, body=body)),
             )
 
     async def create_artifact(self, a: ArtifactRecord, created: Transition) -> bool:
         """Insert a new artifact with its creation transition, atomically; False (nothing written) when
         its (route, kind, version) exists: two replicas' learners raced for the same version id."""
+        body, examples = index_examples.pack(a.route, a.kind, a.body)
         async with self._write() as conn:
             rows = await conn.fetch(
                 f"INSERT INTO artifacts ({_ART_COLS}) VALUES {_ART_VALUES} "
                 "ON CONFLICT (route, kind, version) DO NOTHING RETURNING version",
-                *codec.artifact_row(a),
+                *codec.artifact_row(replace(a, body=body)),
             )
             if not rows:
                 return False
+            await index_examples.save_rows(conn, examples)
             await conn.execute(
                 f"INSERT INTO transitions ({_TR_COLS}) VALUES {_TR_VALUES}",
                 *codec.transition_row(created),
@@ -69,7 +77,7 @@ class ArtifactQueries:
                 kind,
                 version,
             )
-        return codec.artifact_from_row(rows[0]) if rows else None
+            return (await self._with_examples(conn, route, [codec.artifact_from_row(rows[0])]))[0] if rows else None
 
     async def list_artifacts(self, route: str, kind: ArtifactKind, *, bodies: bool = True) -> list[ArtifactRecord]:
         """All versions of one route's artifact kind, ordered by created_at (then version); with
@@ -81,7 +89,21 @@ class ArtifactQueries:
                 route,
                 kind,
             )
-        return [codec.artifact_from_row(r) for r in rows]
+            return await self._with_examples(conn, route, [codec.artifact_from_row(r) for r in rows])
+
+    @staticmethod
+    async def _with_examples(conn: Conn, route: str, recs: Sequence[ArtifactRecord]) -> list[ArtifactRecord]:
+        """`recs` with their index examples back in their bodies (one read for all of them)."""
+        refs = [r for rec in recs for r in index_examples.refs_of(rec.body)]
+        if not refs:
+            return list(recs)
+        examples = await index_examples.load(conn, route, refs)
+        return [replace(rec, body=index_examples.unpack(rec.body, examples)) for rec in recs]
+
+    async def forget_examples(self, route: str, example_ids: Sequence[str]) -> int:
+        """Delete the stored index examples of `route` with these ids; how many rows went."""
+        async with self._write() as conn:
+            return await index_examples.delete(conn, route, example_ids)
 
     async def transition(self, t: Transition) -> None:
         """Move an artifact to `t.to_state` and append the transition row atomically."""

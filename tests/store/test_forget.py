@@ -49,6 +49,9 @@ async def test_forget_removes_the_users_examples_from_a_promoted_index(store: Sq
     for version in await registry.list_versions(ROUTE, "index"):
         assert all("alice" not in e["input"] for e in version.body["examples"])
         assert "chatcmpl-000001" not in version.evidence_call_ids
+    async with store._read() as conn:  # nor in the rows an index's examples are stored in once
+        stored = [r[0] for r in await conn.fetch("SELECT body FROM index_examples")]
+    assert len(stored) == 1 and "alice" not in stored[0]
     old = (await registry.states(ROUTE, "index")).versions[index.version]
     assert old.state == "rolled_back" and "forget" in old.reason
     live_tpl = await registry.current(ROUTE, "template")

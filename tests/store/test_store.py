@@ -214,6 +214,32 @@ async def test_artifacts_save_get_list_and_replace(store: SqlStore) -> None:
     assert len(await store.list_artifacts("support-bot", "template")) == 2
 
 
+async def test_index_examples_are_stored_once_for_all_versions_and_forgotten_everywhere(store: SqlStore) -> None:
+    def index(version: str, ids: list[str]) -> ArtifactRecord:
+        examples = [{"id": f"{i}#fb", "question": f"question {i}", "answer": f"answer {i}"} for i in ids]
+        return ArtifactRecord(route="support-bot", kind="index", version=version, created_at=T0,
+                              body={"embedder": "hashing", "count": len(ids), "examples": examples})
+
+    i1, i2 = index("i1", ["a", "b"]), index("i2", ["a", "b", "c"])
+    await store.save_artifact(i1)
+    assert await store.create_artifact(i2, Transition("support-bot", "index", "i2", None, "candidate", "grown"))
+    assert await store.get_artifact("support-bot", "index", "i2") == i2  # the body as it was saved
+    assert await store.list_artifacts("support-bot", "index") == [i1, i2]
+
+    async def count(sql: str) -> int:
+        async with store._read() as conn:
+            return int((await conn.fetch(sql))[0][0])
+
+    assert await count("SELECT COUNT(*) FROM index_examples") == 3  # a, b, c once each
+    async with store._read() as conn:
+        stored = "".join(r[0] for r in await conn.fetch("SELECT body FROM artifacts"))
+    assert "question" not in stored  # the versions keep addresses, not examples
+    assert await store.forget_examples("support-bot", ["b#fb"]) == 1
+    got = await store.get_artifact("support-bot", "index", "i2")
+    assert got is not None and [e["id"] for e in got.body["examples"]] == ["a#fb", "c#fb"]
+    assert got.body["count"] == 2
+
+
 async def test_transition_updates_state_and_appends_history(store: SqlStore) -> None:
     await store.save_artifact(artifact("t2", T0))
     await store.save_artifact(ArtifactRecord(route="support-bot", kind="policy", version="p1", body={}))
