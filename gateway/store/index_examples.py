@@ -54,6 +54,11 @@ def pack(route: str, kind: str, body: JSON) -> tuple[JSON, list[tuple[str, str, 
     return packed, list(rows.values())
 
 
+def packed(body: JSON) -> bool:
+    """Whether a stored body keeps its examples' addresses (possibly none) instead of the examples."""
+    return isinstance(body, dict) and REFS in body
+
+
 def refs_of(body: JSON) -> list[str]:
     """The example addresses a stored body refers to (none for an inline or non-index body)."""
     refs = body.get(REFS) if isinstance(body, dict) else None
@@ -64,7 +69,7 @@ def unpack(body: JSON, examples: Mapping[str, Any]) -> JSON:
     """Inverse of `pack`, given the examples by address. An address with no row (its example was
     forgotten while this version was being written) is left out, and so are the vectors, which
     would no longer line up with the examples: the index is rebuilt from them if served."""
-    if not isinstance(body, dict) or REFS not in body:
+    if not packed(body):
         return body
     refs = refs_of(body)
     out = {k: v for k, v in body.items() if k != REFS}

@@ -94,10 +94,9 @@ class ArtifactQueries:
     @staticmethod
     async def _with_examples(conn: Conn, route: str, recs: Sequence[ArtifactRecord]) -> list[ArtifactRecord]:
         """`recs` with their index examples back in their bodies (one read for all of them)."""
-        refs = [r for rec in recs for r in index_examples.refs_of(rec.body)]
-        if not refs:
+        if not any(index_examples.packed(rec.body) for rec in recs):
             return list(recs)
-        examples = await index_examples.load(conn, route, refs)
+        examples = await index_examples.load(conn, route, (r for rec in recs for r in index_examples.refs_of(rec.body)))
         return [replace(rec, body=index_examples.unpack(rec.body, examples)) for rec in recs]
 
     async def forget_examples(self, route: str, example_ids: Sequence[str]) -> int:

@@ -238,6 +238,9 @@ async def test_index_examples_are_stored_once_for_all_versions_and_forgotten_eve
     got = await store.get_artifact("support-bot", "index", "i2")
     assert got is not None and [e["id"] for e in got.body["examples"]] == ["a#fb", "c#fb"]
     assert got.body["count"] == 2
+    await store.save_artifact(index("i3", []))  # a version left with no examples (all forgotten)
+    empty = await store.get_artifact("support-bot", "index", "i3")
+    assert empty is not None and empty.body["examples"] == []
 
 
 async def test_transition_updates_state_and_appends_history(store: SqlStore) -> None:
