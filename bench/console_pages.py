@@ -262,7 +262,8 @@ def run_pages(label: str, url: str, spill_dir: Path, repeat: int, calls: int) ->
     return worst
 
 
-async def _admin(url: str, sql: str) -> None:
+async def pg_admin(url: str, sql: str) -> None:
+    """Run one statement on PostgreSQL at `url` (CREATE / DROP of a bench's own database or schema)."""
     con = await asyncpg.connect(url, timeout=5)
     try:
         await con.execute(sql)
@@ -291,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         run_pages("sqlite", f"sqlite:///{db}", spill_dir, args.repeat, args.calls)
     if args.backend in ("postgres", "both"):
         name = f"flywheel_bench_console_{os.getpid()}_{secrets.token_hex(3)}"
-        asyncio.run(_admin(args.pg_url, f'CREATE DATABASE "{name}"'))
+        asyncio.run(pg_admin(args.pg_url, f'CREATE DATABASE "{name}"'))
         url = urlsplit(args.pg_url)._replace(path=f"/{name}", query="").geturl()
         try:
             asyncio.run(_build_postgres(url, args.calls, args.days))
             run_pages("postgres", url, spill_dir, args.repeat, args.calls)
         finally:
-            asyncio.run(_admin(args.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            asyncio.run(pg_admin(args.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return 0
 
 

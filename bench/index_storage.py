@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.console_pages import pg_admin
 from gateway.store import open_store
 from gateway.store.artifacts import ArtifactRegistry, Manifest
 from gateway.store.sql import SqlStore
@@ -98,12 +99,12 @@ def main() -> None:
         if args.store == "postgres":
             schema = f"bench_index_storage_{os.getpid()}"
             url = f"{PG_URL}?search_path={schema}"
-            asyncio.run(_schema(f"CREATE SCHEMA {schema}"))
+            asyncio.run(pg_admin(PG_URL, f"CREATE SCHEMA {schema}"))
         try:
             f = asyncio.run(run(args.versions, args.per_version, url))
         finally:
             if args.store == "postgres":
-                asyncio.run(_schema(f"DROP SCHEMA {schema} CASCADE"))
+                asyncio.run(pg_admin(PG_URL, f"DROP SCHEMA {schema} CASCADE"))
         size = sum(p.stat().st_size for p in Path(tmp).glob("flywheel.db*")) if args.store == "sqlite" else None
     mib = 1024 * 1024
     last = args.versions * args.per_version
@@ -116,16 +117,6 @@ def main() -> None:
     print(f"  the same versions as stored before (examples inline; every promoted version's vectors kept): "
           f"{f['before_bytes'] / mib:.1f} MiB ({f['before_bytes'] / stored:.1f}x); their examples alone, inline: "
           f"{f['inline_bytes'] / mib:.1f} MiB ({f['inline_bytes'] / stored:.1f}x)")
-
-
-async def _schema(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":
