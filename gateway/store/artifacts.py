@@ -219,11 +219,12 @@ class ArtifactRegistry:
         return t
 
     async def _drop_superseded_vectors(self, route: str) -> None:
-        """The promoted index version that just fell behind current and the one a rollback would
-        restore drops its vectors: a route promotes an index per batch of corrections, each holding
-        every example, and superseded versions kept whole would grow the store with the square of
-        its examples. Rolling back that far rebuilds the vectors from the examples (serving does so
-        off the request path, `ExampleIndex.from_body`). Older ones dropped theirs when they fell."""
+        """After a promotion, the promoted index version now third in line (behind current and the
+        one its rollback restores) drops its vectors: a route promotes an index per batch of
+        corrections, each holding every example, and superseded versions kept whole would grow the
+        store with the square of its examples. Rolling back that far rebuilds the vectors from the
+        examples (serving does so off the request path, `ExampleIndex.from_body`). Older versions
+        dropped theirs when they fell to third."""
         promoted = sorted((v for v in (await self.states(route, "index")).versions.values() if v.state == "promoted"),
                           key=lambda v: (v.promoted_at or v.since, version_number(v.version)), reverse=True)
         if len(promoted) > 2:
