@@ -162,7 +162,7 @@ class ArtifactRegistry:
 
     async def next_version(self, route: str, kind: ArtifactKind) -> str:
         """The next free id: "t1" after "t0", "i1" when there is none yet."""
-        taken = [version_number(a.version) for a in await self.store.list_artifacts(route, kind, bodies=False)]
+        taken = [version_number(v) for v in await self.store.artifact_versions(route, kind)]
         taken += [version_number(v) for v in (await self.states(route, kind)).versions]
         return f"{PREFIX[kind]}{max(taken, default=0) + 1}"
 

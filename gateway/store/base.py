@@ -98,6 +98,11 @@ class Store(Protocol):
         """One artifact, or None."""
         ...
 
+    async def artifact_versions(self, route: str, kind: ArtifactKind) -> list[str]:
+        """The version ids of one route's artifact kind (a new id is picked often: an index version's
+        evidence lists and evaluation grow with its examples, and a route has many versions)."""
+        ...
+
     async def list_artifacts(self, route: str, kind: ArtifactKind, *, bodies: bool = True) -> list[ArtifactRecord]:
         """All versions of one route's artifact kind, ordered by created_at; `bodies=False`: body None."""
         ...

@@ -79,6 +79,12 @@ class ArtifactQueries:
             )
             return (await self._with_examples(conn, route, [codec.artifact_from_row(rows[0])]))[0] if rows else None
 
+    async def artifact_versions(self, route: str, kind: ArtifactKind) -> list[str]:
+        """The version ids of one route's artifact kind, and nothing else of them."""
+        async with self._read() as conn:
+            rows = await conn.fetch("SELECT version FROM artifacts WHERE route = ? AND kind = ?", route, kind)
+        return [str(r[0]) for r in rows]
+
     async def list_artifacts(self, route: str, kind: ArtifactKind, *, bodies: bool = True) -> list[ArtifactRecord]:
         """All versions of one route's artifact kind, ordered by created_at (then version); with
         `bodies=False` each record's body is None (an index body holds every example)."""
