@@ -29,7 +29,7 @@ from learners.economy import Economy, content_hash
 from learners.evaluate import ArmResult, Budget, Replayer, gate
 from learners.growth import overtaken, serving_index
 from learners.halving import Halving, first_slice, successive_halving
-from learners.index import IndexCandidate, example_ids, fit_index, tuning_grid
+from learners.index import IndexCandidate, example_ids, fit_index, index_content, tuning_grid
 from learners.report import CandidateReport, LearnReport, Outcome
 from learners.rollout import Rollout
 from learners.routing_replay import replay_variants
@@ -276,7 +276,7 @@ class LearningCycle:
                 online is None or not isinstance(last.body, dict) or last.body.get("retrieval") == tuning.to_dict()):
             self.report.skipped.append(f"index: same examples as {last.version}, {last.state}: {last.note}")
             return
-        content = content_hash(embedder.name, sorted(ids))
+        content = index_content(embedder.name, ids)
         # a due race is judged on new data (the held-out set doubled): the same examples race again
         if not due and await self._judged_before("index", content):
             return
@@ -310,7 +310,7 @@ class LearningCycle:
                 return
             manifest = replace(cand.manifest, note=f"{cand.manifest.note}; retrieval {tuning.describe()}")
             problems = await self._index_problems(cand, manifest)  # the refit may hold new examples
-            content = content_hash(embedder.name, sorted(e.id for e in cand.examples))
+            content = index_content(embedder.name, (e.id for e in cand.examples))
         index = cand.index.with_tuning(tuning)
         body = await asyncio.to_thread(index.to_body)
         outcome = await self._settle("index", body, manifest, problems, arm,

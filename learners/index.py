@@ -8,13 +8,14 @@ stored with the index and applied by the request path.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.settings import RetrievalSettings
 from gateway.store.artifacts import Manifest
 from learners.dataset import Dataset
+from learners.economy import content_hash
 from retrieval.embeddings import Embedder
 from retrieval.examples import Example, ExampleIndex
 from retrieval.lexical import Tuning
@@ -41,6 +42,12 @@ def example_ids(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return []
     return [str(e["id"]) for e in body.get("examples", []) if isinstance(e, dict) and "id" in e]
+
+
+def index_content(embedder: str, ids: Iterable[str]) -> str:
+    """What an index holds, as the evaluation economy remembers judgements by: its embedder and
+    example ids (retrieval settings are raced separately)."""
+    return content_hash(embedder, sorted(ids))
 
 
 def grown_from(before: Collection[str], after: Collection[str], replaced: Collection[str]) -> int:

@@ -213,8 +213,7 @@ def test_an_index_refit_with_corrections_from_its_replays_is_recorded_by_what_it
     import asyncio
 
     from learners.cycle import LearningCycle
-    from learners.economy import content_hash
-    from learners.index import example_ids
+    from learners.index import example_ids, index_content
     from tests.learners.scenario import TOPICS
 
     gw = make_gateway(config(fake_upstream, tmp_path, canary_share=0.0))
@@ -249,4 +248,4 @@ def test_an_index_refit_with_corrections_from_its_replays_is_recorded_by_what_it
     [(body, manifest, content)] = settled
     assert "arrived during its evaluation" in manifest.note, manifest.note  # refit with them
     # its judgement is remembered by what it holds, so the same index is not judged again
-    assert content == content_hash(body["embedder"], sorted(example_ids(body)))
+    assert content == index_content(body["embedder"], example_ids(body))
